@@ -1,0 +1,118 @@
+"""Model cards: the JSON beside every model file that says how to feed it and what it was measured to do.
+
+A card is validated when it is read, so a bad card stops the node at start-up with a message naming the
+field, instead of producing garbage masks later.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+CARD_FORMAT = "seg_node-model-card/1"
+CHANNEL_ORDERS = ("rgb", "bgr")
+
+
+class ModelCardError(ValueError):
+    """A model card is missing, unreadable or inconsistent; the message says which file and field."""
+
+
+@dataclass
+class InputSpec:
+    """What the network expects: size, channel order and per-channel (x - mean) / std in pixel units."""
+
+    height: int
+    width: int
+    channel_order: str = "rgb"
+    mean: list[float] = field(default_factory=lambda: [127.0, 127.0, 127.0])
+    std: list[float] = field(default_factory=lambda: [128.0, 128.0, 128.0])
+
+    def validate(self, where: str) -> None:
+        if not (isinstance(self.height, int) and isinstance(self.width, int)) or min(self.height, self.width) < 8:
+            raise ModelCardError(f"{where}: input height/width must be integers >= 8, got "
+                                 f"{self.height}x{self.width}")
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise ModelCardError(f"{where}: input.channel_order must be one of {CHANNEL_ORDERS}, "
+                                 f"got {self.channel_order!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
+            raise ModelCardError(f"{where}: input.mean and input.std need 3 values each, std > 0")
+
+
+@dataclass
+class ModelCard:
+    name: str
+    architecture: dict[str, Any]
+    classes: list[str]
+    palette: list[list[int]]
+    input: InputSpec
+    files: dict[str, str]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    compression: dict[str, Any] = field(default_factory=dict)
+    notes: str = ""
+    format: str = CARD_FORMAT
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def validate(self, where: str = "model card") -> None:
+        if self.format != CARD_FORMAT:
+            raise ModelCardError(f"{where}: format must be {CARD_FORMAT!r}, got {self.format!r}")
+        if not self.classes or not all(isinstance(c, str) for c in self.classes):
+            raise ModelCardError(f"{where}: classes must be a non-empty list of names")
+        if len(self.classes) > 255:
+            raise ModelCardError(f"{where}: at most 255 classes fit a mono8 mask, got {len(self.classes)}")
+        if len(self.palette) != len(self.classes) or any(
+                len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in self.palette):
+            raise ModelCardError(f"{where}: palette needs one [r, g, b] (0-255) per class "
+                                 f"({len(self.classes)} classes, {len(self.palette)} colours)")
+        if not isinstance(self.architecture, dict) or "name" not in self.architecture:
+            raise ModelCardError(f"{where}: architecture must be an object with a 'name'")
+        if not self.files:
+            raise ModelCardError(f"{where}: files must name at least one model file (onnx or torch)")
+        self.input.validate(where)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "model card") -> "ModelCard":
+        required = ("name", "architecture", "classes", "palette", "input", "files")
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise ModelCardError(f"{where}: missing field(s) {', '.join(missing)}")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ModelCardError(f"{where}: unknown field(s) {', '.join(unknown)}")
+        try:
+            spec = InputSpec(**data["input"])
+        except TypeError as exc:
+            raise ModelCardError(f"{where}: bad input spec: {exc}") from exc
+        card = cls(**{**data, "input": spec})
+        card.validate(where)
+        return card
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ModelCard":
+        path = Path(path)
+        if not path.is_file():
+            raise ModelCardError(f"model card {path} not found: every model file needs its .json card beside it")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelCardError(f"model card {path} is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ModelCardError(f"model card {path} must hold a JSON object")
+        return cls.from_dict(data, str(path))
+
+
+def card_path_for(model_path: str | Path) -> Path:
+    """The card of `models/x.onnx` (or `.safetensors`) is `models/x.json`."""
+    return Path(model_path).with_suffix(".json")

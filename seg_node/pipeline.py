@@ -1,0 +1,64 @@
+"""The segmentation pipeline: image -> network input -> backend -> class mask, with per-stage timings.
+
+No ROS here: the node, the evaluator and the benchmarks all call `SegmentationPipeline.segment`, so a
+number measured offline is the number the node delivers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .backends import Backend, create_backend
+from .model_card import ModelCard
+from .postprocess import colorize, logits_to_mask, overlay, palette_lut
+from .preprocess import normalize, resize_for_network
+from .resolve import resolve_model
+
+
+@dataclass
+class SegmentationResult:
+    mask: np.ndarray
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class SegmentationPipeline:
+    def __init__(self, backend: Backend, card: ModelCard, upsampling: str = "logits"):
+        self.backend = backend
+        self.card = card
+        self.upsampling = upsampling
+        self.lut = palette_lut(card.palette)
+        self._input = np.empty((1, 3, card.input.height, card.input.width), np.float32)
+
+    @classmethod
+    def from_model(cls, model: str | Path | None, backend: str = "onnxruntime", device: str = "auto",
+                   precision: str = "auto", threads: int = 0, upsampling: str = "logits") -> "SegmentationPipeline":
+        """Load a model (its card, or any file beside the card; None: the packaged default)."""
+        card, card_path = resolve_model(model)
+        return cls(create_backend(backend, card, card_path, device, precision, threads), card, upsampling)
+
+    def segment(self, image: np.ndarray, channel_order: str = "rgb") -> SegmentationResult:
+        """H x W x 3 uint8 image (rgb or bgr) -> H x W uint8 class ids."""
+        start = time.perf_counter()
+        normalize(resize_for_network(image, self.card.input), self.card.input, channel_order, out=self._input[0])
+        preprocessed = time.perf_counter()
+        logits = self.backend.infer(self._input)[0]
+        inferred = time.perf_counter()
+        mask = logits_to_mask(logits, image.shape[0], image.shape[1], self.upsampling)
+        done = time.perf_counter()
+        return SegmentationResult(mask, {
+            "preprocess": 1e3 * (preprocessed - start),
+            "inference": 1e3 * (inferred - preprocessed),
+            "postprocess": 1e3 * (done - inferred),
+            "total": 1e3 * (done - start),
+        })
+
+    def colorize(self, mask: np.ndarray) -> np.ndarray:
+        """Class ids -> RGB palette colours."""
+        return colorize(mask, self.lut)
+
+    def overlay(self, image_rgb: np.ndarray, color_mask: np.ndarray, alpha: float) -> np.ndarray:
+        return overlay(image_rgb, color_mask, alpha)

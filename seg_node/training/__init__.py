@@ -1,0 +1,1 @@
+"""Offline training: augmentation, losses, metrics and the training command."""

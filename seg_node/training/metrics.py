@@ -1,0 +1,44 @@
+"""Confusion-matrix segmentation metrics: one matrix accumulated over a whole split, void excluded."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class ConfusionMatrix:
+    """Rows: ground truth, columns: prediction; labels >= num_classes (void) are ignored."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.matrix = np.zeros((num_classes, num_classes), np.int64)
+
+    def update(self, prediction: np.ndarray, label: np.ndarray) -> None:
+        if prediction.shape != label.shape:
+            raise ValueError(f"prediction {prediction.shape} and label {label.shape} differ in shape")
+        valid = label < self.num_classes
+        index = label[valid].astype(np.int64) * self.num_classes + prediction[valid].astype(np.int64)
+        self.matrix += np.bincount(index, minlength=self.num_classes ** 2).reshape(self.num_classes, -1)
+
+    def iou(self) -> np.ndarray:
+        """Per-class IoU; NaN for a class absent from both labels and predictions."""
+        tp = np.diag(self.matrix).astype(np.float64)
+        union = self.matrix.sum(0) + self.matrix.sum(1) - tp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(union > 0, tp / union, np.nan)
+
+    def mean_iou(self) -> float:
+        return float(np.nanmean(self.iou()))
+
+    def pixel_accuracy(self) -> float:
+        total = self.matrix.sum()
+        return float(np.trace(self.matrix) / total) if total else float("nan")
+
+    def summary(self, class_names: list[str] | tuple[str, ...]) -> dict:
+        """Percentages rounded to 0.01, ready for JSON and model cards."""
+        iou = self.iou()
+        return {
+            "miou": round(100 * self.mean_iou(), 2),
+            "pixel_accuracy": round(100 * self.pixel_accuracy(), 2),
+            "per_class_iou": {name: (None if np.isnan(v) else round(100 * float(v), 2))
+                              for name, v in zip(class_names, iou)},
+        }

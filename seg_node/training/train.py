@@ -1,0 +1,249 @@
+"""Train a U-Net-family model on CamVid: `seg-train --data CAMVID --arch mobile_unet --out runs/x`.
+
+Multi-GPU: `torchrun --nproc_per_node N -m seg_node.training.train ...` (DistributedDataParallel).
+Checkpoints hold only tensors and plain values, so they load with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from ..data import CAMVID_CLASSES, open_dataset
+from ..model_card import InputSpec
+from ..models import build_model
+from ..preprocess import normalize
+from .augment import augment
+from .losses import build_loss, median_frequency_weights
+from .metrics import ConfusionMatrix
+
+OPTIMIZERS = {
+    "adamw": lambda params, lr, wd: torch.optim.AdamW(params, lr=lr, weight_decay=wd),
+    "sgd": lambda params, lr, wd: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd, nesterov=True),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="CamVid folder (default: $CAMVID_ROOT)")
+    p.add_argument("--layout", default="auto", help="camvid11, camvid32 or auto")
+    p.add_argument("--arch", default='{"name": "mobile_unet", "pretrained": true}',
+                   help="architecture config as JSON, or just a name (unet, attention_unet, mobile_unet)")
+    p.add_argument("--loss", default="ce", choices=["ce", "dice_focal"])
+    p.add_argument("--class-weights", default="median_frequency", choices=["median_frequency", "none"])
+    p.add_argument("--optimizer", default="adamw", choices=sorted(OPTIMIZERS))
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--schedule", default="poly", choices=["poly", "cosine", "constant"])
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--crop", type=int, nargs=2, default=[288, 384], metavar=("H", "W"))
+    p.add_argument("--scale-range", type=float, nargs=2, default=[0.75, 1.5], metavar=("MIN", "MAX"))
+    p.add_argument("--input-size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"),
+                   help="network input size for validation and the model card")
+    p.add_argument("--val-every", type=int, default=2, help="validate every N epochs (and after the last)")
+    p.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap steps per epoch (smoke tests)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="run folder: checkpoints, log.csv, curves.png")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    return p.parse_args(argv)
+
+
+def parse_arch(text: str) -> dict:
+    text = text.strip()
+    return json.loads(text) if text.startswith("{") else {"name": text}
+
+
+def load_split(root, split, layout, desc):
+    dataset = open_dataset(root, split, layout)
+    pairs = [dataset.load(s) for s in tqdm(dataset.items(), desc=f"loading {desc}", leave=False)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def make_batch(images, labels, indices, rng, args, spec):
+    xs, ys = [], []
+    for i in indices:
+        image, label = augment(images[i], labels[i], rng, tuple(args.crop), tuple(args.scale_range))
+        xs.append(normalize(image, spec, "rgb"))
+        ys.append(label.astype(np.int64))
+    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+
+@torch.no_grad()
+def validate(model, images, labels, spec, device, num_classes) -> ConfusionMatrix:
+    """mIoU at the network input size, with the same resize and normalization as the node's pipeline."""
+    from ..preprocess import resize_for_network
+    import cv2
+    model.eval()
+    matrix = ConfusionMatrix(num_classes)
+    for image, label in zip(images, labels):
+        x = torch.from_numpy(normalize(resize_for_network(image, spec), spec, "rgb"))[None].to(device)
+        x = x.contiguous(memory_format=torch.channels_last)
+        pred = model(x).argmax(1)[0].to(torch.uint8).cpu().numpy()
+        if pred.shape != label.shape:
+            pred = cv2.resize(pred, (label.shape[1], label.shape[0]), interpolation=cv2.INTER_NEAREST)
+        matrix.update(pred, label)
+    return matrix
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "poly":
+        return (1 - progress) ** 0.9
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def plot_curves(log_path: Path, png_path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    with open(log_path) as handle:
+        rows = list(csv.DictReader(handle))
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [float(r["train_loss"]) for r in rows])
+    ax_loss.set(xlabel="epoch", ylabel="train loss", title="training loss")
+    val = [(int(r["epoch"]), float(r["val_miou"])) for r in rows if r["val_miou"]]
+    if val:
+        ax_miou.plot(*zip(*val), marker="o")
+    ax_miou.set(xlabel="epoch", ylabel="val mIoU (%)", title="validation mIoU")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+def setup_distributed(args):
+    """(rank, world_size, device); torchrun sets WORLD_SIZE/RANK/LOCAL_RANK."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for, but torch sees no CUDA device")
+    if world == 1:
+        return 0, 1, torch.device(args.device)
+    local_rank = int(os.environ["LOCAL_RANK"])
+    backend = "nccl" if args.device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend)
+    device = torch.device(f"cuda:{local_rank}") if backend == "nccl" else torch.device("cpu")
+    if backend == "nccl":
+        torch.cuda.set_device(device)
+    return dist.get_rank(), world, device
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    rank, world, device = setup_distributed(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    random.seed(args.seed + rank)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed + rank)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    arch = parse_arch(args.arch)
+    spec = InputSpec(height=args.input_size[0], width=args.input_size[1])
+    num_classes = len(CAMVID_CLASSES)
+    train_images, train_labels = load_split(args.data, "train", args.layout, "train")
+    val_images, val_labels = load_split(args.data, "val", args.layout, "val") if rank == 0 else ([], [])
+    weights = (torch.from_numpy(median_frequency_weights(train_labels, num_classes))
+               if args.class_weights == "median_frequency" else None)
+
+    model = build_model(arch, num_classes).to(device).to(memory_format=torch.channels_last)
+    criterion = build_loss(args.loss, weights).to(device)
+    optimizer = OPTIMIZERS[args.optimizer](model.parameters(), args.lr, args.weight_decay)
+    use_amp = args.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    per_rank = len(train_images) // world
+    steps_per_epoch = max(1, per_rank // args.batch_size)
+    if args.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, args.max_steps_per_epoch)
+    total_steps = steps_per_epoch * args.epochs
+    warmup = int(args.warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, warmup, args.schedule))
+
+    start_epoch, best_miou = 0, -1.0
+    last_path, best_path, log_path = out / "last.pt", out / "best.pt", out / "log.csv"
+    if args.resume:
+        state = torch.load(last_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, best_miou = state["epoch"], state["best_miou"]
+        rng = np.random.default_rng(args.seed + rank + 1000 * start_epoch)
+    elif rank == 0:
+        with open(log_path, "w", newline="") as handle:
+            csv.writer(handle).writerow(["epoch", "train_loss", "lr", "val_miou", "seconds"])
+    train_model = model
+    if world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    run_info = {"arch": arch, "args": vars(args), "world_size": world,
+                "class_weights": None if weights is None else [round(float(w), 4) for w in weights]}
+    for epoch in range(start_epoch, args.epochs):
+        started = time.time()
+        train_model.train()
+        order = rng.permutation(len(train_images))[rank * per_rank:(rank + 1) * per_rank]
+        losses = []
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0)
+        for step in bar:
+            x, y = make_batch(train_images, train_labels,
+                              order[step * args.batch_size:(step + 1) * args.batch_size], rng, args, spec)
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            y = y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                loss = criterion(train_model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        if rank != 0:
+            continue
+        val_miou = ""
+        if (epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs:
+            val_miou = round(100 * validate(model, val_images, val_labels, spec, device, num_classes).mean_iou(), 2)
+            if val_miou > best_miou:
+                best_miou = val_miou
+                torch.save({"model": model.state_dict(), "epoch": epoch + 1, "val_miou": val_miou,
+                            "run": json.dumps(run_info)}, best_path)
+            tqdm.write(f"epoch {epoch + 1}: val mIoU {val_miou:.2f} (best {best_miou:.2f})")
+        with open(log_path, "a", newline="") as handle:
+            csv.writer(handle).writerow([epoch + 1, round(float(np.mean(losses)), 4),
+                                         f"{scheduler.get_last_lr()[0]:.3e}", val_miou,
+                                         round(time.time() - started, 1)])
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch + 1,
+                    "best_miou": best_miou, "run": json.dumps(run_info)}, last_path)
+        plot_curves(log_path, out / "curves.png")
+    if world > 1:
+        dist.destroy_process_group()
+    return {"best_val_miou": best_miou, "out": str(out)}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""ament_python package: `colcon build` installs it into a ROS 2 workspace, `pip install -e .` into a venv."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "seg_node"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz")),
+        (f"share/{PACKAGE}/models", glob("models/*.json") + glob("models/*.onnx") + glob("models/*.safetensors")
+         + glob("models/*.md")),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="seg_node maintainers",
+    maintainer_email="seg-node-maintainers@example.com",
+    description="Real-time semantic segmentation node for ROS 2 with a pruned U-Net.",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    entry_points={
+        "console_scripts": [
+            f"seg_node = {PACKAGE}.node:main",
+            f"seg-train = {PACKAGE}.training.train:main",
+            f"seg-export = {PACKAGE}.export:main",
+        ],
+    },
+)
