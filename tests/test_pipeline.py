@@ -1,0 +1,127 @@
+"""The ROS-free pipeline, both backends, model cards and safe weight files."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from conftest import make_random_model
+from seg_node.backends import BackendError
+from seg_node.model_card import ModelCard, ModelCardError
+from seg_node.pipeline import SegmentationPipeline
+from seg_node.postprocess import argmax_channels, logits_to_mask
+from seg_node.weights import WeightsError
+from test_node import scene
+
+
+def test_torch_and_onnxruntime_give_the_same_mask(random_model):
+    torch_pipe = SegmentationPipeline.from_model(random_model, backend="torch", device="cpu")
+    ort_pipe = SegmentationPipeline.from_model(random_model, backend="onnxruntime", device="cpu")
+    equal = []
+    for seed in range(4):
+        image = scene(seed, 120, 160)
+        a, b = torch_pipe.segment(image).mask, ort_pipe.segment(image).mask
+        assert a.shape == (120, 160) and a.dtype == np.uint8
+        equal.append((a == b).mean())
+    assert np.mean(equal) >= 0.999
+
+
+def test_pipeline_reports_stage_timings_and_honours_channel_order(random_model):
+    pipe = SegmentationPipeline.from_model(random_model, backend="onnxruntime", device="cpu")
+    rgb = scene(1, 96, 128)
+    result = pipe.segment(rgb, "rgb")
+    assert set(result.timings_ms) == {"preprocess", "inference", "postprocess", "total"}
+    assert result.timings_ms["total"] >= result.timings_ms["inference"] > 0
+    np.testing.assert_array_equal(pipe.segment(rgb[..., ::-1], "bgr").mask, result.mask)
+    assert len(np.unique(result.mask)) > 1
+
+
+def test_argmax_and_upsampling_modes():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((11, 12, 16)).astype(np.float32)
+    np.testing.assert_array_equal(argmax_channels(logits), logits.argmax(0))
+    big = logits_to_mask(logits, 24, 32, "logits")
+    nearest = logits_to_mask(logits, 24, 32, "labels")
+    assert big.shape == nearest.shape == (24, 32)
+    np.testing.assert_array_equal(nearest[::2, ::2], logits.argmax(0))
+    assert (big == nearest).mean() > 0.5
+    with pytest.raises(ValueError):
+        logits_to_mask(logits, 24, 32, "bicubic")
+
+
+def test_cuda_requests_without_cuda_fail_with_a_clear_message(random_model):
+    for backend in ("torch", "onnxruntime"):
+        with pytest.raises(BackendError, match="CUDA|cuda"):
+            SegmentationPipeline.from_model(random_model, backend=backend, device="cuda")
+    with pytest.raises(BackendError, match="fp16"):
+        SegmentationPipeline.from_model(random_model, backend="torch", device="cpu", precision="fp16")
+    with pytest.raises(BackendError, match="unknown backend"):
+        SegmentationPipeline.from_model(random_model, backend="tflite")
+
+
+def card_dict(random_model, stem=None):
+    card = json.loads(random_model.with_suffix(".json").read_text())
+    if stem:
+        card["files"] = {"onnx": f"{stem}.onnx", "torch": f"{stem}.safetensors"}
+    return card
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.pop("classes"), "missing field"),
+    (lambda c: c.update(palette=c["palette"][:3]), "palette"),
+    (lambda c: c["input"].update(channel_order="yuv"), "channel_order"),
+    (lambda c: c["input"].update(std=[0, 1, 1]), "std"),
+    (lambda c: c.update(surprise=1), "unknown field"),
+])
+def test_bad_model_cards_are_refused_naming_the_field(random_model, change, message):
+    card = card_dict(random_model)
+    change(card)
+    with pytest.raises(ModelCardError, match=message):
+        ModelCard.from_dict(card)
+
+
+def test_card_that_disagrees_with_the_model_is_refused(random_model, tmp_path):
+    for suffix in (".onnx", ".safetensors"):
+        (tmp_path / f"m{suffix}").write_bytes(random_model.with_suffix(suffix).read_bytes())
+    card = card_dict(random_model, "m")
+    card["classes"] = card["classes"][:5]
+    card["palette"] = card["palette"][:5]
+    (tmp_path / "m.json").write_text(json.dumps(card))
+    with pytest.raises(BackendError, match="outputs 11 classes"):
+        SegmentationPipeline.from_model(tmp_path / "m.onnx", backend="onnxruntime", device="cpu")
+    card = card_dict(random_model, "m")
+    card["input"]["height"] = 200
+    (tmp_path / "m.json").write_text(json.dumps(card))
+    with pytest.raises(BackendError, match="input is 96x128"):
+        SegmentationPipeline.from_model(tmp_path / "m.onnx", backend="onnxruntime", device="cpu")
+
+
+class Boom:
+    def __reduce__(self):
+        return (exec, ("open('/tmp/seg_node_pwned', 'w').write('pwned')",))
+
+
+def test_a_crafted_pickle_in_place_of_weights_is_refused_without_running(random_model, tmp_path):
+    import os
+    marker = "/tmp/seg_node_pwned"
+    if os.path.exists(marker):
+        os.remove(marker)
+    (tmp_path / "m.onnx").write_bytes(random_model.read_bytes())
+    (tmp_path / "m.json").write_text(json.dumps(card_dict(random_model, "m")))
+    (tmp_path / "m.safetensors").write_bytes(pickle.dumps(Boom()))
+    with pytest.raises(WeightsError, match="not a readable safetensors"):
+        SegmentationPipeline.from_model(tmp_path / "m.onnx", backend="torch", device="cpu")
+    assert not os.path.exists(marker)
+
+
+def test_every_architecture_runs_through_both_backends(tmp_path):
+    for arch in ({"name": "unet", "base_width": 4, "depth": 2, "upsampling": "bilinear", "kernel_sizes": [3, 5, 3]},
+                 {"name": "attention_unet", "base_width": 4, "depth": 2, "multiscale_skips": True},
+                 {"name": "mobile_unet", "decoder_channels": [16, 16, 8, 8]}):
+        onnx_path = make_random_model(tmp_path / arch["name"], arch, size=(64, 96))
+        masks = [SegmentationPipeline.from_model(onnx_path, backend=b, device="cpu").segment(scene(2, 64, 96)).mask
+                 for b in ("torch", "onnxruntime")]
+        assert (masks[0] == masks[1]).mean() >= 0.999, arch["name"]
