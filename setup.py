@@ -28,6 +28,7 @@ setup(
     entry_points={
         "console_scripts": [
             f"seg_node = {PACKAGE}.node:main",
+            f"camera_publisher = {PACKAGE}.camera_publisher:main",
             f"seg-train = {PACKAGE}.training.train:main",
             f"seg-export = {PACKAGE}.export:main",
         ],

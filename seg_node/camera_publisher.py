@@ -1,0 +1,78 @@
+"""camera_publisher: publish a V4L2 device or a video file as sensor_msgs/Image (bgr8) on image_raw.
+
+For machines without usb_cam or v4l2_camera, and for replaying recorded drives as a live camera.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import cv2
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+
+from .image_codec import encode_raw
+
+
+class CameraPublisher(Node):
+    def __init__(self):
+        super().__init__("camera_publisher")
+        declare = lambda name, default, text: self.declare_parameter(  # noqa: E731
+            name, default, ParameterDescriptor(description=text, read_only=True)).value
+        source = declare("source", "/dev/video0", "V4L2 device (/dev/videoN or index) or a video file")
+        rate = declare("rate", 30.0, "publish rate in Hz")
+        self.loop = declare("loop", True, "restart a video file at its end")
+        self.frame_id = declare("frame_id", "camera", "frame_id of the images")
+        if rate <= 0:
+            raise ValueError(f"rate must be > 0, got {rate}")
+        self.is_file = Path(source).is_file()
+        self.capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
+        if not self.capture.isOpened():
+            raise ValueError(f"cannot open camera source {source!r} (a /dev/videoN device or a video file)")
+        self.publisher = self.create_publisher(Image, "image_raw", qos_profile_sensor_data)
+        self.published = 0
+        self.create_timer(1.0 / rate, self._publish_frame)
+        self.get_logger().info(f"publishing {source} at {rate:.1f} Hz on {self.publisher.topic_name}")
+
+    def _publish_frame(self) -> None:
+        ok, frame = self.capture.read()
+        if not ok and self.is_file and self.loop:
+            self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, frame = self.capture.read()
+        if not ok:
+            self.get_logger().warn("no frame from the source", throttle_duration_sec=5.0)
+            return
+        height, width, step, data = encode_raw(frame, "bgr8")
+        msg = Image(height=height, width=width, encoding="bgr8", step=step, data=data)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.frame_id = self.frame_id
+        self.publisher.publish(msg)
+        self.published += 1
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = CameraPublisher()
+        rclpy.spin(node)
+    except ValueError as exc:
+        print(f"[camera_publisher] FATAL: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.capture.release()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The ROS 2 package around the node: package.xml, setup.py, colcon, launch files, RViz and parameter files.
+
+launch_ros and RViz cannot run here, so their files are checked for what they name: every executable,
+parameter, file and topic must exist.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+
+from ros_harness import REPO
+from seg_node import params
+
+LAUNCH_FILES = sorted((REPO / "launch").glob("*.launch.py"))
+
+
+def console_scripts() -> set[str]:
+    tree = ast.parse((REPO / "setup.py").read_text())
+    scripts = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            text = "".join(v.value if isinstance(v, ast.Constant) else "seg_node" for v in node.values)
+            if "=" in text and ":" in text:
+                scripts.add(text.split("=")[0].strip())
+    return scripts
+
+
+def test_package_xml_is_format_3_ament_python_with_the_runtime_depends():
+    root = ET.parse(REPO / "package.xml").getroot()
+    assert root.get("format") == "3" and root.findtext("name") == "seg_node"
+    assert re.fullmatch(r"[^@\s]+@[^@\s]+\.[a-z]+", root.find("maintainer").get("email"))
+    depends = {e.text for e in root.findall("exec_depend")}
+    assert {"rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs", "python3-numpy", "python3-opencv"} <= depends
+    assert root.find("export/build_type").text == "ament_python"
+    assert (REPO / "resource" / "seg_node").is_file()
+
+
+def test_colcon_builds_the_package_as_ament_python(tmp_path):
+    colcon = Path(sys.executable).parent / "colcon"
+    if not colcon.exists():
+        pytest.skip("colcon not installed (pip install colcon-common-extensions ros-ament-package)")
+    (tmp_path / "src").mkdir()
+    os.symlink(REPO, tmp_path / "src" / "seg_node")
+    listing = subprocess.run([str(colcon), "list"], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert re.search(r"^seg_node\s+\S+\s+\(ros\.ament_python\)$", listing.stdout, re.M), listing.stdout
+    build = subprocess.run([str(colcon), "build", "--base-paths", "src"], cwd=tmp_path, capture_output=True,
+                           text=True)
+    assert build.returncode == 0, build.stdout + build.stderr
+    install = tmp_path / "install" / "seg_node"
+    assert {"seg_node", "camera_publisher"} <= {p.name for p in (install / "lib" / "seg_node").iterdir()}
+    share = install / "share" / "seg_node"
+    for path in ("package.xml", "config/seg_node.yaml", "config/seg_node.rviz", "launch/seg_node.launch.py",
+                 "launch/camera.launch.py"):
+        assert (share / path).is_file(), path
+    assert (install.parent.parent / "install" / "seg_node" / "share" / "ament_index" / "resource_index" /
+            "packages" / "seg_node").is_file()
+
+
+def launch_nodes(path: Path) -> list[dict]:
+    """Keyword arguments of every Node(...) call, constants only."""
+    nodes = []
+    for call in ast.walk(ast.parse(path.read_text())):
+        if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "Node":
+            nodes.append({k.arg: k.value for k in call.keywords})
+    return nodes
+
+
+def launch_arguments(path: Path) -> dict[str, str]:
+    """ARGUMENTS = ((name, default, description), ...) in a launch file -> {name: description}."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "ARGUMENTS":
+            return {item.elts[0].value: item.elts[2].value for item in node.value.elts}
+    return {}
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_launch_files_name_real_executables_parameters_and_arguments(path):
+    scripts = console_scripts()
+    for node in launch_nodes(path):
+        package, executable = node["package"].value, node["executable"].value
+        if package == "seg_node":
+            assert executable in scripts, f"{path.name} starts {executable}, which setup.py does not install"
+        for dictionary in ast.walk(node.get("parameters", ast.Constant(None))):
+            if isinstance(dictionary, ast.Dict) and executable == "seg_node":
+                for key in dictionary.keys:
+                    assert key.value in params.PARAMETERS or key.value == "use_sim_time", key.value
+    arguments = launch_arguments(path)
+    assert arguments and all(description.strip() for description in arguments.values())
+    used = set(re.findall(r'config\("(\w+)"\)', path.read_text()))
+    assert used <= set(arguments), f"undeclared launch arguments: {used - set(arguments)}"
+
+
+def test_seg_node_launch_has_the_documented_arguments():
+    arguments = launch_arguments(REPO / "launch" / "seg_node.launch.py")
+    assert {"image", "backend", "device", "model", "params_file", "namespace", "use_sim_time", "rviz"} <= set(arguments)
+
+
+def test_parameter_file_documents_exactly_the_declared_parameters():
+    data = yaml.safe_load((REPO / "config" / "seg_node.yaml").read_text())
+    values = data["/**"]["ros__parameters"]
+    assert set(values) == set(params.PARAMETERS)
+    for name, value in values.items():
+        assert params.validate(name, value) is None, name
+
+
+def test_rviz_config_shows_the_node_outputs_and_the_default_camera():
+    config = yaml.safe_load((REPO / "config" / "seg_node.rviz").read_text())
+    topics = {d["Topic"]["Value"] for d in config["Visualization Manager"]["Displays"]
+              if d["Class"] == "rviz_default_plugins/Image"}
+    defaults = yaml.safe_load((REPO / "config" / "seg_node.yaml").read_text())["/**"]["ros__parameters"]
+    assert topics == {defaults["input_topics"][0], "/seg_node/overlay", "/seg_node/color_mask"}
+
+
+def test_camera_publisher_streams_a_video_file(ros, tmp_path):
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for index in range(5):
+        writer.write(np.full((48, 64, 3), index * 40, np.uint8))
+    writer.release()
+    inbox = ros.subscribe(Image, "/cam_test/image_raw", qos=qos_profile_sensor_data)
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "camera_publisher"), "--ros-args", "-r", "__ns:=/cam_test",
+         "-p", f"source:={video}", "-p", "rate:=50.0", "-p", "frame_id:=test_cam"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        frames = inbox.wait_for(8, timeout=30)
+    finally:
+        process.send_signal(2)
+        assert process.wait(15) == 0
+    assert all((m.width, m.height, m.encoding, m.header.frame_id) == (64, 48, "bgr8", "test_cam") for m in frames)
+    levels = [int(np.frombuffer(m.data, np.uint8).mean()) for m in frames]
+    assert len(set(levels)) >= 4, "consecutive frames of the clip, looping"
+
+
+def test_camera_publisher_refuses_a_missing_source():
+    result = subprocess.run([str(Path(sys.executable).parent / "camera_publisher"), "--ros-args",
+                             "-p", "source:=/nonexistent/video.mp4"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "cannot open camera source" in result.stderr
