@@ -31,7 +31,7 @@ class SegmentationPipeline:
         self.card = card
         self.upsampling = upsampling
         self.lut = palette_lut(card.palette)
-        self._input = np.empty((1, 3, card.input.height, card.input.width), np.float32)
+        self.network_input = np.empty((1, 3, card.input.height, card.input.width), np.float32)
 
     @classmethod
     def from_model(cls, model: str | Path | None, backend: str = "onnxruntime", device: str = "auto",
@@ -43,9 +43,9 @@ class SegmentationPipeline:
     def segment(self, image: np.ndarray, channel_order: str = "rgb") -> SegmentationResult:
         """H x W x 3 uint8 image (rgb or bgr) -> H x W uint8 class ids."""
         start = time.perf_counter()
-        normalize(resize_for_network(image, self.card.input), self.card.input, channel_order, out=self._input[0])
+        normalize(resize_for_network(image, self.card.input), self.card.input, channel_order, out=self.network_input[0])
         preprocessed = time.perf_counter()
-        logits = self.backend.infer(self._input)[0]
+        logits = self.backend.infer(self.network_input)[0]
         inferred = time.perf_counter()
         mask = logits_to_mask(logits, image.shape[0], image.shape[1], self.upsampling)
         done = time.perf_counter()

@@ -51,4 +51,4 @@ class TorchBackend(Backend):
     @torch.inference_mode()
     def infer(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch).to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
-        return self.model(x).float().cpu().numpy()
+        return self.model(x).float().contiguous().cpu().numpy()

@@ -64,8 +64,15 @@ def read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg")
+
+
+def frames_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 class CamVid11:
-    """SegNet layout: <split>/X.png with <split>annot/X.png holding class ids 0..10 and 11 = void."""
+    """SegNet layout: <split>/X.png (or .jpg) with <split>annot/X.png holding class ids 0..10 and 11 = void."""
 
     layout = "camvid11"
 
@@ -75,7 +82,7 @@ class CamVid11:
         missing = [str(d) for d in (image_dir, label_dir) if not d.is_dir()]
         if missing:
             raise CamVidLayoutError(f"not the 11-class CamVid layout: missing {', '.join(missing)}")
-        self._samples = [Sample(p.stem, p, label_dir / p.name) for p in sorted(image_dir.glob("*.png"))]
+        self._samples = [Sample(p.stem, p, label_dir / f"{p.stem}.png") for p in frames_in(image_dir)]
         unlabelled = [s.name for s in self._samples if not s.label_path.is_file()]
         if not self._samples or unlabelled:
             raise CamVidLayoutError(f"{image_dir}: {len(self._samples)} frames, labels missing for {unlabelled[:5]}")
@@ -104,7 +111,7 @@ class CamVid32:
         if missing:
             raise CamVidLayoutError(f"not the 32-class CamVid layout: missing {', '.join(missing)}")
         self._lut = self._colour_lut(class_dict)
-        self._samples = [Sample(p.stem, p, label_dir / f"{p.stem}_L.png") for p in sorted(image_dir.glob("*.png"))]
+        self._samples = [Sample(p.stem, p, label_dir / f"{p.stem}_L.png") for p in frames_in(image_dir)]
         unlabelled = [s.name for s in self._samples if not s.label_path.is_file()]
         if not self._samples or unlabelled:
             raise CamVidLayoutError(f"{image_dir}: {len(self._samples)} frames, labels missing for {unlabelled[:5]}")

@@ -149,7 +149,7 @@ def setup_distributed(args):
     return dist.get_rank(), world, device
 
 
-def main(argv: list[str] | None = None) -> dict:
+def train(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     rank, world, device = setup_distributed(args)
     if args.threads:
@@ -243,6 +243,10 @@ def main(argv: list[str] | None = None) -> dict:
     if world > 1:
         dist.destroy_process_group()
     return {"best_val_miou": best_miou, "out": str(out)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    train(argv)
 
 
 if __name__ == "__main__":

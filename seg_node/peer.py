@@ -1,0 +1,84 @@
+"""An rclpy node spun in a background thread, with inboxes that collect messages: the other end of the
+node for benchmarks, live evaluation and tests."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+
+
+class Inbox:
+    """Messages received on one subscription, with their arrival times."""
+
+    def __init__(self):
+        self.messages: list = []
+        self.arrivals: list[float] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, msg) -> None:
+        with self._lock:
+            self.messages.append(msg)
+            self.arrivals.append(time.perf_counter())
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def wait_for(self, count: int = 1, timeout: float = 20.0, predicate=None) -> list:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            with self._lock:
+                matching = [m for m in self.messages if predicate is None or predicate(m)]
+            if len(matching) >= count:
+                return matching
+            time.sleep(0.01)
+        raise TimeoutError(f"got {len(matching)} of {count} messages in {timeout} s")
+
+
+class RosPeer:
+    """One rclpy node in the test process, spun by a background executor."""
+
+    def __init__(self, name: str = "seg_node_peer"):
+        rclpy.init()
+        self.node = rclpy.create_node(f"{name}_{os.getpid()}")
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+        self._publishers = {}
+
+    def subscribe(self, msg_type, topic: str, qos=RELIABLE) -> Inbox:
+        inbox = Inbox()
+        self.node.create_subscription(msg_type, topic, inbox, qos)
+        return inbox
+
+    def publisher(self, msg_type, topic: str, qos=RELIABLE):
+        key = (msg_type, topic)
+        if key not in self._publishers:
+            self._publishers[key] = self.node.create_publisher(msg_type, topic, qos)
+        return self._publishers[key]
+
+    def wait_for_subscribers(self, publisher, count: int = 1, timeout: float = 20.0) -> None:
+        deadline = time.time() + timeout
+        while publisher.get_subscription_count() < count:
+            if time.time() > deadline:
+                raise TimeoutError(f"no subscriber on {publisher.topic_name} after {timeout} s")
+            time.sleep(0.02)
+
+    def wait_for_publishers(self, topic: str, count: int = 1, timeout: float = 20.0) -> None:
+        deadline = time.time() + timeout
+        while self.node.count_publishers(topic) < count:
+            if time.time() > deadline:
+                raise TimeoutError(f"no publisher on {topic} after {timeout} s")
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown()

@@ -1,0 +1,103 @@
+"""CamVid readers for both layouts, class weights and the mIoU arithmetic."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from camvid_fixtures import striped_label, write_camvid11, write_camvid32
+from seg_node.data import CAMVID_CLASSES, VOID_INDEX, CamVidLayoutError, open_dataset
+from seg_node.training.augment import augment
+from seg_node.training.losses import median_frequency_weights
+from seg_node.training.metrics import ConfusionMatrix
+
+
+def test_camvid11_layout_reads_frames_and_labels(tmp_path):
+    root = write_camvid11(tmp_path, {"train": 3, "val": 1})
+    dataset = open_dataset(root, "train")
+    assert dataset.layout == "camvid11" and len(dataset.items()) == 3
+    image, label = dataset.load(dataset.items()[0])
+    assert image.shape == (48, 64, 3) and image.dtype == np.uint8
+    assert set(np.unique(label)) == {0, 1, 3, 8, VOID_INDEX}
+    # colours follow the label: sky pixels are grey (128, 128, 128) +- noise in RGB order
+    sky = image[label == 0].astype(int)
+    assert np.abs(sky.mean(0) - 128).max() < 5
+
+
+def test_camvid32_layout_folds_the_32_classes_into_11(tmp_path):
+    root = write_camvid32(tmp_path)
+    dataset = open_dataset(root, "train")
+    assert dataset.layout == "camvid32"
+    _, label = dataset.load(dataset.items()[0])
+    expected = striped_label(30, 40, [0, 1, 2, 3, 4], 0)
+    # Sky -> Sky, Wall -> Building, LaneMkgsDriv -> Road, Child -> Pedestrian, Void -> void
+    mapping = {0: CAMVID_CLASSES.index("Sky"), 1: CAMVID_CLASSES.index("Building"),
+               2: CAMVID_CLASSES.index("Road"), 3: CAMVID_CLASSES.index("Pedestrian"), 4: VOID_INDEX}
+    np.testing.assert_array_equal(label, np.vectorize(mapping.get)(expected))
+
+
+def test_wrong_layouts_name_what_is_missing(tmp_path, monkeypatch):
+    with pytest.raises(CamVidLayoutError, match="does not exist"):
+        open_dataset(tmp_path / "nowhere", "train")
+    (tmp_path / "train").mkdir()
+    with pytest.raises(CamVidLayoutError, match="trainannot"):
+        open_dataset(tmp_path, "train")
+    monkeypatch.delenv("CAMVID_ROOT", raising=False)
+    with pytest.raises(CamVidLayoutError, match="CAMVID_ROOT"):
+        open_dataset(None, "train")
+    write_camvid32(tmp_path / "k")
+    (tmp_path / "k" / "class_dict.csv").write_text("name,r,g,b\nMartian,1,2,3\n")
+    with pytest.raises(CamVidLayoutError, match="Martian"):
+        open_dataset(tmp_path / "k", "train")
+
+
+def test_confusion_matrix_matches_a_hand_computed_example():
+    label = np.array([[0, 0, 1, 1], [2, 2, 11, 11]], np.uint8)
+    prediction = np.array([[0, 1, 1, 1], [2, 0, 0, 2]], np.uint8)
+    matrix = ConfusionMatrix(3)
+    matrix.update(prediction, label)
+    np.testing.assert_array_equal(matrix.matrix, [[1, 1, 0], [0, 2, 0], [1, 0, 1]])
+    # IoU: class 0: 1 / (2 + 2 - 1) = 1/3; class 1: 2 / (2 + 3 - 2) = 2/3; class 2: 1 / (2 + 1 - 1) = 1/2
+    np.testing.assert_allclose(matrix.iou(), [1 / 3, 2 / 3, 1 / 2])
+    assert matrix.mean_iou() == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)
+    assert matrix.pixel_accuracy() == pytest.approx(4 / 6)
+    matrix.update(prediction, label)  # accumulates over a split, not a mean of per-image scores
+    np.testing.assert_array_equal(matrix.matrix, 2 * np.array([[1, 1, 0], [0, 2, 0], [1, 0, 1]]))
+
+
+def test_absent_classes_are_left_out_of_the_mean():
+    matrix = ConfusionMatrix(4)
+    matrix.update(np.array([0, 1, 1]), np.array([0, 1, 1]))
+    assert np.isnan(matrix.iou()[2:]).all() and matrix.mean_iou() == 1.0
+    assert matrix.summary(["a", "b", "c", "d"])["per_class_iou"]["c"] is None
+
+
+def test_median_frequency_weights_favour_rare_classes():
+    common = np.zeros((10, 10), np.uint8)
+    rare = np.zeros((10, 10), np.uint8)
+    rare[0, 0] = 1
+    rare[0, 1] = VOID_INDEX
+    weights = median_frequency_weights([common, rare], 3)
+    assert weights[2] == 0.0
+    assert weights[1] > 1.0 > weights[0]
+    # f0 = 199/200, f1 = 1/100; median over present classes = (f0 + f1) / 2
+    f0, f1 = 198 / 200, 1 / 100
+    np.testing.assert_allclose(weights[:2], [((f0 + f1) / 2) / f0, ((f0 + f1) / 2) / f1], rtol=1e-5)
+
+
+def test_augmentation_keeps_image_and_label_aligned():
+    rng = np.random.default_rng(0)
+    label = striped_label(60, 80, [0, 3, 8], 1)
+    image = np.dstack([label * 20] * 3).astype(np.uint8)
+    for _ in range(10):
+        out_image, out_label = augment(image, label, rng, (32, 48), (0.5, 2.0))
+        assert out_image.shape == (32, 48, 3) and out_label.shape == (32, 48)
+        valid = out_label != VOID_INDEX
+        brightness = out_image[..., 0].astype(float)
+        for class_id in np.unique(out_label[valid]):
+            region = (out_label == class_id).astype(np.uint8)
+            interior = cv2.erode(region, np.ones((5, 5), np.uint8)).astype(bool)  # away from blended borders
+            if interior.any():
+                inside = brightness[interior]
+                assert np.ptp(inside) <= 2, "labels stay on their pixels through scale, crop and flip"

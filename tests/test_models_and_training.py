@@ -1,0 +1,104 @@
+"""The U-Net family at CamVid's 360x480, ONNX export parity, the pretrained encoder, and training."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from camvid_fixtures import write_camvid11
+from seg_node.export import export_onnx, mask_agreement
+from seg_node.models import build_model
+from seg_node.models.efficientnet_lite import IMAGENET_HEAD_PREFIXES, EfficientNetLite0Encoder, imagenet_weights_path
+from seg_node.training.train import train
+
+ARCHITECTURES = [
+    {"name": "unet", "base_width": 8},
+    {"name": "unet", "base_width": 8, "kernel_sizes": [3, 5, 5, 7, 7]},
+    {"name": "unet", "base_width": 8, "upsampling": "bilinear"},
+    {"name": "attention_unet", "base_width": 8},
+    {"name": "attention_unet", "base_width": 8, "multiscale_skips": True},
+    {"name": "mobile_unet"},
+]
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES, ids=lambda a: "-".join(str(v) for v in a.values()))
+def test_architecture_runs_at_360x480_and_exports_to_matching_onnx(architecture, tmp_path):
+    import onnxruntime as ort
+    torch.manual_seed(0)
+    model = build_model(architecture, 11).eval()
+    x = torch.randn(1, 3, 360, 480)
+    with torch.inference_mode():
+        logits = model(x).numpy()
+    assert logits.shape == (1, 11, 360, 480)
+    path = export_onnx(model, tmp_path / "m.onnx", 360, 480)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    onnx_logits = session.run(None, {"image": x.numpy()})[0]
+    assert np.abs(onnx_logits - logits).max() < 1e-3
+    assert mask_agreement(logits, onnx_logits) >= 0.999
+
+
+def test_unknown_architecture_or_option_fails_loudly():
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_model({"name": "segformer"}, 11)
+    with pytest.raises(ValueError, match="bad options"):
+        build_model({"name": "unet", "width": 3}, 11)
+    with pytest.raises(ValueError, match="kernel_sizes"):
+        build_model({"name": "unet", "kernel_sizes": [3, 3]}, 11)
+
+
+def test_efficientnet_lite0_imagenet_weights_load_with_no_missing_or_unexpected_keys():
+    state = torch.load(imagenet_weights_path(), map_location="cpu", weights_only=True)
+    encoder = EfficientNetLite0Encoder()
+    encoder_keys = set(encoder.state_dict())
+    file_keys = {k for k in state if not k.startswith(IMAGENET_HEAD_PREFIXES)}
+    assert encoder_keys == file_keys and len(encoder_keys) == 288
+    encoder.load_imagenet()
+    np.testing.assert_array_equal(encoder._conv_stem.weight.detach().numpy(), state["_conv_stem.weight"].numpy())
+    features = encoder(torch.zeros(1, 3, 360, 480))
+    assert [f.shape[1] for f in features] == [16, 24, 40, 112, 320]
+    assert [f.shape[2] for f in features] == [180, 90, 45, 23, 12]
+
+
+def test_imagenet_encoder_expects_inputs_scaled_to_minus_one_one():
+    """With (x - 127) / 128 the stem's BatchNorm sees activations of the variance it was trained on."""
+    from seg_node.data.camvid import read_rgb
+    from ros_harness import REPO
+    encoder = EfficientNetLite0Encoder().eval()
+    encoder.load_imagenet()
+    frame = next((REPO / "data" / "camvid_clip" / "test").iterdir())
+    rgb = torch.from_numpy(read_rgb(frame)).permute(2, 0, 1)[None].float()
+    ratios = {}
+    for name, x in (("minus_one_one", (rgb - 127) / 128),
+                    ("imagenet_mean_std", (rgb / 255 - torch.tensor([0.485, 0.456, 0.406])[:, None, None])
+                     / torch.tensor([0.229, 0.224, 0.225])[:, None, None])):
+        with torch.no_grad():
+            stem = encoder._conv_stem(x)
+        ratios[name] = float((stem.var((0, 2, 3)) / encoder._bn0.running_var).median())
+    assert 0.5 < ratios["minus_one_one"] < 2.0
+    assert ratios["imagenet_mean_std"] > 2 * ratios["minus_one_one"]
+
+
+def test_training_lowers_the_loss_and_resumes(tmp_path):
+    data = write_camvid11(tmp_path / "camvid", {"train": 8, "val": 2})
+    out = tmp_path / "run"
+    common = ["--data", str(data), "--arch", '{"name": "unet", "base_width": 8, "depth": 2}', "--batch-size", "4",
+              "--crop", "32", "48", "--input-size", "48", "64", "--lr", "0.01", "--val-every", "1",
+              "--warmup-epochs", "0", "--threads", "2", "--out", str(out)]
+    result = train(common + ["--epochs", "3"])
+    with open(out / "log.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    losses = [float(r["train_loss"]) for r in rows]
+    assert len(rows) == 3 and losses[-1] < losses[0]
+    assert result["best_val_miou"] > 0
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["epoch"] == 3 and "optimizer" in state
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["val_miou"] == result["best_val_miou"]
+    train(common + ["--epochs", "5", "--resume"])
+    with open(out / "log.csv") as handle:
+        assert [int(r["epoch"]) for r in csv.DictReader(handle)] == [1, 2, 3, 4, 5]
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 5
+    assert (out / "curves.png").stat().st_size > 1000
