@@ -29,8 +29,14 @@ setup(
         "console_scripts": [
             f"seg_node = {PACKAGE}.node:main",
             f"camera_publisher = {PACKAGE}.camera_publisher:main",
+            f"camvid_to_bag = {PACKAGE}.bags.convert:main",
+            f"bag_replay = {PACKAGE}.bags.replay:main",
             f"seg-train = {PACKAGE}.training.train:main",
             f"seg-export = {PACKAGE}.export:main",
+            f"seg-eval = {PACKAGE}.evaluate:main",
+            f"seg-benchmark = {PACKAGE}.benchmark:main",
+            f"seg-prune = {PACKAGE}.compression.structured:main",
+            f"seg-quantize = {PACKAGE}.compression.quantize:main",
         ],
     },
 )

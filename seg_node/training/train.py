@@ -149,7 +149,8 @@ def setup_distributed(args):
     return dist.get_rank(), world, device
 
 
-def train(argv: list[str] | None = None) -> dict:
+def train(argv: list[str] | None = None, model: torch.nn.Module | None = None) -> dict:
+    """Train from scratch, or fine-tune `model` in place (a pruned network keeps its shapes)."""
     args = parse_args(argv)
     rank, world, device = setup_distributed(args)
     if args.threads:
@@ -168,7 +169,8 @@ def train(argv: list[str] | None = None) -> dict:
     weights = (torch.from_numpy(median_frequency_weights(train_labels, num_classes))
                if args.class_weights == "median_frequency" else None)
 
-    model = build_model(arch, num_classes).to(device).to(memory_format=torch.channels_last)
+    model = (model if model is not None else build_model(arch, num_classes)).to(device)
+    model = model.to(memory_format=torch.channels_last)
     criterion = build_loss(args.loss, weights).to(device)
     optimizer = OPTIMIZERS[args.optimizer](model.parameters(), args.lr, args.weight_decay)
     use_amp = args.amp and device.type == "cuda"

@@ -1,0 +1,154 @@
+"""Structured pruning with Torch-Pruning's DepGraph: channels are removed for real, across skip
+concatenations, residual adds and depthwise convolutions, so the pruned network is smaller and faster.
+
+    seg-prune --model models/camvid_mobile_unet.json --ratio 0.5 --criterion l2 --steps 2 \\
+              --fine-tune-epochs 8 --data $CAMVID_ROOT --out models/camvid_mobile_unet_p50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from ..backends.torch_backend import build_for_inference
+from ..data import open_dataset
+from ..export import export_model, parity_frames
+from ..model_card import ModelCard
+from ..preprocess import normalize
+from ..resolve import model_file, resolve_model
+from ..training.augment import augment
+from ..training.losses import build_loss, median_frequency_weights
+
+IMPORTANCE_CRITERIA = {
+    "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
+    "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
+    "taylor": lambda: tp.importance.GroupTaylorImportance(),
+    "bn_scale": lambda: tp.importance.BNScaleImportance(),
+}
+
+
+def count_macs_and_params(model: nn.Module, height: int, width: int) -> tuple[int, int]:
+    """Measured on a forward pass at the given input size, not assumed from the pruning ratio."""
+    was_training = model.training
+    model.eval()
+    macs, params = tp.utils.count_ops_and_params(model, torch.zeros(1, 3, height, width))
+    model.train(was_training)
+    return int(macs), int(params)
+
+
+def make_pruner(model: nn.Module, ratio: float, criterion: str, height: int, width: int, steps: int = 1,
+                global_pruning: bool = False, round_to: int | None = 8, max_layer_ratio: float = 0.8):
+    """A DepGraph pruner that never touches the classifier (its channels are the classes) and keeps at least
+    1 - max_layer_ratio of every layer (global pruning can otherwise shrink a stage to one channel)."""
+    if criterion not in IMPORTANCE_CRITERIA:
+        raise ValueError(f"unknown criterion {criterion!r}; known: {sorted(IMPORTANCE_CRITERIA)}")
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"pruning ratio must be in [0, 1), got {ratio}")
+    return tp.pruner.MetaPruner(
+        model, torch.zeros(1, 3, height, width), importance=IMPORTANCE_CRITERIA[criterion](),
+        pruning_ratio=ratio, global_pruning=global_pruning, iterative_steps=steps, round_to=round_to,
+        max_pruning_ratio=max_layer_ratio, ignored_layers=[model.classifier])
+
+
+def accumulate_taylor_gradients(model: nn.Module, batches) -> None:
+    """Taylor importance needs d(loss)/d(weight): accumulate it over a few labelled batches."""
+    model.zero_grad()
+    model.train()
+    criterion = build_loss("ce", None)
+    for x, y in batches:
+        criterion(model(x), y).backward()
+
+
+def labelled_batches(data: str | None, count: int, batch_size: int, crop: tuple[int, int], spec, seed: int = 0):
+    """A few augmented, normalized training batches (images, class ids) for Taylor importance."""
+    dataset = open_dataset(data, "train")
+    samples = dataset.items()
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(count):
+        xs, ys = [], []
+        for index in rng.choice(len(samples), batch_size, replace=False):
+            image, label = augment(*dataset.load(samples[index]), rng, crop, (0.75, 1.5))
+            xs.append(normalize(image, spec, "rgb"))
+            ys.append(label.astype(np.int64))
+        batches.append((torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))))
+    return batches
+
+
+def prune(card: ModelCard, card_path: Path, ratio: float, criterion: str, steps: int, fine_tune_epochs: int,
+          data: str | None, global_pruning: bool = False, round_to: int | None = 8, max_layer_ratio: float = 0.8,
+          lr: float = 5e-4, batch_size: int = 8, threads: int = 0, seed: int = 0) -> tuple[nn.Module, dict]:
+    """Prune `steps` times up to `ratio`, fine-tuning `fine_tune_epochs` on CamVid train after each step."""
+    from ..training.train import train
+    spec = card.input
+    model = build_for_inference(card, model_file(card, card_path, "torch"))
+    base_macs, base_params = count_macs_and_params(model, spec.height, spec.width)
+    pruner = make_pruner(model, ratio, criterion, spec.height, spec.width, steps, global_pruning, round_to,
+                         max_layer_ratio)
+    history = []
+    for step in range(steps):
+        if criterion == "taylor":
+            accumulate_taylor_gradients(model, labelled_batches(data, 4, batch_size, (288, 384), spec, seed + step))
+        pruner.step()
+        model.zero_grad(set_to_none=True)
+        entry = {"step": step + 1, "macs": count_macs_and_params(model, spec.height, spec.width)[0]}
+        if fine_tune_epochs:
+            with tempfile.TemporaryDirectory() as run_dir:
+                result = train(["--data", str(data) if data else "", "--arch", json.dumps(card.architecture),
+                                "--epochs", str(fine_tune_epochs), "--lr", str(lr), "--warmup-epochs", "0",
+                                "--batch-size", str(batch_size), "--val-every", "1", "--threads", str(threads),
+                                "--seed", str(seed + step), "--out", run_dir], model=model)
+                model.load_state_dict(torch.load(Path(run_dir) / "best.pt", weights_only=True)["model"])
+            entry["val_miou"] = result["best_val_miou"]
+        history.append(entry)
+    model = model.eval().to(memory_format=torch.contiguous_format)
+    macs, params = count_macs_and_params(model, spec.height, spec.width)
+    summary = {"method": "structured (Torch-Pruning DepGraph)", "ratio": ratio, "criterion": criterion,
+               "global": global_pruning, "round_to": round_to, "max_layer_ratio": max_layer_ratio, "steps": steps,
+               "fine_tune_epochs_per_step": fine_tune_epochs, "fine_tune_lr": lr, "base_model": card.name,
+               "base_macs": base_macs, "base_params": base_params, "macs": macs, "params": params,
+               "macs_reduction": round(1 - macs / base_macs, 4), "history": history}
+    return model, summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="card (or a file beside it) of the model to prune")
+    parser.add_argument("--ratio", type=float, required=True, help="fraction of channels removed per layer")
+    parser.add_argument("--criterion", default="l2", choices=sorted(IMPORTANCE_CRITERIA))
+    parser.add_argument("--global", dest="global_pruning", action="store_true",
+                        help="rank channels across layers instead of the same ratio everywhere")
+    parser.add_argument("--round-to", type=int, default=8, help="keep widths multiples of this (0: off)")
+    parser.add_argument("--max-layer-ratio", type=float, default=0.8, help="per-layer pruning cap")
+    parser.add_argument("--steps", type=int, default=2, help="iterative pruning steps")
+    parser.add_argument("--fine-tune-epochs", type=int, default=8, help="epochs of fine-tuning after each step")
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--data", help="CamVid folder (default: $CAMVID_ROOT)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="output stem, e.g. models/camvid_mobile_unet_p50")
+    args = parser.parse_args(argv)
+    card, card_path = resolve_model(args.model)
+    model, summary = prune(card, card_path, args.ratio, args.criterion, args.steps, args.fine_tune_epochs,
+                           args.data, args.global_pruning, args.round_to or None, args.max_layer_ratio, args.lr,
+                           args.batch_size, args.threads, args.seed)
+    exported = export_model(
+        model, args.out, name=Path(args.out).name, architecture=card.architecture, classes=card.classes,
+        palette=card.palette, spec=card.input, parity_inputs=parity_frames(args.data, 8, card.input, normalize),
+        training=card.training, compression=summary,
+        notes=f"{card.name} pruned structurally by {args.ratio:.0%} ({args.criterion}), fine-tuned on CamVid train")
+    print(f"pruned {card.name}: MACs {summary['base_macs'] / 1e9:.2f} G -> {summary['macs'] / 1e9:.2f} G "
+          f"({summary['macs_reduction']:.0%} fewer), params {summary['base_params'] / 1e6:.2f} M -> "
+          f"{summary['params'] / 1e6:.2f} M; wrote {args.out}.{{onnx,safetensors,json}} ({exported.name})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Structured and unstructured pruning, safe reload of pruned widths, INT8/FP16 ONNX."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from camvid_fixtures import write_camvid11
+from conftest import make_random_model
+from seg_node.compression.quantize import calibration_inputs, convert_fp16, quantize_int8
+from seg_node.compression.structured import (IMPORTANCE_CRITERIA, accumulate_taylor_gradients, count_macs_and_params,
+                                             make_pruner, prune)
+from seg_node.compression.unstructured import magnitude_prune, weight_sparsity
+from seg_node.export import export_onnx, mask_agreement
+from seg_node.model_card import ModelCard
+from seg_node.models import build_model
+from seg_node.weights import load_weights, save_weights
+
+SMALL_UNET = {"name": "unet", "base_width": 16, "depth": 3}
+MOBILE_UNET = {"name": "mobile_unet", "decoder_channels": [64, 32, 24, 16]}
+HEIGHT, WIDTH = 64, 96
+
+
+@pytest.mark.parametrize("architecture", [SMALL_UNET, MOBILE_UNET], ids=lambda a: a["name"])
+@pytest.mark.parametrize("criterion", sorted(IMPORTANCE_CRITERIA))
+def test_structured_pruning_shrinks_the_model_and_survives_export_and_safe_reload(architecture, criterion, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(architecture, 11)
+    base_macs, base_params = count_macs_and_params(model, HEIGHT, WIDTH)
+    pruner = make_pruner(model, 0.5, criterion, HEIGHT, WIDTH, round_to=8)
+    if criterion == "taylor":
+        accumulate_taylor_gradients(model, [(torch.randn(2, 3, HEIGHT, WIDTH), torch.randint(0, 11, (2, HEIGHT, WIDTH)))])
+    pruner.step()
+    model.eval()
+    macs, params = count_macs_and_params(model, HEIGHT, WIDTH)
+    assert macs < 0.5 * base_macs and params < 0.5 * base_params
+    assert model.classifier.out_channels == 11
+    widths = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m is not model.classifier]
+    assert all(w % 8 == 0 for w in widths), "round_to=8 keeps hardware-friendly widths"
+    x = torch.randn(1, 3, HEIGHT, WIDTH)
+    with torch.inference_mode():
+        expected = model(x)
+    assert expected.shape == (1, 11, HEIGHT, WIDTH)
+
+    save_weights(model, tmp_path / "pruned.safetensors")
+    rebuilt = load_weights(build_model(architecture, 11), tmp_path / "pruned.safetensors").eval()
+    assert count_macs_and_params(rebuilt, HEIGHT, WIDTH) == (macs, params)
+    with torch.inference_mode():
+        torch.testing.assert_close(rebuilt(x), expected)
+
+    session = ort.InferenceSession(str(export_onnx(rebuilt, tmp_path / "pruned.onnx", HEIGHT, WIDTH)),
+                                   providers=["CPUExecutionProvider"])
+    assert mask_agreement(expected.numpy(), session.run(None, {"image": x.numpy()})[0]) >= 0.999
+
+
+def test_global_pruning_respects_the_per_layer_cap():
+    torch.manual_seed(0)
+    model = build_model(SMALL_UNET, 11)
+    before = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    make_pruner(model, 0.7, "l1", HEIGHT, WIDTH, global_pruning=True, round_to=None, max_layer_ratio=0.8).step()
+    after = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert all(after[n] >= int(0.2 * before[n]) for n in before), "no layer loses more than 80% of its channels"
+    assert sum(after.values()) < 0.5 * sum(before.values())
+
+
+def test_prune_command_flow_fine_tunes_between_steps(tmp_path):
+    data = write_camvid11(tmp_path / "camvid", {"train": 8, "val": 2})
+    onnx_path = make_random_model(tmp_path / "base", SMALL_UNET, size=(48, 64))
+    card_path = onnx_path.with_suffix(".json")
+    model, summary = prune(ModelCard.load(card_path), card_path, ratio=0.5, criterion="l2", steps=2,
+                           fine_tune_epochs=1, data=str(data), batch_size=4, threads=2)
+    assert [h["step"] for h in summary["history"]] == [1, 2]
+    assert all("val_miou" in h for h in summary["history"])
+    assert summary["history"][0]["macs"] > summary["history"][1]["macs"] == summary["macs"]
+    assert summary["macs_reduction"] > 0.5 and summary["params"] < summary["base_params"]
+    assert not model.training
+
+
+@pytest.mark.parametrize("global_pruning", [True, False])
+def test_unstructured_pruning_reaches_the_requested_sparsity(global_pruning):
+    torch.manual_seed(0)
+    model = build_model(SMALL_UNET, 11)
+    macs_before = count_macs_and_params(model, HEIGHT, WIDTH)
+    sparsity = magnitude_prune(model, 0.6, global_pruning)
+    assert sparsity == pytest.approx(0.6, abs=0.01) and weight_sparsity(model) == sparsity
+    assert not any(name.endswith("_orig") for name, _ in model.named_parameters()), "pruning made permanent"
+    assert count_macs_and_params(model, HEIGHT, WIDTH) == macs_before, "dense shapes: no fewer MACs"
+
+
+def test_int8_and_fp16_models_load_and_agree_with_fp32(tmp_path):
+    data = write_camvid11(tmp_path / "camvid", {"train": 8})
+    onnx_path = make_random_model(tmp_path / "fp32", MOBILE_UNET, size=(64, 96))
+    card = ModelCard.load(onnx_path.with_suffix(".json"))
+    inputs = calibration_inputs(str(data), 8, card)
+    assert inputs.shape == (8, 3, 64, 96)
+    reference = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    expected = np.concatenate([reference.run(None, {"image": x[None]})[0] for x in inputs])
+    for activation_type in ("u8", "s8"):
+        int8_path = tmp_path / f"int8_{activation_type}.onnx"
+        quantize_int8(onnx_path, int8_path, inputs, activation_type)
+        session = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])
+        ops = {node.op_type for node in __import__("onnx").load(str(int8_path)).graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+        got = np.concatenate([session.run(None, {"image": x[None]})[0] for x in inputs])
+        assert mask_agreement(expected, got) > 0.8, activation_type
+    fp16_path = tmp_path / "fp16.onnx"
+    convert_fp16(onnx_path, fp16_path)
+    session = ort.InferenceSession(str(fp16_path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(float)"
+    got = np.concatenate([session.run(None, {"image": x[None]})[0] for x in inputs])
+    assert mask_agreement(expected, got) > 0.98
