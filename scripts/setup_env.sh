@@ -15,7 +15,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV" || { echo "python3 -m venv failed: on Debian/Ubuntu run 'sudo apt install python3-venv'" >&2; exit 1; }
 fi
 STAMP="$VENV/.seg_node_installed"
-WANT="$(cat "$REPO/requirements.txt" "$REPO/setup.py" | sha256sum | cut -d' ' -f1)"
+WANT="$(cat "$REPO"/requirements*.txt "$REPO/setup.py" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   echo "installing pinned dependencies into $VENV (first run: a few minutes)"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip

@@ -25,10 +25,19 @@ from .training.metrics import ConfusionMatrix
 GRID_FRAMES = 4
 
 
+def select(samples: list, sequence: str | None = None, limit: int | None = None) -> list:
+    """Frames of one sequence (name prefix, e.g. Seq05VD), then the first `limit`."""
+    if sequence:
+        samples = [s for s in samples if s.name.startswith(sequence)]
+    return samples[:limit] if limit else samples
+
+
 def evaluate(pipeline: SegmentationPipeline, dataset, limit: int | None = None, grid_frames: int = GRID_FRAMES,
-             progress: bool = True) -> tuple[ConfusionMatrix, list]:
+             progress: bool = True, sequence: str | None = None) -> tuple[ConfusionMatrix, list]:
     """Run every frame through `pipeline.segment`; returns the confusion matrix and a few frames for a grid."""
-    samples = dataset.items()[:limit] if limit else dataset.items()
+    samples = select(dataset.items(), sequence, limit)
+    if not samples:
+        raise ValueError(f"no frames of sequence {sequence!r} in {dataset.root / dataset.split}")
     matrix = ConfusionMatrix(len(pipeline.card.classes))
     keep = set(np.linspace(0, len(samples) - 1, min(grid_frames, len(samples))).astype(int).tolist())
     grid = []
@@ -50,6 +59,7 @@ def run_evaluation(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", help="CamVid folder (default: $CAMVID_ROOT)")
     parser.add_argument("--layout", default="auto", help="camvid11, camvid32 or auto")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--sequence", help="only the frames of this sequence (name prefix, e.g. Seq05VD)")
     parser.add_argument("--limit", type=int, help="only the first N frames")
     parser.add_argument("--out", required=True, help="folder for metrics.json, confusion.png, predictions.png")
     parser.add_argument("--update-card", action="store_true",
@@ -59,13 +69,13 @@ def run_evaluation(argv: list[str] | None = None) -> dict:
     pipeline = SegmentationPipeline.from_model(args.model, args.backend, args.device, threads=args.threads)
     dataset = open_dataset(args.data, args.split, args.layout)
     started = time.time()
-    matrix, grid = evaluate(pipeline, dataset, args.limit)
+    matrix, grid = evaluate(pipeline, dataset, args.limit, sequence=args.sequence)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "seg-eval " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     result = {
         "model": pipeline.card.name, "backend": pipeline.backend.describe(), "split": args.split,
-        "frames": len(dataset.items()[:args.limit] if args.limit else dataset.items()),
+        "frames": len(select(dataset.items(), args.sequence, args.limit)),
         "data": str(dataset.root), **matrix.summary(CAMVID_CLASSES), "seconds": round(time.time() - started, 1),
         "command": command, "confusion_matrix": matrix.matrix.tolist(),
     }
@@ -73,7 +83,7 @@ def run_evaluation(argv: list[str] | None = None) -> dict:
     save_confusion_matrix(matrix.matrix, CAMVID_CLASSES, out / "confusion.png",
                           f"{pipeline.card.name} on CamVid {args.split}: mIoU {result['miou']:.2f}")
     save_prediction_grid(grid, pipeline.lut, out / "predictions.png", VOID_INDEX)
-    if args.update_card and not args.limit:
+    if args.update_card and not (args.limit or args.sequence):
         from .resolve import resolve_model
         card, card_path = resolve_model(args.model)
         card.metrics[f"camvid_{args.split}"] = {k: result[k] for k in

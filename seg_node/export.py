@@ -6,6 +6,7 @@ Every export ends with a parity check: ONNX Runtime's masks must agree with torc
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import warnings
 from pathlib import Path
@@ -104,9 +105,14 @@ def main(argv: list[str] | None = None) -> None:
     model.load_state_dict(state["model"])
     spec = InputSpec(height=args.input_size[0], width=args.input_size[1])
     parity_inputs = parity_frames(args.data, args.parity_frames, spec, normalize)
+    log = Path(args.checkpoint).with_name("log.csv")
+    wall_seconds = (sum(float(row["seconds"]) for row in csv.DictReader(log.read_text().splitlines()))
+                    if log.exists() else None)
+    training = {"best_epoch": state["epoch"], "val_miou": state["val_miou"], "wall_seconds": wall_seconds,
+                "hardware": run.pop("hardware", "not recorded"), **run}
     card = export_model(model, args.out, name=args.name or Path(args.out).name, architecture=architecture,
                         classes=CAMVID_CLASSES, palette=CAMVID_PALETTE, spec=spec, parity_inputs=parity_inputs,
-                        training={"epochs": state["epoch"], "val_miou": state["val_miou"], **run},
+                        training=training,
                         dynamic_batch=args.dynamic_batch, dynamic_size=args.dynamic_size)
     print(f"wrote {args.out}.{{onnx,safetensors,json}}; parity {card.compression['export_parity']}")
 

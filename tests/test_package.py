@@ -151,3 +151,11 @@ def test_camera_publisher_refuses_a_missing_source():
     result = subprocess.run([str(Path(sys.executable).parent / "camera_publisher"), "--ros-args",
                              "-p", "source:=/nonexistent/video.mp4"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "cannot open camera source" in result.stderr
+
+
+def test_readme_documents_every_parameter_and_console_script():
+    readme = (REPO / "README.md").read_text()
+    for name in params.PARAMETERS:
+        assert f"`{name}`" in readme, name
+    for script in console_scripts():
+        assert script in readme, script

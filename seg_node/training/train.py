@@ -131,6 +131,13 @@ def plot_curves(log_path: Path, png_path: Path) -> None:
     plt.close(fig)
 
 
+def describe_hardware(device: torch.device) -> str:
+    import platform
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA), {os.cpu_count()} CPU cores"
+    return f"CPU only: {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
 def setup_distributed(args):
     """(rank, world_size, device); torchrun sets WORLD_SIZE/RANK/LOCAL_RANK."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -202,7 +209,7 @@ def train(argv: list[str] | None = None, model: torch.nn.Module | None = None) -
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    run_info = {"arch": arch, "args": vars(args), "world_size": world,
+    run_info = {"arch": arch, "args": vars(args), "world_size": world, "hardware": describe_hardware(device),
                 "class_weights": None if weights is None else [round(float(w), 4) for w in weights]}
     for epoch in range(start_epoch, args.epochs):
         started = time.time()

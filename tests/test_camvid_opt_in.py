@@ -1,0 +1,38 @@
+"""Checks on the full CamVid data set: opt-in, they run only with CAMVID_ROOT set (a few minutes on 2 cores)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from seg_node.bags.convert import dataset_frames, write_bag
+from seg_node.bags.live_eval import live_evaluate
+from seg_node.evaluate import run_evaluation
+from seg_node.model_card import ModelCard
+from seg_node.resolve import models_dir
+
+CAMVID_ROOT = os.environ.get("CAMVID_ROOT")
+pytestmark = pytest.mark.skipif(not CAMVID_ROOT, reason="set CAMVID_ROOT to run the full-data-set checks")
+
+
+@pytest.mark.parametrize("card_name", sorted(p.name for p in models_dir().glob("*.json")))
+def test_shipped_models_reproduce_the_test_miou_in_their_cards(card_name, tmp_path):
+    card_path = models_dir() / card_name
+    recorded = ModelCard.load(card_path).metrics["camvid_test"]
+    result = run_evaluation(["--model", str(card_path), "--data", CAMVID_ROOT, "--split", "test", "--threads", "2",
+                             "--out", str(tmp_path)])
+    assert result["frames"] == recorded["frames"] == 233
+    assert abs(result["miou"] - recorded["miou"]) <= 0.1, (result["miou"], recorded["miou"])
+
+
+def test_live_evaluation_of_seq05vd_matches_offline(tmp_path):
+    bag = tmp_path / "seq05vd"
+    write_bag(dataset_frames(Path(CAMVID_ROOT), "test", sequence="Seq05VD"), bag, rate=30.0, progress=False)
+    live = live_evaluate(bag, tmp_path / "live", rate=0.1, node_name="seg_node_seq05vd")
+    offline = run_evaluation(["--data", CAMVID_ROOT, "--split", "test", "--sequence", "Seq05VD", "--threads", "2",
+                              "--out", str(tmp_path / "offline")])
+    assert live["frames_published"] == offline["frames"] == 171 and live["frames_dropped"] == 0
+    assert abs(live["miou"] - offline["miou"]) <= 0.1, (live["miou"], offline["miou"])
+
