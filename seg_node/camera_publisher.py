@@ -11,12 +11,12 @@ from pathlib import Path
 import cv2
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
 from .image_codec import encode_raw
+from .ros_main import spin_node
 
 
 class CameraPublisher(Node):
@@ -54,24 +54,13 @@ class CameraPublisher(Node):
         self.publisher.publish(msg)
         self.published += 1
 
+    def destroy_node(self) -> None:
+        self.capture.release()
+        super().destroy_node()
+
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = CameraPublisher()
-        rclpy.spin(node)
-    except ValueError as exc:
-        print(f"[camera_publisher] FATAL: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.capture.release()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node(CameraPublisher, args, "camera_publisher", (ValueError,))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType, SetParametersResult
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
@@ -27,6 +26,7 @@ from .image_codec import (DecodedImage, ImageRejected, check_compressed, decode_
                           raw_pixels)
 from .model_card import ModelCardError
 from .pipeline import SegmentationPipeline
+from .ros_main import spin_node
 from .weights import WeightsError
 
 PARAMETER_TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
@@ -66,6 +66,7 @@ class SegNode(Node):
         self.max_pixels = self.get_parameter("max_image_pixels").value
         self.cameras = self._create_cameras()
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._reported_at = self._now()
         self.create_timer(self.get_parameter("diagnostics_period").value, self._publish_diagnostics)
 
         self._wakeup = threading.Condition()
@@ -247,6 +248,10 @@ class SegNode(Node):
     # --- diagnostics ------------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
         now = self._now()
+        if now < self._reported_at or self._reported_at == 0.0:  # sim time: the first /clock, or a bag looped
+            for camera in self.cameras:
+                camera.health.restart_clock(now)
+        self._reported_at = now
         backend, card = self.pipeline.backend, self.pipeline.card
         statuses = []
         for camera in self.cameras:
@@ -271,21 +276,7 @@ class SegNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = SegNode()
-        rclpy.spin(node)
-    except StartupError as exc:
-        print(f"[seg_node] FATAL: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node(SegNode, args, "seg_node", (StartupError,))
 
 
 if __name__ == "__main__":

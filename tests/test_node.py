@@ -72,6 +72,17 @@ def node_status(ros_inbox, node, predicate=lambda s: True, timeout=20.0):
     return matching(msg)[-1]
 
 
+def connect(ros, node, topic, msg_type=Image):
+    """Subscribe to the node's outputs and publish on its camera topic once both ends have matched."""
+    outputs = Outputs(ros, node)
+    publisher = ros.publisher(msg_type, topic)
+    ros.wait_for_subscribers(publisher)
+    for name in ("mask", "color_mask", "overlay", "latency"):
+        ros.wait_for_publishers(node.topic(name))
+    time.sleep(0.5)  # the node publishes an output only to discovered subscribers: let discovery finish
+    return outputs, publisher
+
+
 @pytest.fixture(scope="module")
 def diagnostics(ros):
     return ros.subscribe(DiagnosticArray, "/diagnostics")
@@ -84,12 +95,7 @@ def pipeline(random_model):
 
 def test_every_raw_encoding_is_segmented_with_header_and_size_kept(ros, seg_node, pipeline):
     node = seg_node(input_topics=["/enc_cam/image_raw"], qos_reliability="reliable", overlay_alpha=0.4)
-    outputs = Outputs(ros, node)
-    publisher = ros.publisher(Image, "/enc_cam/image_raw")
-    ros.wait_for_subscribers(publisher)
-    for topic in ("mask", "color_mask", "overlay", "latency"):
-        ros.wait_for_publishers(node.topic(topic))
-    time.sleep(0.5)
+    outputs, publisher = connect(ros, node, "/enc_cam/image_raw")
     cases = [(enc, 0) for enc in ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "yuv422", "yuv422_yuy2")]
     cases += [("rgb8", 16), ("yuv422", 6)]  # padded rows: step > width * bytes per pixel
     for index, (encoding, padding) in enumerate(cases):
@@ -123,11 +129,7 @@ def test_every_raw_encoding_is_segmented_with_header_and_size_kept(ros, seg_node
 def test_compressed_images_are_segmented(ros, seg_node, pipeline, kind):
     node = seg_node(input_topics=[f"/comp_{kind}/image_raw"], input_transport="compressed",
                     qos_reliability="reliable")
-    outputs = Outputs(ros, node)
-    publisher = ros.publisher(CompressedImage, f"/comp_{kind}/image_raw/compressed")
-    ros.wait_for_subscribers(publisher)
-    ros.wait_for_publishers(node.topic("mask"))
-    time.sleep(0.5)
+    outputs, publisher = connect(ros, node, f"/comp_{kind}/image_raw/compressed", CompressedImage)
     rgb = scene(7)
     msg = CompressedImage(format=kind, data=encode_compressed(rgb, "rgb", kind))
     msg.header.stamp.sec, msg.header.frame_id = 42, "compressed_cam"
@@ -141,11 +143,7 @@ def test_compressed_images_are_segmented(ros, seg_node, pipeline, kind):
 
 def test_diagnostics_summary_reports_latency_rates_and_model(ros, seg_node, diagnostics):
     node = seg_node(input_topics=["/diag_cam/image_raw"], qos_reliability="reliable", latency_budget_ms=5000.0)
-    outputs = Outputs(ros, node)
-    publisher = ros.publisher(Image, "/diag_cam/image_raw")
-    ros.wait_for_subscribers(publisher)
-    ros.wait_for_publishers(node.topic("mask"))
-    time.sleep(0.5)
+    outputs, publisher = connect(ros, node, "/diag_cam/image_raw", Image)
     for index in range(10):
         publisher.publish(make_image_msg(scene(index), "rgb8", (index + 1) * 1_000_000))
         outputs.mask.wait_for(index + 1)
@@ -163,11 +161,7 @@ def test_diagnostics_summary_reports_latency_rates_and_model(ros, seg_node, diag
 
 def test_latency_budget_exceeded_warns(ros, seg_node, diagnostics):
     node = seg_node(input_topics=["/budget_cam/image_raw"], qos_reliability="reliable", latency_budget_ms=0.1)
-    outputs = Outputs(ros, node)
-    publisher = ros.publisher(Image, "/budget_cam/image_raw")
-    ros.wait_for_subscribers(publisher)
-    ros.wait_for_publishers(node.topic("mask"))
-    time.sleep(0.5)
+    outputs, publisher = connect(ros, node, "/budget_cam/image_raw", Image)
     deadline = time.time() + 20
     while time.time() < deadline:
         publisher.publish(make_image_msg(scene(1), "rgb8", 5))
@@ -204,11 +198,7 @@ def test_two_cameras_get_their_own_outputs(ros, seg_node, pipeline):
 def test_fast_camera_drops_old_frames_and_serves_the_newest(ros, seg_node, diagnostics):
     node = seg_node(input_topics=["/fast_cam/image_raw"], qos_reliability="reliable", qos_depth=1000,
                     publish_color_mask=False, publish_overlay=False)
-    outputs = Outputs(ros, node)
-    publisher = ros.publisher(Image, "/fast_cam/image_raw")
-    ros.wait_for_subscribers(publisher)
-    ros.wait_for_publishers(node.topic("mask"))
-    time.sleep(0.5)
+    outputs, publisher = connect(ros, node, "/fast_cam/image_raw", Image)
     big = scene(3, 480, 640)
     count = 150
     for index in range(count):
@@ -246,11 +236,7 @@ def _with(msg, **fields):
 
 def test_bad_images_are_rejected_counted_and_the_next_frame_served(ros, seg_node, diagnostics, pipeline):
     node = seg_node(input_topics=["/bad_cam/image_raw"], qos_reliability="reliable")
-    outputs = Outputs(ros, node)
-    publisher = ros.publisher(Image, "/bad_cam/image_raw")
-    ros.wait_for_subscribers(publisher)
-    ros.wait_for_publishers(node.topic("mask"))
-    time.sleep(0.5)
+    outputs, publisher = connect(ros, node, "/bad_cam/image_raw", Image)
     for index, (reason, make_bad) in enumerate(BAD_IMAGES.items()):
         publisher.publish(make_bad())
         good_ns = 1000 + index
@@ -270,11 +256,7 @@ def test_bad_images_are_rejected_counted_and_the_next_frame_served(ros, seg_node
 def test_corrupt_compressed_image_is_rejected_and_the_next_served(ros, seg_node, diagnostics):
     node = seg_node(input_topics=["/badc_cam/image_raw"], input_transport="compressed", qos_reliability="reliable",
                     diagnostics_period=0.2)
-    outputs = Outputs(ros, node)
-    publisher = ros.publisher(CompressedImage, "/badc_cam/image_raw/compressed")
-    ros.wait_for_subscribers(publisher)
-    ros.wait_for_publishers(node.topic("mask"))
-    time.sleep(0.5)
+    outputs, publisher = connect(ros, node, "/badc_cam/image_raw/compressed", CompressedImage)
     good = encode_compressed(scene(0), "rgb", "jpeg")
     corrupt = good[:20] + bytes(len(good) - 20)
     for data, fmt in ((b"not an image at all", "jpeg"), (good, "tiff"), (corrupt, "jpeg")):
@@ -306,11 +288,7 @@ def set_parameter(ros, node, name, value, kind):
 
 def test_run_time_parameters_apply_and_start_up_ones_are_refused(ros, seg_node):
     node = seg_node(input_topics=["/param_cam/image_raw"], qos_reliability="reliable", overlay_alpha=0.0)
-    outputs = Outputs(ros, node)
-    publisher = ros.publisher(Image, "/param_cam/image_raw")
-    ros.wait_for_subscribers(publisher)
-    ros.wait_for_publishers(node.topic("overlay"))
-    time.sleep(0.5)
+    outputs, publisher = connect(ros, node, "/param_cam/image_raw", Image)
     rgb = scene(5)
     publisher.publish(make_image_msg(rgb, "rgb8", 1))
     first = wait_stamp(outputs.overlay, 1)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import DoubleConv, Upsample
+from .blocks import DoubleConv
 from .unet import UNet
 
 
@@ -42,7 +42,6 @@ class AttentionUNet(UNet):
             self.up_conv = nn.ModuleList(
                 DoubleConv(2 * widths[i] + (widths[i - 1] if i > 0 else 0), widths[i], kernel_sizes[i])
                 for i in reversed(range(depth)))
-        self.up = nn.ModuleList(Upsample(widths[i + 1], widths[i], upsampling) for i in reversed(range(depth)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = self.encode(x)
