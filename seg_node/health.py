@@ -49,6 +49,19 @@ class CameraHealth:
         self.totals[key] += n
         self._period[key] += n
 
+    def restart_clock(self, now: float) -> None:
+        """The node's clock started or went back (sim time: the first /clock, a replayed bag that loops).
+
+        Silence, rates and ages measured across the jump would be nonsense (a silence of 39 years, a rate
+        over a negative span), so the period starts again at `now`; the totals are kept.
+        """
+        with self._lock:
+            self.started_at = self._period_started_at = now
+            self.last_received_at = None
+            self._period = Counter()
+            self._latencies.clear()
+            self._ages.clear()
+
     def received(self, now: float) -> None:
         with self._lock:
             self._count("received")

@@ -210,7 +210,8 @@ class SegNode(Node):
             return
         self._publish_outputs(camera, msg.header, image, result.mask)
         finished = time.perf_counter()
-        age_ms = 1e3 * (self._now() - stamp_seconds(msg.header.stamp))
+        now = self._now()  # with sim time it reads 0 until the first /clock: an age against that is decades off
+        age_ms = 1e3 * (now - stamp_seconds(msg.header.stamp)) if now > 0.0 else float("nan")
         timings = {"queue": 1e3 * (started - arrived), "decode": 1e3 * (decoded - started), **result.timings_ms,
                    "publish": 1e3 * (finished - decoded) - result.timings_ms["total"]}
         timings["total"] = 1e3 * (finished - started)

@@ -14,6 +14,7 @@ of both and asserts on the same figures).
 from __future__ import annotations
 
 import argparse
+import bisect
 import os
 import shlex
 import tempfile
@@ -21,9 +22,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from tqdm import tqdm
+
+from .random_model import make_random_model
 
 NS_PER_S = 1_000_000_000
 
@@ -81,8 +85,16 @@ def latency_values(msg) -> dict[str, float]:
     return {kv.key: float(kv.value) for kv in msg.status[0].values}
 
 
+class Status(NamedTuple):
+    arrived: float  # perf_counter here
+    stamp_ns: int  # the DiagnosticArray's header stamp: the node's clock when it reported
+    level: int
+    message: str
+    values: dict[str, str]
+
+
 class StatusRecorder:
-    """The /diagnostics statuses of one node, as (arrival time, level, message, values)."""
+    """The /diagnostics statuses of one node, in arrival order."""
 
     def __init__(self, peer, node_name: str):
         from diagnostic_msgs.msg import DiagnosticArray
@@ -90,27 +102,38 @@ class StatusRecorder:
         from .peer import RELIABLE
         self._prefix = node_name + ":"
         self._changed = threading.Condition()
-        self.statuses: list[tuple[float, int, str, dict[str, str]]] = []
+        self.statuses: list[Status] = []
         peer.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_message, RELIABLE)
 
     def _on_message(self, msg) -> None:
         arrived = time.perf_counter()
-        mine = [(arrived, s.level[0], s.message, {kv.key: kv.value for kv in s.values})
+        mine = [Status(arrived, stamp_ns(msg), s.level[0], s.message, {kv.key: kv.value for kv in s.values})
                 for s in msg.status if s.name.startswith(self._prefix)]
         if mine:
             with self._changed:
                 self.statuses.extend(mine)
                 self._changed.notify_all()
 
-    def after(self, since: float, count: int = 2, timeout: float = 30.0) -> dict[str, str]:
-        """The values of the `count`-th status published after `since` (perf_counter): counts that include
-        everything the node did before `since`."""
-        def later():
-            return [s for s in self.statuses if s[0] > since]
+    def _later(self, since: float) -> list[Status]:
+        return self.statuses[bisect.bisect_right(self.statuses, since, key=lambda s: s.arrived):]
+
+    def first(self, predicate=lambda status: True, since: float = 0.0, timeout: float = 30.0) -> Status:
+        """The first status that arrived after `since` (perf_counter) and satisfies `predicate`."""
+        def match():
+            return next((s for s in self._later(since) if predicate(s)), None)
         with self._changed:
-            if not self._changed.wait_for(lambda: len(later()) >= count, timeout):
+            if not self._changed.wait_for(lambda: match() is not None, timeout):
+                raise TimeoutError(f"no matching /diagnostics status in {timeout} s; the last was "
+                                   f"{self.statuses[-1] if self.statuses else None}")
+            return match()
+
+    def after(self, since: float, count: int = 2, timeout: float = 30.0) -> Status:
+        """The `count`-th status that arrived after `since` (perf_counter): with count 2, one the node began
+        after `since`, so its counts include everything the node had done by then."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self._later(since)) >= count, timeout):
                 raise TimeoutError(f"fewer than {count} /diagnostics statuses in {timeout} s")
-            return later()[count - 1][3]
+            return self._later(since)[count - 1]
 
 
 class StressLink:
@@ -168,7 +191,7 @@ def calibrate(link: StressLink, messages: list, count: int) -> list[dict[str, fl
 @dataclass
 class OverloadRun:
     rate_hz: float
-    seconds: float
+    seconds: float  # how long the camera ran
     stamps: list[int]  # frames published during the run
     rss: list[float]  # MiB, sampled through the run; the first sample is taken before it starts
     final: dict[str, str] = field(default_factory=dict)  # /diagnostics values once the node is idle again
@@ -181,7 +204,7 @@ class OverloadRun:
 def overload(link: StressLink, messages: list, rate_hz: float, seconds: float, rss_every: float = 0.25,
              progress: bool = True) -> OverloadRun:
     """Publish at `rate_hz` for `seconds` (never catching up in bursts), then let the node finish."""
-    run = OverloadRun(rate_hz, seconds, [], [link.rss_mb()])
+    run = OverloadRun(rate_hz, 0.0, [], [link.rss_mb()])
     period = 1.0 / rate_hz
     started = next_at = last_sample = time.perf_counter()
     with tqdm(total=round(seconds), desc=f"overload at {rate_hz:.0f} Hz", unit="s", disable=not progress) as bar:
@@ -199,7 +222,7 @@ def overload(link: StressLink, messages: list, rate_hz: float, seconds: float, r
     if not link.masks.wait(run.stamps[-1], 30.0):
         raise TimeoutError("the node did not answer the last frame of the overload run within 30 s")
     run.rss.append(link.rss_mb())
-    run.final = link.diagnostics.after(link.masks.arrivals[run.stamps[-1]])
+    run.final = link.diagnostics.after(link.masks.arrivals[run.stamps[-1]]).values
     return run
 
 
@@ -228,27 +251,8 @@ def soak(link: StressLink, messages: list, frames: int, rss_every: int = 100, ti
         if (index + 1) % rss_every == 0:
             run.rss.append((index + 1, link.rss_mb()))
     run.rss.append((frames, link.rss_mb()))
-    run.final = link.diagnostics.after(time.perf_counter())
+    run.final = link.diagnostics.after(time.perf_counter()).values
     return run
-
-
-def make_random_model(out_stem: Path, size: tuple[int, int] = (96, 128), seed: int = 0) -> Path:
-    """A small, randomly initialised U-Net exported like a trained model: it loads and runs like one, which is
-    all a stress run needs (its masks mean nothing)."""
-    import torch
-
-    from .data import CAMVID_CLASSES, CAMVID_PALETTE
-    from .export import export_model
-    from .model_card import InputSpec
-    from .models import build_model
-    torch.manual_seed(seed)
-    architecture = {"name": "unet", "base_width": 8, "depth": 3}
-    model = build_model(architecture, len(CAMVID_CLASSES))
-    inputs = np.random.default_rng(seed).standard_normal((2, 3, *size)).astype(np.float32)
-    export_model(model, out_stem, name="random-unet (untrained, stress runs only)", architecture=architecture,
-                 classes=CAMVID_CLASSES, palette=CAMVID_PALETTE, spec=InputSpec(height=size[0], width=size[1]),
-                 parity_inputs=inputs, notes="randomly initialised by seg-stress; not a trained model")
-    return out_stem.with_suffix(".onnx")
 
 
 def percentiles(values, quantiles=(50, 95)) -> list[float]:
@@ -270,7 +274,7 @@ def report_overload(link: StressLink, unloaded: list[dict], run: OverloadRun) ->
     node_age = [v["age_ms"] for v in node]
     unloaded_total = [v["total_ms"] for v in unloaded]
     received, dropped = int(run.final["frames_received"]), int(run.final["frames_dropped"])
-    period_drop_rates = [float(s[3]["drop_rate"]) for s in link.diagnostics.statuses]
+    period_drop_rates = [float(s.values["drop_rate"]) for s in link.diagnostics.statuses]
     in_order = [s for s in link.masks.order if s in run_stamps]
     return [
         ("processing time, unloaded", "median {:.1f} ms, p95 {:.1f} ms (inference median {:.1f} ms)".format(
@@ -279,6 +283,8 @@ def report_overload(link: StressLink, unloaded: list[dict], run: OverloadRun) ->
                         f"(target {run.rate_hz:.1f} Hz), {len(run.stamps)} frames"),
         ("node counts", f"received {received}, processed {run.final['frames_processed']}, dropped {dropped}, "
                         f"failed {run.final['frames_failed']}, rejected {run.final['frames_rejected']}"),
+        ("lost before the node", f"{len(link.sent) - received} of {len(link.sent)} published (the camera "
+                                 f"subscription's queue overflowed before the callback ran)"),
         ("drop rate", f"{dropped / max(received, 1):.3f} overall, {max(period_drop_rates):.3f} "
                       f"highest in a /diagnostics period"),
         ("masks", f"{len(in_order)} published, in stamp order: {in_order == sorted(in_order)}"),

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from camvid_fixtures import write_camvid11
-from conftest import make_random_model
 from seg_node.compression.quantize import calibration_inputs, convert_fp16, quantize_int8
 from seg_node.compression.structured import (IMPORTANCE_CRITERIA, accumulate_taylor_gradients, count_macs_and_params,
                                              make_pruner, prune)
@@ -16,6 +15,7 @@ from seg_node.compression.unstructured import magnitude_prune, weight_sparsity
 from seg_node.export import export_onnx, mask_agreement
 from seg_node.model_card import ModelCard
 from seg_node.models import build_model
+from seg_node.random_model import make_random_model
 from seg_node.weights import load_weights, save_weights
 
 SMALL_UNET = {"name": "unet", "base_width": 16, "depth": 3}
@@ -111,3 +111,18 @@ def test_int8_and_fp16_models_load_and_agree_with_fp32(tmp_path):
     assert session.get_inputs()[0].type == "tensor(float)"
     got = np.concatenate([session.run(None, {"image": x[None]})[0] for x in inputs])
     assert mask_agreement(expected, got) > 0.98
+
+
+def test_dynamic_batch_and_size_export_runs_at_other_shapes(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(MOBILE_UNET, 11).eval()
+    path = export_onnx(model, tmp_path / "dynamic.onnx", HEIGHT, WIDTH, dynamic_batch=True, dynamic_size=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [type(d) for d in session.get_inputs()[0].shape] == [str, int, str, str]
+    for batch, height, width in ((2, HEIGHT, WIDTH), (1, 96, 128)):
+        x = torch.randn(batch, 3, height, width)
+        with torch.inference_mode():
+            expected = model(x).numpy()
+        got = session.run(None, {"image": x.numpy()})[0]
+        assert got.shape == (batch, 11, height, width)
+        assert mask_agreement(expected, got) >= 0.999

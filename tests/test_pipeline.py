@@ -8,11 +8,11 @@ import pickle
 import numpy as np
 import pytest
 
-from conftest import make_random_model
 from seg_node.backends import BackendError
 from seg_node.model_card import ModelCard, ModelCardError
 from seg_node.pipeline import SegmentationPipeline
 from seg_node.postprocess import argmax_channels, logits_to_mask
+from seg_node.random_model import make_random_model
 from seg_node.weights import WeightsError
 from test_node import scene
 
