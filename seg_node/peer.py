@@ -45,9 +45,11 @@ class RosPeer:
     """One rclpy node in the test process, spun by a background executor."""
 
     def __init__(self, name: str = "seg_node_peer"):
-        rclpy.init()
-        self.node = rclpy.create_node(f"{name}_{os.getpid()}")
-        self.executor = SingleThreadedExecutor()
+        # A context of its own: a process may hold several peers (a test session and a live evaluation).
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(f"{name}_{os.getpid()}", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)
         self._thread.start()
@@ -81,4 +83,4 @@ class RosPeer:
     def close(self) -> None:
         self.executor.shutdown()
         self.node.destroy_node()
-        rclpy.try_shutdown()
+        rclpy.try_shutdown(context=self.context)

@@ -17,7 +17,7 @@ KAGGLE_CLASSES = {"Sky": (128, 128, 128), "Wall": (64, 192, 0), "LaneMkgsDriv": 
 def striped_label(height: int, width: int, classes: list[int], seed: int) -> np.ndarray:
     """Horizontal bands of the given class ids, with a jittered boundary per frame."""
     rng = np.random.default_rng(seed)
-    bounds = np.sort(rng.integers(1, height, len(classes) - 1))
+    bounds = np.sort(rng.choice(np.arange(1, height), len(classes) - 1, replace=False))
     label = np.zeros((height, width), np.uint8)
     for class_id, (top, bottom) in zip(classes, zip([0, *bounds], [*bounds, height])):
         label[top:bottom] = class_id

@@ -223,7 +223,7 @@ def test_to_rclpy_matches_rclpy_serialization_field_for_field():
 @pytest.fixture
 def replay_node(ros):
     """A node of its own for the replayer's publishers (the `ros` peer holds the subscribers)."""
-    node = rclpy.create_node(f"bag_replay_test_{next(NODE_NUMBERS)}")
+    node = rclpy.create_node(f"bag_replay_test_{next(NODE_NUMBERS)}", context=ros.context)
     yield node
     node.destroy_node()
 

@@ -199,12 +199,12 @@ def test_fast_camera_drops_old_frames_and_serves_the_newest(ros, seg_node, diagn
     node = seg_node(input_topics=["/fast_cam/image_raw"], qos_reliability="reliable", qos_depth=1000,
                     publish_color_mask=False, publish_overlay=False)
     outputs, publisher = connect(ros, node, "/fast_cam/image_raw", Image)
-    big = scene(3, 480, 640)
+    big = scene(3, 240, 320)
     count = 150
     for index in range(count):
         publisher.publish(make_image_msg(big, "rgb8", index + 1))
     last = wait_stamp(outputs.mask, count, timeout=60)
-    assert last.width == 640
+    assert last.width == 320
     served = len(outputs.mask)
     status = node_status(diagnostics, node, lambda s: int(diagnostic_values(s)["frames_processed"]) == served)
     values = diagnostic_values(status)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.utilities import remove_ros_args
@@ -195,6 +196,7 @@ class BagReplayer:
         if self._start_ns > bag_start + bag_duration:
             raise ReplayError(f"--start-offset {start_offset} s is past the bag's end ({bag_duration / NS_PER_S:.3f} "
                               f"s long)")
+        self._reliability = reliability
         qos = QoSProfile(depth=qos_depth, reliability=reliability)
         self._publishers = {topic: self.node.create_publisher(rclpy_class(msgtype), topic, qos)
                             for topic, msgtype in types.items()}
@@ -239,7 +241,17 @@ class BagReplayer:
                     break
         finally:
             self._finished = time.monotonic()
+            self._wait_for_acknowledgements()
         return self.summary()
+
+    def _wait_for_acknowledgements(self, timeout: float = 5.0) -> None:
+        """Reliable readers must acknowledge the last messages before the publishers go (or the process ends):
+        otherwise the tail of the bag can be lost in flight."""
+        if self._reliability != ReliabilityPolicy.RELIABLE:
+            return
+        for publisher in [*self._publishers.values(), self._clock_publisher]:
+            if publisher is not None:
+                publisher.wait_for_all_acked(Duration(seconds=timeout))
 
     def _play_once(self) -> bool:
         """One pass through the bag; False when stopped before its end."""
