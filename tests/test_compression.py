@@ -126,3 +126,16 @@ def test_dynamic_batch_and_size_export_runs_at_other_shapes(tmp_path):
         got = session.run(None, {"image": x.numpy()})[0]
         assert got.shape == (batch, 11, height, width)
         assert mask_agreement(expected, got) >= 0.999
+
+
+@pytest.mark.parametrize("architecture", [SMALL_UNET, MOBILE_UNET], ids=lambda a: a["name"])
+def test_decoder_scope_leaves_the_encoder_whole(architecture):
+    torch.manual_seed(0)
+    model = build_model(architecture, 11)
+    encoder_before = {n: p.shape for n, p in model.encoder.named_parameters()}
+    base_macs, _ = count_macs_and_params(model, HEIGHT, WIDTH)
+    make_pruner(model, 0.5, "l2", HEIGHT, WIDTH, scope="decoder").step()
+    assert {n: p.shape for n, p in model.encoder.named_parameters()} == encoder_before
+    assert count_macs_and_params(model, HEIGHT, WIDTH)[0] < 0.9 * base_macs
+    with pytest.raises(ValueError, match="scope"):
+        make_pruner(build_model(architecture, 11), 0.5, "l2", HEIGHT, WIDTH, scope="encoder")

@@ -43,10 +43,20 @@ def count_macs_and_params(model: nn.Module, height: int, width: int) -> tuple[in
     return int(macs), int(params)
 
 
+SCOPES = ("all", "decoder")
+
+
 def make_pruner(model: nn.Module, ratio: float, criterion: str, height: int, width: int, steps: int = 1,
-                global_pruning: bool = False, round_to: int | None = 8, max_layer_ratio: float = 0.8):
+                global_pruning: bool = False, round_to: int | None = 8, max_layer_ratio: float = 0.8,
+                scope: str = "all"):
     """A DepGraph pruner that never touches the classifier (its channels are the classes) and keeps at least
-    1 - max_layer_ratio of every layer (global pruning can otherwise shrink a stage to one channel)."""
+    1 - max_layer_ratio of every layer (global pruning can otherwise shrink a stage to one channel).
+
+    scope 'decoder' leaves the encoder whole: an ImageNet-pretrained encoder loses what fine-tuning on CamVid
+    cannot give back, while the decoder's high-resolution stages hold most of the MACs.
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     if criterion not in IMPORTANCE_CRITERIA:
         raise ValueError(f"unknown criterion {criterion!r}; known: {sorted(IMPORTANCE_CRITERIA)}")
     if not 0.0 <= ratio < 1.0:
@@ -54,7 +64,8 @@ def make_pruner(model: nn.Module, ratio: float, criterion: str, height: int, wid
     return tp.pruner.MetaPruner(
         model, torch.zeros(1, 3, height, width), importance=IMPORTANCE_CRITERIA[criterion](),
         pruning_ratio=ratio, global_pruning=global_pruning, iterative_steps=steps, round_to=round_to,
-        max_pruning_ratio=max_layer_ratio, ignored_layers=[model.classifier])
+        max_pruning_ratio=max_layer_ratio,
+        ignored_layers=[model.classifier] + ([model.encoder] if scope == "decoder" else []))
 
 
 def accumulate_taylor_gradients(model: nn.Module, batches) -> None:
@@ -84,14 +95,15 @@ def labelled_batches(data: str | None, count: int, batch_size: int, crop: tuple[
 
 def prune(card: ModelCard, card_path: Path, ratio: float, criterion: str, steps: int, fine_tune_epochs: int,
           data: str | None, global_pruning: bool = False, round_to: int | None = 8, max_layer_ratio: float = 0.8,
-          lr: float = 5e-4, batch_size: int = 8, threads: int = 0, seed: int = 0) -> tuple[nn.Module, dict]:
+          lr: float = 3e-4, batch_size: int = 8, threads: int = 0, seed: int = 0, scope: str = "all"
+          ) -> tuple[nn.Module, dict]:
     """Prune `steps` times up to `ratio`, fine-tuning `fine_tune_epochs` on CamVid train after each step."""
     from ..training.train import train
     spec = card.input
     model = build_for_inference(card, model_file(card, card_path, "torch"))
     base_macs, base_params = count_macs_and_params(model, spec.height, spec.width)
     pruner = make_pruner(model, ratio, criterion, spec.height, spec.width, steps, global_pruning, round_to,
-                         max_layer_ratio)
+                         max_layer_ratio, scope)
     history = []
     for step in range(steps):
         if criterion == "taylor":
@@ -110,7 +122,8 @@ def prune(card: ModelCard, card_path: Path, ratio: float, criterion: str, steps:
         history.append(entry)
     model = model.eval().to(memory_format=torch.contiguous_format)
     macs, params = count_macs_and_params(model, spec.height, spec.width)
-    summary = {"method": "structured (Torch-Pruning DepGraph)", "ratio": ratio, "criterion": criterion,
+    summary = {"method": "structured (Torch-Pruning DepGraph)", "ratio": ratio, "scope": scope,
+               "criterion": criterion,
                "global": global_pruning, "round_to": round_to, "max_layer_ratio": max_layer_ratio, "steps": steps,
                "fine_tune_epochs_per_step": fine_tune_epochs, "fine_tune_lr": lr, "base_model": card.name,
                "base_macs": base_macs, "base_params": base_params, "macs": macs, "params": params,
@@ -129,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-layer-ratio", type=float, default=0.8, help="per-layer pruning cap")
     parser.add_argument("--steps", type=int, default=2, help="iterative pruning steps")
     parser.add_argument("--fine-tune-epochs", type=int, default=8, help="epochs of fine-tuning after each step")
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate (training used 1e-3)")
+    parser.add_argument("--scope", default="all", choices=SCOPES, help="prune everything, or the decoder only")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--data", help="CamVid folder (default: $CAMVID_ROOT)")
@@ -139,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     card, card_path = resolve_model(args.model)
     model, summary = prune(card, card_path, args.ratio, args.criterion, args.steps, args.fine_tune_epochs,
                            args.data, args.global_pruning, args.round_to or None, args.max_layer_ratio, args.lr,
-                           args.batch_size, args.threads, args.seed)
+                           args.batch_size, args.threads, args.seed, args.scope)
     exported = export_model(
         model, args.out, name=Path(args.out).name, architecture=card.architecture, classes=card.classes,
         palette=card.palette, spec=card.input, parity_inputs=parity_frames(args.data, 8, card.input, normalize),

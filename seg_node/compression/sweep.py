@@ -27,7 +27,7 @@ from ..pipeline import SegmentationPipeline
 from ..preprocess import normalize
 from ..resolve import model_file, resolve_model
 from .quantize import calibration_inputs, quantize_int8, quantized_card
-from .structured import count_macs_and_params, prune
+from .structured import SCOPES, count_macs_and_params, prune
 from .unstructured import magnitude_prune
 
 
@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--criterion", default="l2")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--fine-tune-epochs", type=int, default=8, help="per pruning step")
+    parser.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate")
+    parser.add_argument("--scope", default="decoder", choices=SCOPES, help="prune everything or the decoder only")
     parser.add_argument("--unstructured", type=float, default=0.5, help="sparsity of the baseline row (0: none)")
     parser.add_argument("--calibration-frames", type=int, default=64)
     parser.add_argument("--frames", type=int, default=50, help="frames timed per model")
@@ -136,9 +138,10 @@ def main(argv: list[str] | None = None) -> None:
         stem = out / "models" / f"{base.name}_p{round(ratio * 100):02d}"
         if not stem.with_suffix(".json").exists():
             model, summary = prune(base, base_path, ratio, args.criterion, args.steps, args.fine_tune_epochs,
-                                   args.data, threads=args.threads)
+                                   args.data, lr=args.lr, threads=args.threads, scope=args.scope)
             export_variant(model, stem, base, args.data, summary,
-                           f"{base.name} pruned by {ratio:.0%} ({args.criterion}), fine-tuned on CamVid train")
+                           f"{base.name} pruned by {ratio:.0%} ({args.scope}, {args.criterion}), fine-tuned on "
+                           "CamVid train")
         summary = ModelCard.load(stem.with_suffix(".json")).compression
         variants.append((stem.with_suffix(".json"), "structured", ratio, summary["macs"], summary["params"]))
     if args.unstructured:

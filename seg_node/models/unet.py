@@ -29,6 +29,11 @@ class UNet(nn.Module):
             DoubleConv(2 * widths[i], widths[i], kernel_sizes[i]) for i in reversed(range(depth)))
         self.classifier = nn.Conv2d(widths[0], num_classes, 1)
 
+    @property
+    def encoder(self) -> nn.ModuleList:
+        """The contracting path (what decoder-only pruning leaves whole)."""
+        return self.down
+
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         skips = []
         for index, stage in enumerate(self.down):
