@@ -28,13 +28,15 @@ def ros():
 
 
 @pytest.fixture
-def seg_node(request, random_model):
-    """Factory: start_node(**params) -> NodeProcess running the seg_node console script."""
+def seg_node(request, random_model, tmp_path):
+    """Factory: seg_node(**params) -> NodeProcess running the seg_node console script; `suffix` names a second
+    node of the same test, `wait=False` returns before it is ready (several start side by side)."""
     started = []
 
-    def start(wait=True, **parameters):
+    def start(wait=True, suffix="", **parameters):
         parameters.setdefault("model", str(random_model))
-        process = NodeProcess(request.node.name, parameters)
+        name = f"{request.node.name}_{suffix}" if suffix else request.node.name
+        process = NodeProcess(name, parameters, tmp_path)
         started.append(process)
         if wait:
             process.wait_until_ready()

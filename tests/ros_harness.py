@@ -17,9 +17,9 @@ REPO = Path(__file__).resolve().parent.parent
 class NodeProcess(SegNodeProcess):
     """seg_node for one test: a node name unique to the test, its log beside pytest's temporary files."""
 
-    def __init__(self, test_name: str, parameters: dict, params_file: Path = PARAMS_FILE):
+    def __init__(self, test_name: str, parameters: dict, log_dir: Path, params_file: Path = PARAMS_FILE):
         name = "seg_" + re.sub(r"[^a-zA-Z0-9]", "_", test_name)[-40:].strip("_") + f"_{os.getpid() % 1000}"
-        super().__init__(name, parameters, params_file)
+        super().__init__(name, parameters, params_file, log_dir)
 
 
 def make_image_msg(pixels: np.ndarray, encoding: str, stamp_ns: int, frame_id: str = "camera",

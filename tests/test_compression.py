@@ -31,7 +31,8 @@ def test_structured_pruning_shrinks_the_model_and_survives_export_and_safe_reloa
     base_macs, base_params = count_macs_and_params(model, HEIGHT, WIDTH)
     pruner = make_pruner(model, 0.5, criterion, HEIGHT, WIDTH, round_to=8)
     if criterion == "taylor":
-        accumulate_taylor_gradients(model, [(torch.randn(2, 3, HEIGHT, WIDTH), torch.randint(0, 11, (2, HEIGHT, WIDTH)))])
+        batch = (torch.randn(2, 3, HEIGHT, WIDTH), torch.randint(0, 11, (2, HEIGHT, WIDTH)))
+        accumulate_taylor_gradients(model, [batch])
     pruner.step()
     model.eval()
     macs, params = count_macs_and_params(model, HEIGHT, WIDTH)

@@ -277,7 +277,8 @@ def set_parameter(ros, node, name, value, kind):
     assert client.wait_for_service(timeout_sec=20)
     field = {ParameterType.PARAMETER_DOUBLE: "double_value", ParameterType.PARAMETER_BOOL: "bool_value",
              ParameterType.PARAMETER_STRING: "string_value"}[kind]
-    request = SetParameters.Request(parameters=[Parameter(name=name, value=ParameterValue(type=kind, **{field: value}))])
+    parameter = Parameter(name=name, value=ParameterValue(type=kind, **{field: value}))
+    request = SetParameters.Request(parameters=[parameter])
     future = client.call_async(request)
     deadline = time.time() + 20
     while not future.done() and time.time() < deadline:

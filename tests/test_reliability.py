@@ -23,7 +23,7 @@ from onnx import helper, numpy_helper
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image
 
-from ros_harness import REPO, NodeProcess, make_image_msg
+from ros_harness import REPO, make_image_msg
 from seg_node.health import ERROR, OK, STALE
 from seg_node.image_codec import (RAW_ENCODINGS, ImageRejected, check_compressed, decode_compressed, decode_raw,
                                   encode_compressed, raw_pixels)
@@ -38,22 +38,6 @@ MAX_RSS_GROWTH_MB = 50.0
 @pytest.fixture
 def pipeline(random_model):
     return SegmentationPipeline.from_model(random_model, backend="onnxruntime", device="cpu")
-
-
-@pytest.fixture
-def start_node(request, random_model):
-    """Factory: start_node(suffix, **params) -> a NodeProcess named after the test and `suffix`, so one test
-    can run several nodes (started side by side: wait_until_ready() before use)."""
-    started = []
-
-    def start(suffix: str, **parameters):
-        parameters.setdefault("model", str(random_model))
-        started.append(NodeProcess(f"{request.node.name}_{suffix}", parameters))
-        return started[-1]
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 def connect(ros, node, msg_type, topic):
@@ -249,10 +233,10 @@ def fuzz(ros, node, msg_type, topic, valid, malformed, verdict, expected, count,
 
 
 def test_fuzzed_malformed_images_are_rejected_by_reason_and_valid_frames_still_answered(
-        ros, start_node, pipeline):
-    raw = start_node("raw", input_topics=["/fuzz_raw/image_raw"], qos_reliability="reliable",
+        ros, seg_node, pipeline):
+    raw = seg_node(wait=False, suffix="raw", input_topics=["/fuzz_raw/image_raw"], qos_reliability="reliable",
                      qos_depth=100, diagnostics_period=0.2)
-    compressed = start_node("compressed", input_topics=["/fuzz_comp/image_raw"],
+    compressed = seg_node(wait=False, suffix="compressed", input_topics=["/fuzz_comp/image_raw"],
                             input_transport="compressed", qos_reliability="reliable", qos_depth=100,
                             diagnostics_period=0.05)
     raw.wait_until_ready()
