@@ -198,7 +198,8 @@ def print_result(result: dict) -> None:
     print(f"\n{result['frames_published']} frames published, {result['masks_received']} masks received, "
           f"{result['frames_dropped']} dropped; {result['frames_scored']} scored against the bag's labels")
     print(f"mIoU {result['miou']:.2f}, pixel accuracy {result['pixel_accuracy']:.2f}")
-    print("  " + ", ".join(f"{k} {v if v is not None else float('nan'):.1f}" for k, v in result["per_class_iou"].items()))
+    per_class = result["per_class_iou"].items()
+    print("  " + ", ".join(f"{k} {v if v is not None else float('nan'):.1f}" for k, v in per_class))
     if latency:
         print(f"ROS path latency (published -> mask received), ms: median {latency['median']}, p95 {latency['p95']}, "
               f"p99 {latency['p99']}, max {latency['max']}")

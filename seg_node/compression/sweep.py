@@ -92,7 +92,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def write_table(rows: list[dict], path: Path) -> str:
-    header = ("| model | method | ratio | precision | params (M) | GMACs | ONNX MB | test mIoU | torch ms (median / p95) "
+    header = ("| model | method | ratio | precision | params (M) | GMACs | ONNX MB | test mIoU "
+              "| torch ms (median / p95) "
               "| onnxruntime ms (median / p95) |\n|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in rows:
