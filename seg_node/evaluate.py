@@ -20,6 +20,7 @@ from tqdm import tqdm
 from .data import CAMVID_CLASSES, VOID_INDEX, open_dataset
 from .pipeline import SegmentationPipeline
 from .plots import save_confusion_matrix, save_prediction_grid
+from .resolve import resolve_model
 from .training.metrics import ConfusionMatrix
 
 GRID_FRAMES = 4
@@ -84,7 +85,6 @@ def run_evaluation(argv: list[str] | None = None) -> dict:
                           f"{pipeline.card.name} on CamVid {args.split}: mIoU {result['miou']:.2f}")
     save_prediction_grid(grid, pipeline.lut, out / "predictions.png", VOID_INDEX)
     if args.update_card and not (args.limit or args.sequence):
-        from .resolve import resolve_model
         card, card_path = resolve_model(args.model)
         card.metrics[f"camvid_{args.split}"] = {k: result[k] for k in
                                                  ("miou", "pixel_accuracy", "per_class_iou", "frames", "command")}

@@ -16,7 +16,10 @@ import onnx
 import torch
 from torch import nn
 
+from .data import CAMVID_CLASSES, CAMVID_PALETTE, CamVidLayoutError, open_dataset
 from .model_card import InputSpec, ModelCard
+from .models import build_model
+from .preprocess import normalize, resize_for_network
 from .weights import save_weights
 
 ONNX_OPSET = 17
@@ -85,9 +88,6 @@ def export_model(model: nn.Module, out_stem: str | Path, *, name: str, architect
 
 def main(argv: list[str] | None = None) -> None:
     """`seg-export`: turn a training checkpoint (best.pt) into the node's model files."""
-    from .data import CAMVID_CLASSES, CAMVID_PALETTE
-    from .models import build_model
-    from .preprocess import normalize
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("checkpoint", help="best.pt written by seg-train (loaded with weights_only=True)")
     parser.add_argument("--out", required=True, help="output stem, e.g. models/camvid_mobile_unet")
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     model = build_model(architecture, len(CAMVID_CLASSES))
     model.load_state_dict(state["model"])
     spec = InputSpec(height=args.input_size[0], width=args.input_size[1])
-    parity_inputs = parity_frames(args.data, args.parity_frames, spec, normalize)
+    parity_inputs = parity_frames(args.data, args.parity_frames, spec)
     log = Path(args.checkpoint).with_name("log.csv")
     wall_seconds = (sum(float(row["seconds"]) for row in csv.DictReader(log.read_text().splitlines()))
                     if log.exists() else None)
@@ -117,10 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {args.out}.{{onnx,safetensors,json}}; parity {card.compression['export_parity']}")
 
 
-def parity_frames(data: str | None, count: int, spec: InputSpec, normalize) -> np.ndarray:
+def parity_frames(data: str | None, count: int, spec: InputSpec) -> np.ndarray:
     """Normalized CamVid val frames when the data set is at hand, else seeded random images."""
-    from .data import CamVidLayoutError, open_dataset
-    from .preprocess import resize_for_network
     try:
         dataset = open_dataset(data, "val")
         samples = dataset.items()[:: max(1, len(dataset.items()) // count)][:count]

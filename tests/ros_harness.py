@@ -18,7 +18,8 @@ class NodeProcess(SegNodeProcess):
     """seg_node for one test: a node name unique to the test, its log beside pytest's temporary files."""
 
     def __init__(self, test_name: str, parameters: dict, log_dir: Path, params_file: Path = PARAMS_FILE):
-        name = "seg_" + re.sub(r"[^a-zA-Z0-9]", "_", test_name)[-40:].strip("_") + f"_{os.getpid() % 1000}"
+        # ROS names allow letters, digits and single underscores
+        name = "seg_" + re.sub(r"[^a-zA-Z0-9]+", "_", test_name)[-40:].strip("_") + f"_{os.getpid() % 1000}"
         super().__init__(name, parameters, params_file, log_dir)
 
 

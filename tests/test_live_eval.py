@@ -22,7 +22,7 @@ def test_live_evaluation_of_the_committed_clip_matches_the_offline_evaluation(tm
     bag = tmp_path / "clip_bag"
     write_bag(dataset_frames(CLIP, "test"), bag, rate=30.0, progress=False)
     # 0.1x of 30 Hz: 3 frames a second, slow enough that the node drops none
-    live = live_evaluate(bag, tmp_path / "live", rate=0.1, node_name=f"seg_node_live_{tmp_path.name[-8:]}")
+    live = live_evaluate(bag, tmp_path / "live", rate=0.1, node_name="seg_node_live_clip")
     offline = run_evaluation(["--data", str(CLIP), "--split", "test", "--threads", "2", "--out",
                               str(tmp_path / "offline")])
     assert live["frames_published"] == 24 and live["frames_dropped"] == 0 and live["frames_scored"] == 24

@@ -112,7 +112,7 @@ def live_evaluate(bag: str | Path, out: str | Path, *, model: str | None = None,
                   label_topic: str | None = None, record: bool = False, video: bool = False, pngs: int = 4,
                   video_fps: float = 5.0, node_name: str = "seg_node", settle: float = 3.0) -> dict:
     from diagnostic_msgs.msg import DiagnosticArray
-    from sensor_msgs.msg import CompressedImage, Image
+    from sensor_msgs.msg import Image
 
     from ..node_process import SegNodeProcess
     from ..peer import RosPeer
@@ -130,15 +130,19 @@ def live_evaluate(bag: str | Path, out: str | Path, *, model: str | None = None,
     if model:
         parameters["model"] = str(model)
     node = SegNodeProcess(node_name, parameters, log_dir=out)
+    sent_at: dict[int, float] = {}  # stamp -> when the replayer published the image
     peer = RosPeer("seg_node_live_eval")
     try:
         node.wait_until_ready()
         inboxes = {name: peer.subscribe(Image if name != "latency" else DiagnosticArray, node.topic(name))
                    for name in ("mask", "latency") + (("overlay",) if video or record else ())}
-        published = peer.subscribe(CompressedImage if compressed else Image, topic)
         for name in inboxes:
             peer.wait_for_publishers(node.topic(name))
-        replayer = BagReplayer(peer.node, bag, rate=rate, topics=[topic], wait_for_subscribers=2)
+        def note_publication(_, msg) -> None:
+            sent_at.setdefault(stamp_ns(msg.header), time.perf_counter())
+
+        replayer = BagReplayer(peer.node, bag, rate=rate, topics=[topic], wait_for_subscribers=1,
+                               on_publish=note_publication)
         with replayer:
             progress = tqdm(total=len(images), desc=f"replaying {bag.name}", unit="frame")
             runner = threading.Thread(target=replayer.run)
@@ -159,7 +163,6 @@ def live_evaluate(bag: str | Path, out: str | Path, *, model: str | None = None,
         peer.close()
         status = node.stop()
 
-    sent_at = {stamp_ns(m.header): t for m, t in zip(published.messages, published.arrivals)}
     masks = inboxes["mask"].messages
     matrix = ConfusionMatrix(len(CAMVID_CLASSES))
     path_latency = []

@@ -15,6 +15,7 @@ import math
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -143,7 +144,7 @@ class BagReplayer:
     def __init__(self, node, bag_path, *, rate: float = 1.0, loop: bool = False, start_offset: float = 0.0,
                  topics: list[str] | None = None, reliability: str = "reliable", qos_depth: int = 10,
                  clock: bool = False, wait_for_subscribers: int = 0, wait_topics: list[str] | None = None,
-                 wait_timeout: float = 30.0):
+                 wait_timeout: float = 30.0, on_publish: Callable[[str, object], None] | None = None):
         if not math.isfinite(rate) or rate <= 0:
             raise ReplayError(f"--rate must be a positive playback speed factor, got {rate}")
         if not math.isfinite(start_offset) or start_offset < 0:
@@ -153,6 +154,7 @@ class BagReplayer:
         if qos_depth < 1 or wait_for_subscribers < 0:
             raise ReplayError("--qos-depth must be >= 1 and --wait-for-subscribers >= 0")
         self.node, self.rate, self.loop = node, rate, loop
+        self.on_publish = on_publish  # called as each message is about to go out: (topic, message)
         self.wait_for_subscribers, self.wait_timeout = wait_for_subscribers, wait_timeout
         self._stop = threading.Event()
         self._summary = ReplaySummary()
@@ -269,6 +271,8 @@ class BagReplayer:
                 self._clock_publisher.publish(Clock(clock=Time(sec=sec, nanosec=nanosec)))
                 self._summary.clock_messages += 1
                 last_clock_ns = timestamp
+            if self.on_publish is not None:
+                self.on_publish(connection.topic, message)
             self._publishers[connection.topic].publish(message)
             self._summary.published[connection.topic] = self._summary.published.get(connection.topic, 0) + 1
         return True

@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
                            args.batch_size, args.threads, args.seed, args.scope)
     exported = export_model(
         model, args.out, name=Path(args.out).name, architecture=card.architecture, classes=card.classes,
-        palette=card.palette, spec=card.input, parity_inputs=parity_frames(args.data, 8, card.input, normalize),
+        palette=card.palette, spec=card.input, parity_inputs=parity_frames(args.data, 8, card.input),
         training=card.training, compression=summary,
         notes=f"{card.name} pruned structurally by {args.ratio:.0%} ({args.criterion}), fine-tuned on CamVid train")
     print(f"pruned {card.name}: MACs {summary['base_macs'] / 1e9:.2f} G -> {summary['macs'] / 1e9:.2f} G "

@@ -24,7 +24,6 @@ from ..evaluate import evaluate
 from ..export import export_model, parity_frames
 from ..model_card import ModelCard
 from ..pipeline import SegmentationPipeline
-from ..preprocess import normalize
 from ..resolve import model_file, resolve_model
 from .quantize import calibration_inputs, quantize_int8, quantized_card
 from .structured import SCOPES, count_macs_and_params, prune
@@ -46,7 +45,7 @@ def measure(card_path: Path, test_set, frames, threads: int, torch_too: bool) ->
 
 def export_variant(model, stem: Path, base: ModelCard, data, compression: dict, notes: str) -> Path:
     export_model(model, stem, name=stem.name, architecture=base.architecture, classes=base.classes,
-                 palette=base.palette, spec=base.input, parity_inputs=parity_frames(data, 8, base.input, normalize),
+                 palette=base.palette, spec=base.input, parity_inputs=parity_frames(data, 8, base.input),
                  training=base.training, compression=compression, notes=notes)
     return stem.with_suffix(".json")
 

@@ -11,10 +11,12 @@ import csv
 import json
 import math
 import os
+import platform
 import random
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -23,7 +25,7 @@ from tqdm import tqdm
 from ..data import CAMVID_CLASSES, open_dataset
 from ..model_card import InputSpec
 from ..models import build_model
-from ..preprocess import normalize
+from ..preprocess import normalize, resize_for_network
 from .augment import augment
 from .losses import build_loss, median_frequency_weights
 from .metrics import ConfusionMatrix
@@ -87,8 +89,6 @@ def make_batch(images, labels, indices, rng, args, spec):
 @torch.no_grad()
 def validate(model, images, labels, spec, device, num_classes) -> ConfusionMatrix:
     """mIoU at the network input size, with the same resize and normalization as the node's pipeline."""
-    from ..preprocess import resize_for_network
-    import cv2
     model.eval()
     matrix = ConfusionMatrix(num_classes)
     for image, label in zip(images, labels):
@@ -132,7 +132,6 @@ def plot_curves(log_path: Path, png_path: Path) -> None:
 
 
 def describe_hardware(device: torch.device) -> str:
-    import platform
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA), {os.cpu_count()} CPU cores"
     return f"CPU only: {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
