@@ -70,9 +70,9 @@ def benchmark_node(case: Case, frames, threads: int, warmup: int) -> dict:
     """Publish one frame, wait for its mask, repeat: publish-to-mask latency of the running node."""
     from sensor_msgs.msg import Image
 
-    from .image_codec import encode_raw
     from .node_process import SegNodeProcess
     from .peer import RosPeer
+    from .ros_images import image_message
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     name = f"seg_node_bench_{os.getpid()}"
     topic = f"/{name}_camera/image_raw"
@@ -90,8 +90,7 @@ def benchmark_node(case: Case, frames, threads: int, warmup: int) -> dict:
         peer.wait_for_publishers(f"/{name}/mask")
         latencies = []
         for index, frame in enumerate(tqdm(frames[:warmup] + frames, desc=f"{case.label}: node", leave=False)):
-            height, width, step, data = encode_raw(frame, "rgb8")
-            msg = Image(height=height, width=width, encoding="rgb8", step=step, data=data)
+            msg = image_message(frame, "rgb8")
             msg.header.stamp.sec = index + 1
             sent = time.perf_counter()
             publisher.publish(msg)

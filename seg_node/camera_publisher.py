@@ -15,7 +15,7 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
-from .image_codec import encode_raw
+from .ros_images import image_message
 from .ros_main import spin_node
 
 
@@ -47,8 +47,7 @@ class CameraPublisher(Node):
         if not ok:
             self.get_logger().warn("no frame from the source", throttle_duration_sec=5.0)
             return
-        height, width, step, data = encode_raw(frame, "bgr8")
-        msg = Image(height=height, width=width, encoding="bgr8", step=step, data=data)
+        msg = image_message(frame, "bgr8")
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.header.frame_id = self.frame_id
         self.publisher.publish(msg)

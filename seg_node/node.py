@@ -22,10 +22,10 @@ from sensor_msgs.msg import CompressedImage, Image
 from . import params
 from .backends import BackendError
 from .health import CameraHealth, HealthThresholds
-from .image_codec import (DecodedImage, ImageRejected, check_compressed, decode_compressed, decode_raw, encode_raw,
-                          raw_pixels)
+from .image_codec import DecodedImage, ImageRejected, check_compressed, decode_compressed, decode_raw, raw_pixels
 from .model_card import ModelCardError
 from .pipeline import SegmentationPipeline
+from .ros_images import image_message, stamp_ns
 from .ros_main import spin_node
 from .weights import WeightsError
 
@@ -46,10 +46,6 @@ class Camera:
     publishers: dict = field(default_factory=dict)
     pending: object = None  # newest unprocessed message
     pending_since: float = 0.0  # perf_counter when it arrived
-
-
-def stamp_seconds(stamp) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
 
 
 class SegNode(Node):
@@ -211,7 +207,7 @@ class SegNode(Node):
         self._publish_outputs(camera, msg.header, image, result.mask)
         finished = time.perf_counter()
         now = self._now()  # with sim time it reads 0 until the first /clock: an age against that is decades off
-        age_ms = 1e3 * (now - stamp_seconds(msg.header.stamp)) if now > 0.0 else float("nan")
+        age_ms = 1e3 * (now - stamp_ns(msg.header.stamp) * 1e-9) if now > 0.0 else float("nan")
         timings = {"queue": 1e3 * (started - arrived), "decode": 1e3 * (decoded - started), **result.timings_ms,
                    "publish": 1e3 * (finished - decoded) - result.timings_ms["total"]}
         timings["total"] = 1e3 * (finished - started)
@@ -224,20 +220,14 @@ class SegNode(Node):
         wanted = {name: getattr(self, f"publish_{name}") and pubs[name].get_subscription_count() > 0
                   for name in ("mask", "color_mask", "overlay")}
         if wanted["mask"]:
-            pubs["mask"].publish(self._image_msg(header, mask, "mono8"))
+            pubs["mask"].publish(image_message(mask, "mono8", header))
         if wanted["color_mask"] or wanted["overlay"]:
             colors = self.pipeline.colorize(mask)
             if wanted["color_mask"]:
-                pubs["color_mask"].publish(self._image_msg(header, colors, "rgb8"))
+                pubs["color_mask"].publish(image_message(colors, "rgb8", header))
             if wanted["overlay"]:
                 blended = self.pipeline.overlay(image.as_rgb(), colors, self.overlay_alpha)
-                pubs["overlay"].publish(self._image_msg(header, blended, "rgb8"))
-
-    @staticmethod
-    def _image_msg(header, array, encoding: str) -> Image:
-        height, width, step, data = encode_raw(array, encoding)
-        return Image(header=header, height=height, width=width, encoding=encoding, is_bigendian=0, step=step,
-                     data=data)
+                pubs["overlay"].publish(image_message(blended, "rgb8", header))
 
     def _publish_latency(self, camera: Camera, header, timings: dict) -> None:
         status = DiagnosticStatus(

@@ -28,8 +28,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .random_model import make_random_model
+from .ros_images import NS_PER_S, image_message, stamp_ns
 
-NS_PER_S = 1_000_000_000
 
 
 def rss_mb(pid: int) -> float:
@@ -38,19 +38,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for process {pid}")
-
-
-def stamp_ns(msg) -> int:
-    return msg.header.stamp.sec * NS_PER_S + msg.header.stamp.nanosec
-
-
-def image_msg(rgb: np.ndarray):
-    """An rgb8 sensor_msgs/Image; `StressLink.publish` stamps it."""
-    from sensor_msgs.msg import Image
-
-    from .image_codec import encode_raw
-    height, width, step, data = encode_raw(rgb, "rgb8")
-    return Image(height=height, width=width, encoding="rgb8", step=step, data=data)
 
 
 class StampRecorder:
@@ -70,7 +57,7 @@ class StampRecorder:
 
     def _on_message(self, msg) -> None:
         arrived = time.perf_counter()
-        stamp, value = stamp_ns(msg), self._extract(msg)
+        stamp, value = stamp_ns(msg.header.stamp), self._extract(msg)
         with self._changed:
             self.arrivals[stamp], self.values[stamp] = arrived, value
             self.order.append(stamp)
@@ -107,7 +94,8 @@ class StatusRecorder:
 
     def _on_message(self, msg) -> None:
         arrived = time.perf_counter()
-        mine = [Status(arrived, stamp_ns(msg), s.level[0], s.message, {kv.key: kv.value for kv in s.values})
+        stamp = stamp_ns(msg.header.stamp)
+        mine = [Status(arrived, stamp, s.level[0], s.message, {kv.key: kv.value for kv in s.values})
                 for s in msg.status if s.name.startswith(self._prefix)]
         if mine:
             with self._changed:
@@ -155,7 +143,7 @@ class StressLink:
 
     def _prime(self, timeout: float) -> None:
         """Send a small frame until its mask comes back: both ends have then discovered each other."""
-        msg = image_msg(np.zeros((16, 16, 3), np.uint8))
+        msg = image_message(np.zeros((16, 16, 3), np.uint8), "rgb8")
         deadline = time.perf_counter() + timeout
         while time.perf_counter() < deadline:
             if self.masks.wait(self.publish(msg), 1.0):
@@ -372,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             node.wait_until_ready()
             link = StressLink(peer, node, topic)
-            messages = [image_msg(frame) for frame in frames]
+            messages = [image_message(frame, "rgb8") for frame in frames]
             height, width = frames[0].shape[:2]
             load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
             header = (f"seg-stress {shlex.join(sys.argv[1:] if argv is None else argv)}\n"

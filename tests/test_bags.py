@@ -23,6 +23,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from seg_node.bags.convert import main as convert_main
 from seg_node.bags.replay import BagReplayer, ReplayError, to_rclpy
 from seg_node.image_codec import decode_compressed
+from seg_node.ros_images import stamp_ns
 
 TYPESTORE = get_typestore(Stores.ROS2_HUMBLE)
 HEIGHT, WIDTH = 48, 64
@@ -71,11 +72,6 @@ def read_bag(path: Path) -> dict[str, list]:
     return topics
 
 
-def time_ns(time) -> int:
-    """builtin_interfaces/Time (rosbags or rclpy) -> nanoseconds."""
-    return time.sec * 10**9 + time.nanosec
-
-
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
 @pytest.mark.parametrize("image_format", ["rgb8", "bgr8", "jpeg", "png"])
 def test_camvid_sequence_round_trips_through_a_bag(camvid, tmp_path, storage, image_format):
@@ -95,7 +91,7 @@ def test_camvid_sequence_round_trips_through_a_bag(camvid, tmp_path, storage, im
     expected_stamps = [START_NS + index * 100_000_000 for index in range(len(VIDEO_FRAMES))]
     for topic, messages in topics.items():
         assert [timestamp for timestamp, *_ in messages] == expected_stamps, topic
-        assert [time_ns(message.header.stamp) for _, _, message, _ in messages] == expected_stamps, topic
+        assert [stamp_ns(message.header.stamp) for _, _, message, _ in messages] == expected_stamps, topic
         assert {message.header.frame_id for _, _, message, _ in messages} == {"camera"}
     for index, (_, msgtype, message, _) in enumerate(topics[image_topic]):
         rgb = frame_pixels(index)
@@ -128,7 +124,7 @@ def test_real_time_stamps_follow_the_video_frame_numbers(camvid, tmp_path):
     assert sorted(topics) == ["/camera/image_raw", "/ground_truth/labels"]
     for topic, messages in topics.items():
         assert [timestamp for timestamp, *_ in messages] == expected, topic
-        assert [time_ns(message.header.stamp) for _, _, message, _ in messages] == expected, topic
+        assert [stamp_ns(message.header.stamp) for _, _, message, _ in messages] == expected, topic
 
 
 def test_plain_folders_custom_topics_and_limit(camvid, tmp_path):
@@ -155,7 +151,7 @@ def test_rclpy_deserializes_the_bag_bytes(camvid, tmp_path):
     raw_topics = read_bag(convert(camvid, tmp_path / "raw"))
     for index, (timestamp, _, _, raw) in enumerate(raw_topics["/camera/image_raw"]):
         image = deserialize_message(raw, Image)
-        assert (time_ns(image.header.stamp), image.header.frame_id) == (timestamp, "camera")
+        assert (stamp_ns(image.header.stamp), image.header.frame_id) == (timestamp, "camera")
         assert (image.height, image.width, image.encoding, image.is_bigendian, image.step) == (
             HEIGHT, WIDTH, "rgb8", 0, WIDTH * 3)
         np.testing.assert_array_equal(np.frombuffer(image.data, np.uint8).reshape(HEIGHT, WIDTH, 3),
@@ -167,7 +163,7 @@ def test_rclpy_deserializes_the_bag_bytes(camvid, tmp_path):
     compressed_topics = read_bag(convert(camvid, tmp_path / "png", "--compressed", "png"))
     timestamp, _, stored, raw = compressed_topics["/camera/image_raw/compressed"][1]
     compressed = deserialize_message(raw, CompressedImage)
-    assert (time_ns(compressed.header.stamp), compressed.format) == (timestamp, stored.format)
+    assert (stamp_ns(compressed.header.stamp), compressed.format) == (timestamp, stored.format)
     assert bytes(compressed.data) == stored.data.tobytes()
 
 
@@ -238,7 +234,7 @@ def test_replay_delivers_every_message_in_order_at_the_rate_factor(ros, replay_n
     expected_stamps = [START_NS + index * 200_000_000 for index in range(len(VIDEO_FRAMES))]
     for inbox, encoding in ((images, "rgb8"), (labels, "mono8")):
         received = inbox.wait_for(len(VIDEO_FRAMES), timeout=10)
-        assert [time_ns(m.header.stamp) for m in received] == expected_stamps
+        assert [stamp_ns(m.header.stamp) for m in received] == expected_stamps
         assert {(m.encoding, m.header.frame_id) for m in received} == {(encoding, "camera")}
     for index, message in enumerate(images.messages):
         np.testing.assert_array_equal(np.frombuffer(message.data, np.uint8).reshape(HEIGHT, WIDTH, 3),
@@ -275,7 +271,7 @@ def test_replay_filters_topics_skips_the_start_and_loops_until_stopped(ros, repl
     published = summary.published["/replay_loop/image_raw/compressed"]
     received = images.wait_for(published, timeout=10)
     after_offset = [START_NS + index * 200_000_000 for index in (3, 4, 5)]  # frames at >= 0.5 s
-    assert [time_ns(m.header.stamp) for m in received] == (after_offset * published)[:published]
+    assert [stamp_ns(m.header.stamp) for m in received] == (after_offset * published)[:published]
     assert len(images.messages) == published
     assert replay_node.count_publishers("/replay_loop/labels") == 0
 
@@ -292,9 +288,9 @@ def test_replay_cli_publishes_bag_time_on_clock(ros, camvid, tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     expected = [start_ns + index * 100_000_000 for index in range(len(VIDEO_FRAMES))]
-    assert [time_ns(m.header.stamp) for m in images.wait_for(len(VIDEO_FRAMES), timeout=10)] == expected
-    ours = clock.wait_for(len(VIDEO_FRAMES), timeout=10, predicate=lambda m: time_ns(m.clock) >= start_ns)
-    assert [time_ns(m.clock) for m in ours] == expected  # one tick per bag time, image and label share it
+    assert [stamp_ns(m.header.stamp) for m in images.wait_for(len(VIDEO_FRAMES), timeout=10)] == expected
+    ours = clock.wait_for(len(VIDEO_FRAMES), timeout=10, predicate=lambda m: stamp_ns(m.clock) >= start_ns)
+    assert [stamp_ns(m.clock) for m in ours] == expected  # one tick per bag time, image and label share it
     assert "published 6 on /replay_cli/image_raw, 6 on /replay_cli/labels, 6 on /clock" in result.stdout
 
 

@@ -15,6 +15,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from ros_harness import RELIABLE, diagnostic_values, make_image_msg
 from seg_node.image_codec import decode_raw, encode_compressed
 from seg_node.pipeline import SegmentationPipeline
+from seg_node.ros_images import stamp_ns
 
 HEIGHT, WIDTH = 60, 80
 
@@ -56,12 +57,8 @@ class Outputs:
         self.latency = ros.subscribe(DiagnosticArray, node.topic(prefix + "latency"))
 
 
-def stamp_ns(msg) -> int:
-    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-
-
 def wait_stamp(inbox, ns, timeout=20.0):
-    return inbox.wait_for(1, timeout, lambda m: stamp_ns(m) == ns)[0]
+    return inbox.wait_for(1, timeout, lambda m: stamp_ns(m.header.stamp) == ns)[0]
 
 
 def node_status(ros_inbox, node, predicate=lambda s: True, timeout=20.0):
@@ -215,7 +212,7 @@ def test_fast_camera_drops_old_frames_and_serves_the_newest(ros, seg_node, diagn
     rates = [float(diagnostic_values(s)["drop_rate"]) for m in diagnostics.messages for s in m.status
              if s.name.startswith(node.name + ":")]
     assert max(rates) > 0, "the drop rate of the period with the burst must be reported"
-    stamps = [stamp_ns(m) for m in outputs.mask.messages]
+    stamps = [stamp_ns(m.header.stamp) for m in outputs.mask.messages]
     assert stamps == sorted(stamps), "frames must be served in order, newest last"
 
 
@@ -310,7 +307,7 @@ def test_run_time_parameters_apply_and_start_up_ones_are_refused(ros, seg_node):
     publisher.publish(make_image_msg(rgb, "rgb8", 3))
     wait_stamp(outputs.overlay, 3)
     time.sleep(0.3)
-    assert [stamp_ns(m) for m in outputs.mask.messages] == [1, 2]
+    assert [stamp_ns(m.header.stamp) for m in outputs.mask.messages] == [1, 2]
 
 
 @pytest.mark.parametrize("parameters, message", [

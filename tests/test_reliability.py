@@ -28,7 +28,8 @@ from seg_node.health import ERROR, OK, STALE
 from seg_node.image_codec import (RAW_ENCODINGS, ImageRejected, check_compressed, decode_compressed, decode_raw,
                                   encode_compressed, raw_pixels)
 from seg_node.pipeline import SegmentationPipeline
-from seg_node.stress import StatusRecorder, StressLink, calibrate, image_msg, overload, rss_mb, soak, stamp_ns
+from seg_node.ros_images import image_message, stamp_ns
+from seg_node.stress import StatusRecorder, StressLink, calibrate, overload, rss_mb, soak
 from test_node import as_encoding, scene
 
 NS_PER_S = 1_000_000_000
@@ -57,7 +58,7 @@ def stamped(msg, ns: int):
 
 
 def wait_mask(masks, ns: int, timeout: float = 20.0) -> np.ndarray:
-    msg = masks.wait_for(1, timeout, lambda m: stamp_ns(m) == ns)[0]
+    msg = masks.wait_for(1, timeout, lambda m: stamp_ns(m.header.stamp) == ns)[0]
     return np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.width)
 
 
@@ -268,7 +269,7 @@ def test_overload_serves_the_newest_frames_reports_drops_and_keeps_memory_bounde
     node = seg_node(input_topics=["/overload_cam/image_raw"], qos_reliability="reliable", diagnostics_period=0.5,
                     latency_budget_ms=5000.0)
     link = StressLink(ros, node, "/overload_cam/image_raw")
-    messages = [image_msg(scene(seed, 240, 320)) for seed in range(8)]
+    messages = [image_message(scene(seed, 240, 320), "rgb8") for seed in range(8)]
     unloaded = calibrate(link, messages, 20)
     rate_hz = 3e3 / float(np.median([v["total_ms"] for v in unloaded]))
     run = overload(link, messages, rate_hz, 20.0, progress=False)
@@ -293,7 +294,7 @@ def test_overload_serves_the_newest_frames_reports_drops_and_keeps_memory_bounde
 def test_soak_answers_every_frame_without_errors_drift_or_growth(ros, seg_node):
     node = seg_node(input_topics=["/soak_cam/image_raw"], qos_reliability="reliable", diagnostics_period=0.5)
     link = StressLink(ros, node, "/soak_cam/image_raw")
-    messages = [image_msg(scene(seed, 120, 160)) for seed in range(8)]
+    messages = [image_message(scene(seed, 120, 160), "rgb8") for seed in range(8)]
     calibrate(link, messages, 10)
     frames = 1000
     run = soak(link, messages, frames, progress=False)
@@ -367,7 +368,8 @@ def test_backend_failure_is_logged_counted_error_while_it_lasts_then_recovers(ro
     recovered = statuses.after(time.perf_counter())
     assert recovered.level == OK, recovered.message
     assert recovered.values["frames_failed"] == "5" and recovered.values["frames_processed"] == "4"
-    assert not [m for m in masks.messages if 100 <= stamp_ns(m) < 200], "a failed frame must not get a mask"
+    failed_stamps = [m for m in masks.messages if 100 <= stamp_ns(m.header.stamp) < 200]
+    assert not failed_stamps, "a failed frame must not get a mask"
 
     history = [s for s in statuses.statuses if s.arrived > failing_from and s.arrived <= recovered.arrived]
     for before, after in zip(history, history[1:]):
@@ -427,15 +429,15 @@ def test_with_sim_time_ages_rates_and_stamps_follow_the_bag_clock(ros, seg_node)
             publisher.publish(make_image_msg(scene(index), "rgb8", ns))
             wait_mask(masks, ns)
             values = {kv.key: float(kv.value) for kv in latency.wait_for(
-                1, 20.0, lambda m: stamp_ns(m) == ns)[0].status[0].values}
+                1, 20.0, lambda m: stamp_ns(m.header.stamp) == ns)[0].status[0].values}
             assert values["age_ms"] == pytest.approx((now - ns) / 1e6, abs=1.0)
         return tick
 
     early = bag_start - NS_PER_S  # a frame before the first /clock: the node's clock still reads 0
     publisher.publish(make_image_msg(scene(9), "rgb8", early))
     wait_mask(masks, early)
-    early_age = next(kv.value for kv in latency.wait_for(1, 20.0, lambda m: stamp_ns(m) == early)[0].status[0].values
-                     if kv.key == "age_ms")
+    early_latency = latency.wait_for(1, 20.0, lambda m: stamp_ns(m.header.stamp) == early)[0]
+    early_age = next(kv.value for kv in early_latency.status[0].values if kv.key == "age_ms")
     assert early_age == "nan", f"an age against a clock that has not started: {early_age} ms"
 
     first = play(0)

@@ -25,15 +25,11 @@ from tqdm import tqdm
 
 from ..data import CAMVID_CLASSES
 from ..image_codec import decode_compressed, decode_raw
+from ..ros_images import stamp_ns
 from ..training.metrics import ConfusionMatrix
 from .convert import BAG_VERSION, COMPRESSED_TYPE, IMAGE_TYPE, RECORDED_QOS, label_topic_for
 
-NS_PER_S = 1_000_000_000
 RECORDED_OUTPUTS = {"mask": IMAGE_TYPE, "overlay": IMAGE_TYPE, "latency": "diagnostic_msgs/msg/DiagnosticArray"}
-
-
-def stamp_ns(header) -> int:
-    return header.stamp.sec * NS_PER_S + header.stamp.nanosec
 
 
 def read_bag_images(bag: Path, image_topic: str | None, label_topic: str | None):
@@ -51,7 +47,7 @@ def read_bag_images(bag: Path, image_topic: str | None, label_topic: str | None)
         images, labels = {}, {}
         for connection, _, raw in reader.messages(connections=[image_connection, *label_connections]):
             msg = typestore.deserialize_cdr(raw, connection.msgtype)
-            stamp = stamp_ns(msg.header)
+            stamp = stamp_ns(msg.header.stamp)
             if connection.topic == label_topic:
                 labels[stamp] = decode_raw("mono8", msg.height, msg.width, msg.step, msg.data).pixels[..., 0].copy()
             elif connection.msgtype == COMPRESSED_TYPE:
@@ -77,7 +73,7 @@ def record_outputs(path: Path, received: dict[str, list]) -> None:
         for topic, (msgtype, messages) in received.items():
             connection = writer.add_connection(topic, msgtype, typestore=typestore, offered_qos_profiles=[RECORDED_QOS])
             for msg in messages:
-                writer.write(connection, stamp_ns(msg.header), serialize_message(msg))
+                writer.write(connection, stamp_ns(msg.header.stamp), serialize_message(msg))
 
 
 def image_of(msg) -> np.ndarray:
@@ -86,7 +82,7 @@ def image_of(msg) -> np.ndarray:
 
 def write_overlay_media(out: Path, images: dict[int, np.ndarray], overlays: list, fps: float, pngs: int) -> list[Path]:
     """overlay.mp4 (input | overlay, in stamp order) and `pngs` evenly spaced PNG frames of it."""
-    frames = sorted(overlays, key=lambda m: stamp_ns(m.header))
+    frames = sorted(overlays, key=lambda m: stamp_ns(m.header.stamp))
     if not frames:
         return []
     first = image_of(frames[0])
@@ -96,7 +92,7 @@ def write_overlay_media(out: Path, images: dict[int, np.ndarray], overlays: list
     keep = set(np.linspace(0, len(frames) - 1, min(pngs, len(frames))).astype(int).tolist())
     written = [video_path]
     for index, msg in enumerate(frames):
-        side_by_side = np.concatenate([images[stamp_ns(msg.header)], image_of(msg)], axis=1)
+        side_by_side = np.concatenate([images[stamp_ns(msg.header.stamp)], image_of(msg)], axis=1)
         bgr = cv2.cvtColor(side_by_side, cv2.COLOR_RGB2BGR)
         writer.write(bgr)
         if index in keep:
@@ -139,7 +135,7 @@ def live_evaluate(bag: str | Path, out: str | Path, *, model: str | None = None,
         for name in inboxes:
             peer.wait_for_publishers(node.topic(name))
         def note_publication(_, msg) -> None:
-            sent_at.setdefault(stamp_ns(msg.header), time.perf_counter())
+            sent_at.setdefault(stamp_ns(msg.header.stamp), time.perf_counter())
 
         replayer = BagReplayer(peer.node, bag, rate=rate, topics=[topic], wait_for_subscribers=1,
                                on_publish=note_publication)
@@ -165,11 +161,12 @@ def live_evaluate(bag: str | Path, out: str | Path, *, model: str | None = None,
 
     masks = inboxes["mask"].messages
     matrix = ConfusionMatrix(len(CAMVID_CLASSES))
-    path_latency = []
+    path_latency, scored = [], 0
     for msg, arrival in zip(masks, inboxes["mask"].arrivals):
-        stamp = stamp_ns(msg.header)
+        stamp = stamp_ns(msg.header.stamp)
         if stamp in labels:
             matrix.update(decode_raw("mono8", msg.height, msg.width, msg.step, msg.data).pixels[..., 0], labels[stamp])
+            scored += 1
         if stamp in sent_at:
             path_latency.append(1e3 * (arrival - sent_at[stamp]))
     node_total = [float(next(kv.value for kv in m.status[0].values if kv.key == "total_ms"))
@@ -178,8 +175,7 @@ def live_evaluate(bag: str | Path, out: str | Path, *, model: str | None = None,
     result = {
         "bag": str(bag), "image_topic": topic, "model": model or "packaged default", "backend": backend,
         "rate": rate, "frames_published": frames_published, "masks_received": len(masks),
-        "frames_dropped": frames_published - len(masks), "frames_scored": int(sum(1 for m in masks
-                                                                                 if stamp_ns(m.header) in labels)),
+        "frames_dropped": frames_published - len(masks), "frames_scored": scored,
         **matrix.summary(CAMVID_CLASSES), "ros_path_latency_ms": percentiles(path_latency),
         "node_processing_ms": percentiles(node_total), "node_exit_status": status,
     }
