@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -10,10 +12,13 @@ import torch
 from camvid_fixtures import write_camvid11
 from seg_node.compression.quantize import calibration_inputs, convert_fp16, quantize_int8
 from seg_node.compression.structured import (IMPORTANCE_CRITERIA, accumulate_taylor_gradients, count_macs_and_params,
-                                             make_pruner, prune)
+                                             make_pruner, parse_layer_ratio, prune)
+from seg_node.compression.structured import main as structured_main
+from seg_node.compression.sweep import main as sweep_main
+from seg_node.data import CAMVID_CLASSES, CAMVID_PALETTE
 from seg_node.compression.unstructured import magnitude_prune, weight_sparsity
-from seg_node.export import export_onnx, mask_agreement
-from seg_node.model_card import ModelCard
+from seg_node.export import export_model, export_onnx, mask_agreement
+from seg_node.model_card import InputSpec, ModelCard
 from seg_node.models import build_model
 from seg_node.random_model import make_random_model
 from seg_node.weights import load_weights, save_weights
@@ -140,3 +145,56 @@ def test_decoder_scope_leaves_the_encoder_whole(architecture):
     assert count_macs_and_params(model, HEIGHT, WIDTH)[0] < 0.9 * base_macs
     with pytest.raises(ValueError, match="scope"):
         make_pruner(build_model(architecture, 11), 0.5, "l2", HEIGHT, WIDTH, scope="encoder")
+
+
+def test_layer_ratios_thin_the_named_stage_more_than_the_rest():
+    torch.manual_seed(0)
+    model = build_model(MOBILE_UNET, 11)
+    make_pruner(model, 0.5, "l2", HEIGHT, WIDTH, scope="decoder", round_to=4, layer_ratios={"decoder.3": 0.75}).step()
+    widths = [[m.out_channels for m in stage.modules() if isinstance(m, torch.nn.Conv2d)] for stage in model.decoder]
+    assert widths == [[32, 32], [16, 16], [12, 12], [4, 4]]
+    with pytest.raises(ValueError, match="no submodule named"):
+        make_pruner(build_model(MOBILE_UNET, 11), 0.5, "l2", HEIGHT, WIDTH, layer_ratios={"decoder.9": 0.5})
+    with pytest.raises(ValueError, match="cap"):
+        make_pruner(build_model(MOBILE_UNET, 11), 0.5, "l2", HEIGHT, WIDTH, layer_ratios={"decoder.3": 0.9})
+    assert parse_layer_ratio("decoder.3=0.75") == ("decoder.3", 0.75)
+    for bad in ("decoder.3", "=0.5", "decoder.3=half"):
+        with pytest.raises(argparse.ArgumentTypeError, match="NAME=RATIO"):
+            parse_layer_ratio(bad)
+
+
+def test_sweep_tabulates_ratios_precisions_the_given_model_and_the_unstructured_baseline(tmp_path):
+    data = write_camvid11(tmp_path / "camvid", {"train": 8, "val": 2, "test": 3})
+    torch.manual_seed(0)
+    export_model(build_model(SMALL_UNET, 11), tmp_path / "tiny_unet", name="tiny_unet", architecture=SMALL_UNET,
+                 classes=CAMVID_CLASSES, palette=CAMVID_PALETTE, spec=InputSpec(height=48, width=64),
+                 parity_inputs=np.random.default_rng(0).standard_normal((2, 3, 48, 64)).astype(np.float32))
+    base = tmp_path / "tiny_unet.json"
+    structured_main(["--model", str(base), "--ratio", "0.25", "--layer-ratio", "up_conv.2=0.5", "--scope", "decoder",
+                     "--steps", "1", "--fine-tune-epochs", "0", "--data", str(data), "--out", str(tmp_path / "given")])
+    given = ModelCard.load(tmp_path / "given.json")
+    assert given.compression["layer_ratios"] == {"up_conv.2": 0.5}
+    out = tmp_path / "sweep"
+    sweep_main(["--base", str(base), "--ratios", "0", "0.5", "--steps", "1", "--fine-tune-epochs", "0",
+                "--also", str(tmp_path / "given.json"), "--calibration-frames", "4", "--frames", "3",
+                "--data", str(data), "--out", str(out)])
+    rows = json.loads((out / "results.json").read_text())
+    assert [(r["model"], r["method"], r["precision"]) for r in rows] == [
+        ("tiny_unet", "structured", "fp32"), ("tiny_unet_int8", "structured", "int8"),
+        ("tiny_unet_p50", "structured", "fp32"), ("tiny_unet_p50_int8", "structured", "int8"),
+        ("given", "structured (given)", "fp32"), ("given_int8", "structured (given)", "int8"),
+        ("tiny_unet_unstructured50", "unstructured", "fp32")]
+    by_model = {r["model"]: r for r in rows}
+    assert by_model["tiny_unet_p50"]["macs"] < 0.6 * by_model["tiny_unet"]["macs"]
+    assert by_model["given"]["macs"] == given.compression["macs"] < by_model["tiny_unet"]["macs"]
+    assert by_model["tiny_unet_unstructured50"]["macs"] == by_model["tiny_unet"]["macs"]
+    assert by_model["tiny_unet_int8"]["onnx_mb"] < by_model["tiny_unet"]["onnx_mb"]
+    assert all(0 <= r["test_miou"] <= 100 and 0 < r["ort_median_ms"] <= r["ort_p95_ms"] for r in rows)
+    assert all(("torch_median_ms" in r) == (r["precision"] == "fp32") for r in rows)
+    assert len((out / "table.md").read_text().splitlines()) == 2 + len(rows)
+    assert (out / "accuracy_vs_latency.png").stat().st_size > 10_000
+    other = tmp_path / "other_base"
+    make_random_model(other, SMALL_UNET, size=(48, 64))
+    with pytest.raises(SystemExit, match="must record structured pruning of"):
+        sweep_main(["--base", str(other.with_suffix(".json")), "--ratios", "0", "--also", str(tmp_path / "given.json"),
+                    "--data", str(data), "--out", str(tmp_path / "sweep2")])

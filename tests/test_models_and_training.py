@@ -105,6 +105,22 @@ def test_training_lowers_the_loss_and_resumes(tmp_path):
     assert (out / "curves.png").stat().st_size > 1000
 
 
+def test_a_second_training_cycle_starts_from_the_given_weights(tmp_path):
+    data = write_camvid11(tmp_path / "camvid", {"train": 4, "val": 1})
+    common = ["--data", str(data), "--arch", '{"name": "unet", "base_width": 4, "depth": 2}', "--batch-size", "4",
+              "--crop", "32", "48", "--input-size", "48", "64", "--epochs", "1", "--threads", "2"]
+    train(common + ["--lr", "0.01", "--seed", "1", "--out", str(tmp_path / "first")])
+    first = torch.load(tmp_path / "first" / "last.pt", weights_only=True)["model"]
+    train(common + ["--lr", "0", "--seed", "2", "--init", str(tmp_path / "first" / "last.pt"),
+                    "--out", str(tmp_path / "second")])
+    second = torch.load(tmp_path / "second" / "last.pt", weights_only=True)["model"]
+    learned = [k for k in first if "running" not in k and "num_batches" not in k]
+    assert learned and all(torch.equal(first[k], second[k]) for k in learned)
+    train(common + ["--lr", "0", "--seed", "2", "--out", str(tmp_path / "fresh")])
+    fresh = torch.load(tmp_path / "fresh" / "last.pt", weights_only=True)["model"]
+    assert not all(torch.equal(first[k], fresh[k]) for k in learned)
+
+
 def test_training_runs_distributed_with_torchrun(tmp_path):
     """DistributedDataParallel through torchrun (gloo on CPU; nccl on GPUs uses the same code path)."""
     import subprocess

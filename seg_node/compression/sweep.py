@@ -6,6 +6,7 @@ Each ratio > 0 is pruned structurally and fine-tuned (seg-prune's method), then 
 Every model is scored on the CamVid test split by the evaluation command's code and timed through the node's
 pipeline at the card's input size (480x360), batch 1, 2 threads: torch (fp32 only) and onnxruntime.
 An unstructured magnitude-pruning row shows that zeroed weights do not buy speed on dense kernels.
+`--also` adds already-pruned models (e.g. the shipped one, pruned with per-stage ratios) to the same table.
 """
 
 from __future__ import annotations
@@ -68,6 +69,12 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 5))
     for precision, marker in (("fp32", "o"), ("int8", "s")):
         chosen = [r for r in rows if r["precision"] == precision and r["method"] == "structured"]
+        extra = [r for r in rows if r["precision"] == precision and r["method"] == "structured (given)"]
+        ax.scatter([r["ort_median_ms"] for r in extra], [r["test_miou"] for r in extra], marker="*", s=120,
+                   color="C2" if precision == "fp32" else "C3", zorder=3, label=f"given model, {precision}")
+        for r in extra:
+            ax.annotate(r["model"], (r["ort_median_ms"], r["test_miou"]), textcoords="offset points",
+                        xytext=(4, -10), fontsize=7)
         ax.plot([r["ort_median_ms"] for r in chosen], [r["test_miou"] for r in chosen], marker=marker,
                 label=f"structured pruning, {precision} (onnxruntime)")
         for r in chosen:
@@ -114,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fine-tune-epochs", type=int, default=8, help="per pruning step")
     parser.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate")
     parser.add_argument("--scope", default="decoder", choices=SCOPES, help="prune everything or the decoder only")
+    parser.add_argument("--also", nargs="*", default=[], metavar="CARD",
+                        help="already-pruned fp32 models to measure alongside (their INT8 is made here too)")
     parser.add_argument("--unstructured", type=float, default=0.5, help="sparsity of the baseline row (0: none)")
     parser.add_argument("--calibration-frames", type=int, default=64)
     parser.add_argument("--frames", type=int, default=50, help="frames timed per model")
@@ -144,6 +153,13 @@ def main(argv: list[str] | None = None) -> None:
                            "CamVid train")
         summary = ModelCard.load(stem.with_suffix(".json")).compression
         variants.append((stem.with_suffix(".json"), "structured", ratio, summary["macs"], summary["params"]))
+    for given in args.also:
+        card, card_path = resolve_model(given)
+        summary = card.compression
+        if "macs" not in summary or summary.get("base_model") != base.name:
+            raise SystemExit(f"--also {given}: its card must record structured pruning of {base.name} "
+                             f"(compression.macs and compression.base_model)")
+        variants.append((card_path, "structured (given)", summary["ratio"], summary["macs"], summary["params"]))
     if args.unstructured:
         stem = out / "models" / f"{base.name}_unstructured{round(args.unstructured * 100):02d}"
         if not stem.with_suffix(".json").exists():
@@ -157,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for card_path, method, ratio, macs, params in variants:
         paths = [(card_path, "fp32")]
-        if method == "structured":
+        if method.startswith("structured"):
             int8_path = out / "models" / f"{card_path.stem}_int8.json"
             if not int8_path.exists():
                 int8_path = int8_variant(card_path, out / "models", args.data, args.calibration_frames)
@@ -183,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nCamVid test, {len(frames)} frames timed at {base.input.width}x{base.input.height}, batch 1, "
           f"{args.threads} threads, CPU\n{table}")
     for r in rows:
-        if r["method"] == "structured" and r["ratio"] > 0 and "torch_median_ms" in reference:
+        if r["method"].startswith("structured") and r["ratio"] > 0 and "torch_median_ms" in reference:
             print(f"{r['model']}: {1 - r['macs'] / reference['macs']:.0%} fewer MACs, "
                   f"{r['test_miou'] - reference['test_miou']:+.2f} mIoU, "
                   f"{reference['torch_median_ms'] / r['ort_median_ms']:.2f}x faster than the unpruned fp32 "

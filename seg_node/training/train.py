@@ -26,6 +26,7 @@ from ..data import CAMVID_CLASSES, open_dataset
 from ..model_card import InputSpec
 from ..models import build_model
 from ..preprocess import normalize, resize_for_network
+from ..weights import load_weights
 from .augment import augment
 from .losses import build_loss, median_frequency_weights
 from .metrics import ConfusionMatrix
@@ -63,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run folder: checkpoints, log.csv, curves.png")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--init", help="start from these weights (a run's best.pt or last.pt, or a .safetensors file) "
+                                  "with a fresh optimizer and schedule: a second training cycle")
     return p.parse_args(argv)
 
 
@@ -99,6 +102,14 @@ def validate(model, images, labels, spec, device, num_classes) -> ConfusionMatri
             pred = cv2.resize(pred, (label.shape[1], label.shape[0]), interpolation=cv2.INTER_NEAREST)
         matrix.update(pred, label)
     return matrix
+
+
+def load_initial_weights(model: torch.nn.Module, path: str) -> None:
+    """Weights only (tensor formats, no unpickling of classes); the architecture comes from --arch."""
+    if path.endswith(".safetensors"):
+        load_weights(model, path)
+    else:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -175,7 +186,11 @@ def train(argv: list[str] | None = None, model: torch.nn.Module | None = None) -
     weights = (torch.from_numpy(median_frequency_weights(train_labels, num_classes))
                if args.class_weights == "median_frequency" else None)
 
-    model = (model if model is not None else build_model(arch, num_classes)).to(device)
+    if model is None:
+        model = build_model(arch, num_classes)
+        if args.init and not args.resume:
+            load_initial_weights(model, args.init)
+    model = model.to(device)
     model = model.to(memory_format=torch.channels_last)
     criterion = build_loss(args.loss, weights).to(device)
     optimizer = OPTIMIZERS[args.optimizer](model.parameters(), args.lr, args.weight_decay)
