@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .data import CAMVID_CLASSES, VOID_INDEX, open_dataset
+from .model_card import command_line
 from .pipeline import SegmentationPipeline
 from .plots import save_confusion_matrix, save_prediction_grid
 from .resolve import resolve_model
@@ -73,7 +72,7 @@ def run_evaluation(argv: list[str] | None = None) -> dict:
     matrix, grid = evaluate(pipeline, dataset, args.limit, sequence=args.sequence)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    command = "seg-eval " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = command_line("seg-eval", argv)
     result = {
         "model": pipeline.card.name, "backend": pipeline.backend.describe(), "split": args.split,
         "frames": len(select(dataset.items(), args.sequence, args.limit)),

@@ -99,22 +99,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parity-frames", type=int, default=8)
     args = parser.parse_args(argv)
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-    run = json.loads(state["run"])
-    architecture = {k: v for k, v in run["arch"].items() if k != "pretrained"}
+    architecture = {k: v for k, v in json.loads(state["run"])["arch"].items() if k != "pretrained"}
     model = build_model(architecture, len(CAMVID_CLASSES))
     model.load_state_dict(state["model"])
     spec = InputSpec(height=args.input_size[0], width=args.input_size[1])
     parity_inputs = parity_frames(args.data, args.parity_frames, spec)
-    log = Path(args.checkpoint).with_name("log.csv")
-    wall_seconds = (sum(float(row["seconds"]) for row in csv.DictReader(log.read_text().splitlines()))
-                    if log.exists() else None)
-    training = {"best_epoch": state["epoch"], "val_miou": state["val_miou"], "wall_seconds": wall_seconds,
-                "hardware": run.pop("hardware", "not recorded"), **run}
+    training = training_record(args.checkpoint)
     card = export_model(model, args.out, name=args.name or Path(args.out).name, architecture=architecture,
                         classes=CAMVID_CLASSES, palette=CAMVID_PALETTE, spec=spec, parity_inputs=parity_inputs,
                         training=training,
                         dynamic_batch=args.dynamic_batch, dynamic_size=args.dynamic_size)
     print(f"wrote {args.out}.{{onnx,safetensors,json}}; parity {card.compression['export_parity']}")
+
+
+def training_record(checkpoint: str | Path) -> dict:
+    """What the card says of a run: best epoch, val mIoU, wall time, hardware and options; for a run started
+    with `seg-train --init`, the run it started from too (`initialized_from`), as far back as the files go."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    run = json.loads(state["run"])
+    log = Path(checkpoint).with_name("log.csv")
+    wall_seconds = (sum(float(row["seconds"]) for row in csv.DictReader(log.read_text().splitlines()))
+                    if log.exists() else None)
+    record = {"best_epoch": state["epoch"], "val_miou": state.get("val_miou", state.get("best_miou")),
+              "wall_seconds": wall_seconds, "hardware": run.pop("hardware", "not recorded"), **run}
+    init = run["args"].get("init")
+    if init and Path(init).suffix == ".pt" and Path(init).exists():
+        record["initialized_from"] = {"checkpoint": init, **training_record(init)}
+    return record
 
 
 def parity_frames(data: str | None, count: int, spec: InputSpec) -> np.ndarray:

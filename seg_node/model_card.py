@@ -7,6 +7,8 @@ field, instead of producing garbage masks later.
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,3 +118,8 @@ class ModelCard:
 def card_path_for(model_path: str | Path) -> Path:
     """The card of `models/x.onnx` (or `.safetensors`) is `models/x.json`."""
     return Path(model_path).with_suffix(".json")
+
+
+def command_line(program: str, argv: list[str] | None) -> str:
+    """The command as typed (argv, or this process's arguments), for the card's record of how it was made."""
+    return f"{program} {shlex.join(sys.argv[1:] if argv is None else argv)}"

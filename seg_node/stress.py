@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import bisect
 import os
-import shlex
 import tempfile
 import threading
 import time
@@ -27,6 +26,7 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
+from .model_card import ModelCardError, command_line
 from .random_model import make_random_model
 from .ros_images import NS_PER_S, image_message, stamp_ns
 
@@ -310,10 +310,7 @@ def report_soak(link: StressLink, run: SoakRun, window: int) -> list[tuple[str, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    import sys
-
     from .benchmark import load_frames
-    from .model_card import ModelCardError
     from .node_process import SegNodeProcess
     from .peer import RosPeer
     from .resolve import resolve_model
@@ -363,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
             messages = [image_message(frame, "rgb8") for frame in frames]
             height, width = frames[0].shape[:2]
             load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
-            header = (f"seg-stress {shlex.join(sys.argv[1:] if argv is None else argv)}\n"
+            header = (f"{command_line('seg-stress', argv)}\n"
                       f"model {card.name} ({card.input.width}x{card.input.height} input), {args.backend} on "
                       f"{args.device}, {args.threads} threads; frames {width}x{height} rgb8; "
                       f"{os.cpu_count()} CPUs, load average {load} at start")

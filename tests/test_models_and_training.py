@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from camvid_fixtures import write_camvid11
-from seg_node.export import export_onnx, mask_agreement
+from seg_node.export import export_onnx, mask_agreement, training_record
 from seg_node.models import build_model
 from seg_node.models.efficientnet_lite import IMAGENET_HEAD_PREFIXES, EfficientNetLite0Encoder, imagenet_weights_path
 from seg_node.training.train import train
@@ -116,6 +116,9 @@ def test_a_second_training_cycle_starts_from_the_given_weights(tmp_path):
     second = torch.load(tmp_path / "second" / "last.pt", weights_only=True)["model"]
     learned = [k for k in first if "running" not in k and "num_batches" not in k]
     assert learned and all(torch.equal(first[k], second[k]) for k in learned)
+    record = training_record(tmp_path / "second" / "last.pt")
+    assert record["args"]["lr"] == 0 and record["initialized_from"]["args"]["lr"] == 0.01
+    assert record["initialized_from"]["checkpoint"] == str(tmp_path / "first" / "last.pt")
     train(common + ["--lr", "0", "--seed", "2", "--out", str(tmp_path / "fresh")])
     fresh = torch.load(tmp_path / "fresh" / "last.pt", weights_only=True)["model"]
     assert not all(torch.equal(first[k], fresh[k]) for k in learned)

@@ -1,7 +1,7 @@
 """ONNX Runtime static INT8 quantization and FP16 conversion, each written with its own model card.
 
-    seg-quantize --model models/camvid_mobile_unet_p50.onnx --precision int8 --data $CAMVID_ROOT \\
-                 --out models/camvid_mobile_unet_p50_int8
+    seg-quantize --model models/camvid_mobile_unet_pruned.onnx --precision int8 --data $CAMVID_ROOT \\
+                 --out models/camvid_mobile_unet_pruned_int8
 
 INT8 is QDQ with per-channel weights after `quant_pre_process`, calibrated (min/max) on CamVid training
 frames. The activation type matters on x86: U8S8 (uint8 activations, int8 weights) fuses into
@@ -22,7 +22,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ..data import open_dataset
 from ..export import INPUT_NAME
-from ..model_card import ModelCard
+from ..model_card import ModelCard, command_line
 from ..preprocess import normalize, resize_for_network
 from ..resolve import model_file, resolve_model
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--activation-type", default="u8", choices=sorted(ACTIVATION_TYPES))
     parser.add_argument("--calibration-frames", type=int, default=64)
     parser.add_argument("--data", help="CamVid folder for calibration frames (train split; default $CAMVID_ROOT)")
-    parser.add_argument("--out", required=True, help="output stem, e.g. models/camvid_mobile_unet_p50_int8")
+    parser.add_argument("--out", required=True, help="output stem, e.g. models/camvid_mobile_unet_pruned_int8")
     args = parser.parse_args(argv)
     card, card_path = resolve_model(args.model)
     if card.compression.get("precision", "fp32") != "fp32":
@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         convert_fp16(source, out_path)
         details = {"method": "onnxruntime.transformers.float16, keep_io_types"}
+    details["command"] = command_line("seg-quantize", argv)
     quantized_card(card, out_path, args.precision, details).save(out_path.with_suffix(".json"))
     print(f"wrote {out_path} ({out_path.stat().st_size / 1e6:.1f} MB) and its card")
 

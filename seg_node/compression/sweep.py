@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         paths = [(card_path, "fp32")]
         if method.startswith("structured"):
             int8_path = out / "models" / f"{card_path.stem}_int8.json"
-            if not int8_path.exists():
+            if method == "structured (given)" or not int8_path.exists():  # a given model may have changed
                 int8_path = int8_variant(card_path, out / "models", args.data, args.calibration_frames)
             paths.append((int8_path, "int8"))
         for path, precision in paths:
