@@ -122,6 +122,9 @@ def test_a_second_training_cycle_starts_from_the_given_weights(tmp_path):
     train(common + ["--lr", "0", "--seed", "2", "--out", str(tmp_path / "fresh")])
     fresh = torch.load(tmp_path / "fresh" / "last.pt", weights_only=True)["model"]
     assert not all(torch.equal(first[k], fresh[k]) for k in learned)
+    for extra in (["--resume", "--init", str(tmp_path / "first" / "last.pt")], ["--init", str(tmp_path / "nope.pt")]):
+        with pytest.raises(SystemExit):
+            train(common + ["--out", str(tmp_path / "refused")] + extra)
 
 
 def test_training_runs_distributed_with_torchrun(tmp_path):

@@ -6,7 +6,8 @@ Each ratio > 0 is pruned structurally and fine-tuned (seg-prune's method), then 
 Every model is scored on the CamVid test split by the evaluation command's code and timed through the node's
 pipeline at the card's input size (480x360), batch 1, 2 threads: torch (fp32 only) and onnxruntime.
 An unstructured magnitude-pruning row shows that zeroed weights do not buy speed on dense kernels.
-`--also` adds already-pruned models (e.g. the shipped one, pruned with per-stage ratios) to the same table.
+`--also` adds models pruned from the same base by other seg-prune options (other ratios, rounding, per-stage
+ratios) to the same table.
 """
 
 from __future__ import annotations

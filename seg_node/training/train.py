@@ -66,7 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--init", help="start from these weights (a run's best.pt or last.pt, or a .safetensors file) "
                                   "with a fresh optimizer and schedule: a second training cycle")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.init and args.resume:
+        p.error("--init starts a new run from given weights, --resume continues OUT/last.pt: use one")
+    if args.init and not Path(args.init).is_file():
+        p.error(f"--init {args.init}: no such file")
+    return args
 
 
 def parse_arch(text: str) -> dict:
@@ -188,7 +193,7 @@ def train(argv: list[str] | None = None, model: torch.nn.Module | None = None) -
 
     if model is None:
         model = build_model(arch, num_classes)
-        if args.init and not args.resume:
+        if args.init:
             load_initial_weights(model, args.init)
     model = model.to(device)
     model = model.to(memory_format=torch.channels_last)
