@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -15,8 +16,8 @@ from seg_node.compression.structured import (IMPORTANCE_CRITERIA, accumulate_tay
                                              make_pruner, parse_layer_ratio, prune)
 from seg_node.compression.structured import main as structured_main
 from seg_node.compression.sweep import main as sweep_main
-from seg_node.data import CAMVID_CLASSES, CAMVID_PALETTE
 from seg_node.compression.unstructured import magnitude_prune, weight_sparsity
+from seg_node.data import CAMVID_CLASSES, CAMVID_PALETTE
 from seg_node.export import export_model, export_onnx, mask_agreement
 from seg_node.model_card import InputSpec, ModelCard
 from seg_node.models import build_model
