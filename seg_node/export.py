@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     model.load_state_dict(state["model"])
     spec = InputSpec(height=args.input_size[0], width=args.input_size[1])
     parity_inputs = parity_frames(args.data, args.parity_frames, spec)
-    training = training_record(args.checkpoint)
+    training = training_record(args.checkpoint, state)
     card = export_model(model, args.out, name=args.name or Path(args.out).name, architecture=architecture,
                         classes=CAMVID_CLASSES, palette=CAMVID_PALETTE, spec=spec, parity_inputs=parity_inputs,
                         training=training,
@@ -112,10 +112,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {args.out}.{{onnx,safetensors,json}}; parity {card.compression['export_parity']}")
 
 
-def training_record(checkpoint: str | Path) -> dict:
+def training_record(checkpoint: str | Path, state: dict | None = None) -> dict:
     """What the card says of a run: best epoch, val mIoU, wall time, hardware and options; for a run started
-    with `seg-train --init`, the run it started from too (`initialized_from`), as far back as the files go."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    with `seg-train --init`, the run it started from too (`initialized_from`), as far back as the files go.
+    `state` is the checkpoint already loaded, if the caller has it."""
+    if state is None:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     run = json.loads(state["run"])
     log = Path(checkpoint).with_name("log.csv")
     wall_seconds = (sum(float(row["seconds"]) for row in csv.DictReader(log.read_text().splitlines()))

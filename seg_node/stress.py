@@ -31,7 +31,6 @@ from .random_model import make_random_model
 from .ros_images import NS_PER_S, image_message, stamp_ns
 
 
-
 def rss_mb(pid: int) -> float:
     """Resident memory of a process in MiB, from VmRSS in /proc/<pid>/status."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
