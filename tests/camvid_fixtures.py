@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import cv2
@@ -38,7 +39,7 @@ def write_camvid11(root: Path, frames: dict[str, int], height: int = 48, width: 
         (root / split).mkdir(parents=True, exist_ok=True)
         (root / f"{split}annot").mkdir(parents=True, exist_ok=True)
         for index in range(count):
-            seed = hash((split, index)) % 10_000
+            seed = zlib.crc32(f"{split}/{index}".encode()) % 10_000  # hash() of a str changes per process
             label = striped_label(height, width, [0, 1, 3, 8, 11], seed)
             name = f"Seq{split}_f{index * 30:05d}.png"
             cv2.imwrite(str(root / split / name), cv2.cvtColor(label_to_image(label, seed), cv2.COLOR_RGB2BGR))

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from camvid_fixtures import write_camvid11
+from seg_node.backends.torch_backend import build_for_inference
 from seg_node.compression.quantize import calibration_inputs, convert_fp16, quantize_int8
 from seg_node.compression.structured import (IMPORTANCE_CRITERIA, accumulate_taylor_gradients, count_macs_and_params,
-                                             make_pruner, parse_layer_ratio, prune)
+                                             make_pruner, overall_ratio, parse_layer_ratio, prune)
 from seg_node.compression.structured import main as structured_main
 from seg_node.compression.sweep import main as sweep_main
 from seg_node.compression.unstructured import magnitude_prune, weight_sparsity
@@ -22,6 +23,7 @@ from seg_node.export import export_model, export_onnx, mask_agreement
 from seg_node.model_card import InputSpec, ModelCard
 from seg_node.models import build_model
 from seg_node.random_model import make_random_model
+from seg_node.resolve import model_file, models_dir, resolve_model
 from seg_node.weights import load_weights, save_weights
 
 SMALL_UNET = {"name": "unet", "base_width": 16, "depth": 3}
@@ -82,7 +84,30 @@ def test_prune_command_flow_fine_tunes_between_steps(tmp_path):
     assert all("val_miou" in h for h in summary["history"])
     assert summary["history"][0]["macs"] > summary["history"][1]["macs"] == summary["macs"]
     assert summary["macs_reduction"] > 0.5 and summary["params"] < summary["base_params"]
+    assert summary["distillation"] is None and "previous" not in summary
     assert not model.training
+
+
+def test_fine_tuning_a_pruned_model_further_counts_savings_from_the_original(tmp_path):
+    """Pruning is often resumed (more fine-tuning, a distillation pass): the card must still say how much the
+    original lost, and keep the record of the first pass."""
+    data = write_camvid11(tmp_path / "camvid", {"train": 8, "val": 2})
+    base_card = make_random_model(tmp_path / "base", SMALL_UNET, size=(48, 64)).with_suffix(".json")
+    base_name = ModelCard.load(base_card).name
+    pruned_stem = tmp_path / "pruned"
+    structured_main(["--model", str(base_card), "--ratio", "0.5", "--steps", "1", "--fine-tune-epochs", "1",
+                     "--batch-size", "4", "--threads", "2", "--data", str(data), "--out", str(pruned_stem)])
+    first = ModelCard.load(pruned_stem.with_suffix(".json"))
+    model, summary = prune(first, pruned_stem.with_suffix(".json"), ratio=0.0, criterion="l2", steps=1,
+                           fine_tune_epochs=1, data=str(data), batch_size=4, threads=2, distill_weight=1.0,
+                           teacher=base_card)
+    assert summary["macs"] == first.compression["macs"] < summary["base_macs"]
+    assert (summary["base_model"], summary["base_macs"]) == (base_name, first.compression["base_macs"])
+    assert summary["macs_reduction"] == first.compression["macs_reduction"] > 0.5
+    assert summary["ratio"] == 0.0 and overall_ratio(summary) == overall_ratio(first.compression) == 0.5
+    assert overall_ratio({"ratio": 0.5, "previous": {"ratio": 0.5}}) == 0.75
+    assert summary["previous"] == first.compression
+    assert summary["distillation"] == {"teacher": base_name, "weight": 1.0, "temperature": 2.0}
 
 
 @pytest.mark.parametrize("global_pruning", [True, False])
@@ -199,3 +224,22 @@ def test_sweep_tabulates_ratios_precisions_the_given_model_and_the_unstructured_
     with pytest.raises(SystemExit, match="must record structured pruning of"):
         sweep_main(["--base", str(other.with_suffix(".json")), "--ratios", "0", "--also", str(tmp_path / "given.json"),
                     "--data", str(data), "--out", str(tmp_path / "sweep2")])
+
+
+def test_the_shipped_default_is_a_pruned_model_with_half_the_macs_of_its_base_and_its_recorded_accuracy():
+    """The claims the README makes of the default model, checked on the shipped files: MACs measured from the
+    weights, accuracy as recorded in the cards (the CAMVID_ROOT opt-in test re-measures those)."""
+    default, default_path = resolve_model(None)
+    fp32_path = models_dir() / f"{default.compression['source_model']}.json"
+    pruned = ModelCard.load(fp32_path)
+    base_path = models_dir() / f"{pruned.compression['base_model']}.json"
+    base = ModelCard.load(base_path)
+    macs = {name: count_macs_and_params(build_for_inference(card, model_file(card, path, "torch")),
+                                        card.input.height, card.input.width)[0]
+            for name, card, path in (("base", base, base_path), ("pruned", pruned, fp32_path))}
+    assert macs["pruned"] <= 0.5 * macs["base"]
+    assert (pruned.compression["macs"], pruned.compression["base_macs"]) == (macs["pruned"], macs["base"])
+    miou = {name: card.metrics["camvid_test"]["miou"] for name, card in
+            (("base", base), ("pruned", pruned), ("default", default))}
+    assert miou["base"] - miou["pruned"] <= 1.0 and miou["pruned"] - miou["default"] <= 1.0, miou
+    assert default.compression["precision"] == "int8"

@@ -10,10 +10,16 @@ import pytest
 import torch
 
 from camvid_fixtures import write_camvid11
+from seg_node.data import open_dataset
 from seg_node.export import export_onnx, mask_agreement, training_record
+from seg_node.model_card import InputSpec, ModelCard
 from seg_node.models import build_model
 from seg_node.models.efficientnet_lite import IMAGENET_HEAD_PREFIXES, EfficientNetLite0Encoder, imagenet_weights_path
+from seg_node.preprocess import normalize, resize_for_network
+from seg_node.random_model import make_random_model
+from seg_node.training.losses import distillation_loss
 from seg_node.training.train import train
+from seg_node.weights import load_weights
 
 ARCHITECTURES = [
     {"name": "unet", "base_width": 8},
@@ -125,6 +131,57 @@ def test_a_second_training_cycle_starts_from_the_given_weights(tmp_path):
     for extra in (["--resume", "--init", str(tmp_path / "first" / "last.pt")], ["--init", str(tmp_path / "nope.pt")]):
         with pytest.raises(SystemExit):
             train(common + ["--out", str(tmp_path / "refused")] + extra)
+
+
+def test_distillation_loss_is_the_softened_kl_times_t_squared():
+    teacher = torch.tensor([2.0, 0.0]).reshape(1, 2, 1, 1)
+    student = torch.tensor([0.0, 1.0]).reshape(1, 2, 1, 1)
+    p = torch.softmax(teacher.flatten() / 2, 0)
+    q = torch.softmax(student.flatten() / 2, 0)
+    expected = 4 * float((p * (p / q).log()).sum())
+    assert float(distillation_loss(student, teacher, temperature=2.0)) == pytest.approx(expected, rel=1e-6)
+    assert float(distillation_loss(teacher, teacher, temperature=2.0)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_distillation_pulls_the_student_towards_the_teacher(tmp_path):
+    data = write_camvid11(tmp_path / "camvid", {"train": 8, "val": 2})
+    architecture = {"name": "unet", "base_width": 8, "depth": 2}
+    teacher_card = make_random_model(tmp_path / "teacher", architecture, size=(48, 64), seed=5).with_suffix(".json")
+    common = ["--data", str(data), "--arch", json.dumps(architecture), "--batch-size", "4", "--crop", "32", "48",
+              "--input-size", "48", "64", "--epochs", "8", "--lr", "0.01", "--warmup-epochs", "0",
+              "--threads", "1", "--seed", "3"]
+    train(common + ["--out", str(tmp_path / "plain")])
+    train(common + ["--out", str(tmp_path / "taught"), "--teacher", str(teacher_card), "--distill-weight", "50"])
+
+    spec = InputSpec(height=48, width=64)
+    dataset = open_dataset(str(data), "val")
+    images = torch.from_numpy(np.stack([normalize(resize_for_network(dataset.load(item)[0], spec), spec, "rgb")
+                                        for item in dataset.items()]))
+
+    def logits(weights_of):
+        model = build_model(architecture, len(ModelCard.load(teacher_card).classes))
+        weights_of(model)
+        with torch.no_grad():
+            return model.eval()(images)
+
+    teacher = logits(lambda m: load_weights(m, teacher_card.with_suffix(".safetensors")))
+    plain, taught = (logits(lambda m, run=run: m.load_state_dict(
+        torch.load(tmp_path / run / "last.pt", weights_only=True)["model"])) for run in ("plain", "taught"))
+    plain_gap = float(distillation_loss(plain, teacher, temperature=1.0))
+    taught_gap = float(distillation_loss(taught, teacher, temperature=1.0))
+    assert taught_gap < 0.5 * plain_gap, (plain_gap, taught_gap)
+
+
+def test_a_teacher_with_another_input_normalization_is_refused(tmp_path):
+    data = write_camvid11(tmp_path / "camvid", {"train": 4, "val": 1})
+    teacher_card = make_random_model(tmp_path / "teacher", size=(48, 64)).with_suffix(".json")
+    card = json.loads(teacher_card.read_text())
+    card["input"]["mean"] = [123.7, 116.3, 103.5]
+    teacher_card.write_text(json.dumps(card))
+    with pytest.raises(SystemExit, match="normalization"):
+        train(["--data", str(data), "--arch", '{"name": "unet", "base_width": 4, "depth": 2}', "--epochs", "1",
+               "--crop", "32", "48", "--input-size", "48", "64", "--teacher", str(teacher_card),
+               "--out", str(tmp_path / "run")])
 
 
 def test_training_runs_distributed_with_torchrun(tmp_path):

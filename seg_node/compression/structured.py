@@ -109,14 +109,25 @@ def labelled_batches(data: str | None, count: int, batch_size: int, crop: tuple[
 def prune(card: ModelCard, card_path: Path, ratio: float, criterion: str, steps: int, fine_tune_epochs: int,
           data: str | None, global_pruning: bool = False, round_to: int | None = 8, max_layer_ratio: float = 0.8,
           lr: float = 3e-4, batch_size: int = 8, threads: int = 0, seed: int = 0, scope: str = "all",
-          layer_ratios: dict[str, float] | None = None) -> tuple[nn.Module, dict]:
-    """Prune `steps` times up to `ratio`, fine-tuning `fine_tune_epochs` on CamVid train after each step."""
+          layer_ratios: dict[str, float] | None = None, distill_weight: float = 0.0,
+          distill_temperature: float = 2.0, teacher: Path | None = None) -> tuple[nn.Module, dict]:
+    """Prune `steps` times up to `ratio`, fine-tuning `fine_tune_epochs` on CamVid train after each step;
+    with distill_weight > 0 a teacher (default: the model as given) guides the fine-tuning.
+
+    A model that was pruned before keeps its original as the base, so MACs saved are counted from the
+    unpruned model and the earlier record is kept under `previous`."""
     from ..training.train import train
     spec = card.input
     model = build_for_inference(card, model_file(card, card_path, "torch"))
-    base_macs, base_params = count_macs_and_params(model, spec.height, spec.width)
+    previous = card.compression if "base_model" in card.compression else None
+    base_model, base_macs, base_params = (
+        (previous["base_model"], previous["base_macs"], previous["base_params"]) if previous
+        else (card.name, *count_macs_and_params(model, spec.height, spec.width)))
+    teacher = Path(teacher or card_path)
     pruner = make_pruner(model, ratio, criterion, spec.height, spec.width, steps, global_pruning, round_to,
                          max_layer_ratio, scope, layer_ratios)
+    distillation = (["--teacher", str(teacher), "--distill-weight", str(distill_weight),
+                     "--distill-temperature", str(distill_temperature)] if distill_weight > 0 else [])
     history = []
     for step in range(steps):
         if criterion == "taylor":
@@ -129,7 +140,7 @@ def prune(card: ModelCard, card_path: Path, ratio: float, criterion: str, steps:
                 result = train(["--data", str(data) if data else "", "--arch", json.dumps(card.architecture),
                                 "--epochs", str(fine_tune_epochs), "--lr", str(lr), "--warmup-epochs", "0",
                                 "--batch-size", str(batch_size), "--val-every", "1", "--threads", str(threads),
-                                "--seed", str(seed + step), "--out", run_dir], model=model)
+                                "--seed", str(seed + step), "--out", run_dir, *distillation], model=model)
                 model.load_state_dict(torch.load(Path(run_dir) / "best.pt", weights_only=True)["model"])
             entry["val_miou"] = result["best_val_miou"]
         history.append(entry)
@@ -138,10 +149,19 @@ def prune(card: ModelCard, card_path: Path, ratio: float, criterion: str, steps:
     summary = {"method": "structured (Torch-Pruning DepGraph)", "ratio": ratio, "scope": scope,
                "layer_ratios": layer_ratios or {}, "criterion": criterion,
                "global": global_pruning, "round_to": round_to, "max_layer_ratio": max_layer_ratio, "steps": steps,
-               "fine_tune_epochs_per_step": fine_tune_epochs, "fine_tune_lr": lr, "base_model": card.name,
+               "fine_tune_epochs_per_step": fine_tune_epochs, "fine_tune_lr": lr, "base_model": base_model,
+               "distillation": ({"teacher": resolve_model(teacher)[0].name, "weight": distill_weight,
+                                 "temperature": distill_temperature} if distill_weight > 0 else None),
                "base_macs": base_macs, "base_params": base_params, "macs": macs, "params": params,
-               "macs_reduction": round(1 - macs / base_macs, 4), "history": history}
+               "macs_reduction": round(1 - macs / base_macs, 4), "history": history,
+               **({"previous": previous} if previous else {})}
     return model, summary
+
+
+def overall_ratio(compression: dict) -> float:
+    """The share of channels a chain of pruning passes removed (each pass's ratio applies to what was left)."""
+    earlier = overall_ratio(compression["previous"]) if "previous" in compression else 0.0
+    return 1 - (1 - compression["ratio"]) * (1 - earlier)
 
 
 def parse_layer_ratio(text: str) -> tuple[str, float]:
@@ -169,6 +189,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scope", default="all", choices=SCOPES, help="prune everything, or the decoder only")
     parser.add_argument("--layer-ratio", action="append", default=[], type=parse_layer_ratio, metavar="NAME=RATIO",
                         help="ratio for one submodule, e.g. decoder.3=0.75 (repeatable)")
+    parser.add_argument("--distill-weight", type=float, default=0.0,
+                        help="fine-tune with knowledge distillation from the unpruned model at this weight (0: off)")
+    parser.add_argument("--distill-temperature", type=float, default=2.0)
+    parser.add_argument("--teacher", help="card of the model to distil from (default: --model as given); "
+                                          "to go on fine-tuning a pruned model, name the unpruned one")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--data", help="CamVid folder (default: $CAMVID_ROOT)")
@@ -178,16 +203,19 @@ def main(argv: list[str] | None = None) -> None:
     card, card_path = resolve_model(args.model)
     model, summary = prune(card, card_path, args.ratio, args.criterion, args.steps, args.fine_tune_epochs,
                            args.data, args.global_pruning, args.round_to or None, args.max_layer_ratio, args.lr,
-                           args.batch_size, args.threads, args.seed, args.scope, dict(args.layer_ratio))
+                           args.batch_size, args.threads, args.seed, args.scope, dict(args.layer_ratio),
+                           args.distill_weight, args.distill_temperature, args.teacher)
     summary["command"] = command_line("seg-prune", argv)
     exported = export_model(
         model, args.out, name=Path(args.out).name, architecture=card.architecture, classes=card.classes,
         palette=card.palette, spec=card.input, parity_inputs=parity_frames(args.data, 8, card.input),
         training=card.training, compression=summary,
-        notes=f"{card.name} pruned structurally by {args.ratio:.0%} ({args.scope}, {args.criterion}"
+        notes=(f"{card.notes}; then " if "previous" in summary else f"{card.name} ")
+              + f"pruned structurally by {args.ratio:.0%} ({args.scope}, {args.criterion}"
               + "".join(f", {name} by {value:.0%}" for name, value in args.layer_ratio)
-              + "), fine-tuned on CamVid train")
-    print(f"pruned {card.name}: MACs {summary['base_macs'] / 1e9:.2f} G -> {summary['macs'] / 1e9:.2f} G "
+              + "), fine-tuned on CamVid train"
+              + (f", distilled from {summary['distillation']['teacher']}" if summary["distillation"] else ""))
+    print(f"pruned {summary['base_model']}: MACs {summary['base_macs'] / 1e9:.2f} G -> {summary['macs'] / 1e9:.2f} G "
           f"({summary['macs_reduction']:.0%} fewer), params {summary['base_params'] / 1e6:.2f} M -> "
           f"{summary['params'] / 1e6:.2f} M; wrote {args.out}.{{onnx,safetensors,json}} ({exported.name})")
 

@@ -28,7 +28,7 @@ from ..model_card import ModelCard
 from ..pipeline import SegmentationPipeline
 from ..resolve import model_file, resolve_model
 from .quantize import calibration_inputs, quantize_int8, quantized_card
-from .structured import SCOPES, count_macs_and_params, prune
+from .structured import SCOPES, count_macs_and_params, overall_ratio, prune
 from .unstructured import magnitude_prune
 
 
@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
         if "macs" not in summary or summary.get("base_model") != base.name:
             raise SystemExit(f"--also {given}: its card must record structured pruning of {base.name} "
                              f"(compression.macs and compression.base_model)")
-        variants.append((card_path, "structured (given)", summary["ratio"], summary["macs"], summary["params"]))
+        variants.append((card_path, "structured (given)", overall_ratio(summary),
+                         summary["macs"], summary["params"]))
     if args.unstructured:
         stem = out / "models" / f"{base.name}_unstructured{round(args.unstructured * 100):02d}"
         if not stem.with_suffix(".json").exists():

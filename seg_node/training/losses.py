@@ -56,6 +56,15 @@ class DiceFocal(nn.Module):
         return focal + (1 - dice.mean())
 
 
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Pixel-wise KL(teacher || student) of temperature-softened class distributions, times T^2 (Hinton et al.)
+    so its gradient scale does not shrink with T; every pixel counts, void too: the teacher has an opinion there."""
+    log_student = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    kl = (log_teacher.exp() * (log_teacher - log_student)).sum(1)
+    return kl.mean() * temperature ** 2
+
+
 LOSSES = {"ce": WeightedCrossEntropy, "dice_focal": DiceFocal}
 
 

@@ -22,13 +22,15 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from ..backends.torch_backend import build_for_inference
 from ..data import CAMVID_CLASSES, open_dataset
 from ..model_card import InputSpec
 from ..models import build_model
 from ..preprocess import normalize, resize_for_network
+from ..resolve import model_file, resolve_model
 from ..weights import load_weights
 from .augment import augment
-from .losses import build_loss, median_frequency_weights
+from .losses import build_loss, distillation_loss, median_frequency_weights
 from .metrics import ConfusionMatrix
 
 OPTIMIZERS = {
@@ -66,7 +68,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--init", help="start from these weights (a run's best.pt or last.pt, or a .safetensors file) "
                                   "with a fresh optimizer and schedule: a second training cycle")
+    p.add_argument("--teacher", help="model card of a trained model to distil from (knowledge distillation): "
+                                     "the loss adds distill-weight x KL(teacher || student) per pixel")
+    p.add_argument("--distill-weight", type=float, default=1.0, help="weight of the distillation term")
+    p.add_argument("--distill-temperature", type=float, default=2.0, help="softmax temperature of distillation")
     args = p.parse_args(argv)
+    if args.teacher and not Path(args.teacher).exists():
+        p.error(f"--teacher {args.teacher}: no such model card")
+    if args.teacher and (args.distill_weight <= 0 or args.distill_temperature <= 0):
+        p.error("--distill-weight and --distill-temperature must be > 0 with --teacher")
     if args.init and args.resume:
         p.error("--init starts a new run from given weights, --resume continues OUT/last.pt: use one")
     if args.init and not Path(args.init).is_file():
@@ -115,6 +125,16 @@ def load_initial_weights(model: torch.nn.Module, path: str) -> None:
         load_weights(model, path)
     else:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
+
+
+def load_teacher(card_path: str, spec: InputSpec, device: torch.device) -> torch.nn.Module:
+    """A frozen model to distil from; it must see the same normalized input as the student."""
+    card, path = resolve_model(card_path)
+    if (card.input.channel_order, card.input.mean, card.input.std) != (spec.channel_order, spec.mean, spec.std):
+        raise SystemExit(f"--teacher {card_path}: its input normalization {card.input} differs from training's "
+                         f"{spec}; distil from a model trained with the same input")
+    teacher = build_for_inference(card, model_file(card, path, "torch")).to(device)
+    return teacher.to(memory_format=torch.channels_last).requires_grad_(False)
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -198,6 +218,7 @@ def train(argv: list[str] | None = None, model: torch.nn.Module | None = None) -
     model = model.to(device)
     model = model.to(memory_format=torch.channels_last)
     criterion = build_loss(args.loss, weights).to(device)
+    teacher = load_teacher(args.teacher, spec, device) if args.teacher else None
     optimizer = OPTIMIZERS[args.optimizer](model.parameters(), args.lr, args.weight_decay)
     use_amp = args.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -242,7 +263,13 @@ def train(argv: list[str] | None = None, model: torch.nn.Module | None = None) -
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                loss = criterion(train_model(x), y)
+                logits = train_model(x)
+                loss = criterion(logits, y)
+                if teacher is not None:
+                    with torch.no_grad():
+                        teacher_logits = teacher(x)
+                    loss = loss + args.distill_weight * distillation_loss(logits, teacher_logits,
+                                                                          args.distill_temperature)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
