@@ -41,6 +41,7 @@ setup(
             f"seg-quantize = {PACKAGE}.compression.quantize:main",
             f"seg-stress = {PACKAGE}.stress:main",
             f"seg-sweep = {PACKAGE}.compression.sweep:main",
+            f"seg-camvid-compact = {PACKAGE}.data.compact:main",
         ],
     },
 )

@@ -8,6 +8,7 @@ import pytest
 
 from camvid_fixtures import striped_label, write_camvid11, write_camvid32
 from seg_node.data import CAMVID_CLASSES, VOID_INDEX, CamVidLayoutError, open_dataset
+from seg_node.data.compact import main as compact_main
 from seg_node.training.augment import augment
 from seg_node.training.losses import median_frequency_weights
 from seg_node.training.metrics import ConfusionMatrix
@@ -35,6 +36,27 @@ def test_camvid32_layout_folds_the_32_classes_into_11(tmp_path):
     mapping = {0: CAMVID_CLASSES.index("Sky"), 1: CAMVID_CLASSES.index("Building"),
                2: CAMVID_CLASSES.index("Road"), 3: CAMVID_CLASSES.index("Pedestrian"), 4: VOID_INDEX}
     np.testing.assert_array_equal(label, np.vectorize(mapping.get)(expected))
+
+
+@pytest.mark.parametrize("layout", ["camvid11", "camvid32"])
+def test_compact_copy_keeps_labels_exact_and_frames_close_in_the_11_class_layout(layout, tmp_path):
+    source = (write_camvid11(tmp_path / "source", {"train": 3, "val": 2}) if layout == "camvid11"
+              else write_camvid32(tmp_path / "source", "train", count=3))
+    splits = ["train", "val"] if layout == "camvid11" else ["train"]
+    compact_main(["--data", str(source), "--out", str(tmp_path / "compact"), "--splits", *splits, "--quality", "95"])
+    for split in splits:
+        original, copy = open_dataset(source, split), open_dataset(tmp_path / "compact", split)
+        assert copy.layout == "camvid11"
+        assert [s.name for s in copy.items()] == [s.name for s in original.items()]
+        assert all(s.image_path.suffix == ".jpg" for s in copy.items())
+        for before, after in zip(original.items(), copy.items()):
+            (image, label), (image_copy, label_copy) = original.load(before), copy.load(after)
+            np.testing.assert_array_equal(label_copy, label)
+            # JPEG drops the fixtures' per-pixel noise, not the picture: compare them smoothed
+            smooth = [cv2.GaussianBlur(i, (5, 5), 0).astype(int) for i in (image, image_copy)]
+            assert np.abs(smooth[0] - smooth[1]).mean() < 3.0
+    with pytest.raises(SystemExit):
+        compact_main(["--data", str(source), "--out", str(tmp_path / "bad"), "--quality", "0"])
 
 
 def test_wrong_layouts_name_what_is_missing(tmp_path, monkeypatch):
