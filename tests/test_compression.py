@@ -108,6 +108,9 @@ def test_fine_tuning_a_pruned_model_further_counts_savings_from_the_original(tmp
     assert overall_ratio({"ratio": 0.5, "previous": {"ratio": 0.5}}) == 0.75
     assert summary["previous"] == first.compression
     assert summary["distillation"] == {"teacher": base_name, "weight": 1.0, "temperature": 2.0}
+    with pytest.raises(SystemExit):  # a teacher without a distillation weight would be silently unused
+        structured_main(["--model", str(pruned_stem.with_suffix(".json")), "--ratio", "0", "--teacher",
+                         str(base_card), "--data", str(data), "--out", str(tmp_path / "refused")])
 
 
 @pytest.mark.parametrize("global_pruning", [True, False])

@@ -200,6 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="output stem, e.g. models/camvid_mobile_unet_pruned")
     args = parser.parse_args(argv)
+    if args.teacher and args.distill_weight <= 0:
+        parser.error("--teacher is used only for distillation: give --distill-weight > 0 too")
     card, card_path = resolve_model(args.model)
     model, summary = prune(card, card_path, args.ratio, args.criterion, args.steps, args.fine_tune_epochs,
                            args.data, args.global_pruning, args.round_to or None, args.max_layer_ratio, args.lr,
