@@ -88,7 +88,7 @@ def test_prune_command_flow_fine_tunes_between_steps(tmp_path):
     assert not model.training
 
 
-def test_fine_tuning_a_pruned_model_further_counts_savings_from_the_original(tmp_path):
+def test_fine_tuning_a_pruned_model_further_counts_savings_from_the_original(tmp_path, capsys):
     """Pruning is often resumed (more fine-tuning, a distillation pass): the card must still say how much the
     original lost, and keep the record of the first pass."""
     data = write_camvid11(tmp_path / "camvid", {"train": 8, "val": 2})
@@ -108,9 +108,18 @@ def test_fine_tuning_a_pruned_model_further_counts_savings_from_the_original(tmp
     assert overall_ratio({"ratio": 0.5, "previous": {"ratio": 0.5}}) == 0.75
     assert summary["previous"] == first.compression
     assert summary["distillation"] == {"teacher": base_name, "weight": 1.0, "temperature": 2.0}
-    with pytest.raises(SystemExit):  # a teacher without a distillation weight would be silently unused
-        structured_main(["--model", str(pruned_stem.with_suffix(".json")), "--ratio", "0", "--teacher",
-                         str(base_card), "--data", str(data), "--out", str(tmp_path / "refused")])
+    refused = [  # (why, extra arguments, what the error says)
+        ("a teacher without a distillation weight would be unused", ["--teacher", str(base_card)],
+         "only for distillation"),
+        ("a pruned model must not teach itself", ["--distill-weight", "1"], "pruned before"),
+        ("the temperature divides the logits", ["--distill-weight", "1", "--teacher", str(base_card),
+                                                "--distill-temperature", "0"], "temperature > 0")]
+    for why, extra, message in refused:
+        with pytest.raises(SystemExit):
+            structured_main(["--model", str(pruned_stem.with_suffix(".json")), "--ratio", "0", "--data", str(data),
+                             "--out", str(tmp_path / "refused"), *extra])
+        assert message in capsys.readouterr().err, why
+    assert not (tmp_path / "refused.json").exists()
 
 
 @pytest.mark.parametrize("global_pruning", [True, False])
@@ -200,9 +209,11 @@ def test_sweep_tabulates_ratios_precisions_the_given_model_and_the_unstructured_
                  parity_inputs=np.random.default_rng(0).standard_normal((2, 3, 48, 64)).astype(np.float32))
     base = tmp_path / "tiny_unet.json"
     structured_main(["--model", str(base), "--ratio", "0.25", "--layer-ratio", "up_conv.2=0.5", "--scope", "decoder",
-                     "--steps", "1", "--fine-tune-epochs", "0", "--data", str(data), "--out", str(tmp_path / "given")])
+                     "--steps", "1", "--fine-tune-epochs", "0", "--data", str(data), "--out", str(tmp_path / "first")])
+    structured_main(["--model", str(tmp_path / "first.json"), "--ratio", "0", "--steps", "1", "--fine-tune-epochs",
+                     "0", "--data", str(data), "--out", str(tmp_path / "given")])  # a second pass, as shipped
     given = ModelCard.load(tmp_path / "given.json")
-    assert given.compression["layer_ratios"] == {"up_conv.2": 0.5}
+    assert given.compression["previous"]["layer_ratios"] == {"up_conv.2": 0.5}
     out = tmp_path / "sweep"
     sweep_main(["--base", str(base), "--ratios", "0", "0.5", "--steps", "1", "--fine-tune-epochs", "0",
                 "--also", str(tmp_path / "given.json"), "--calibration-frames", "4", "--frames", "3",
@@ -216,6 +227,7 @@ def test_sweep_tabulates_ratios_precisions_the_given_model_and_the_unstructured_
     by_model = {r["model"]: r for r in rows}
     assert by_model["tiny_unet_p50"]["macs"] < 0.6 * by_model["tiny_unet"]["macs"]
     assert by_model["given"]["macs"] == given.compression["macs"] < by_model["tiny_unet"]["macs"]
+    assert by_model["given"]["ratio"] == by_model["given_int8"]["ratio"] == 0.25  # the chain's, not the last pass's
     assert by_model["tiny_unet_unstructured50"]["macs"] == by_model["tiny_unet"]["macs"]
     assert by_model["tiny_unet_int8"]["onnx_mb"] < by_model["tiny_unet"]["onnx_mb"]
     assert all(0 <= r["test_miou"] <= 100 and 0 < r["ort_median_ms"] <= r["ort_p95_ms"] for r in rows)

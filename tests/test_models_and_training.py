@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from camvid_fixtures import write_camvid11
-from seg_node.data import open_dataset
+from seg_node.data import CAMVID_CLASSES, open_dataset
 from seg_node.export import export_onnx, mask_agreement, training_record
 from seg_node.model_card import InputSpec, ModelCard
 from seg_node.models import build_model
@@ -133,14 +133,18 @@ def test_a_second_training_cycle_starts_from_the_given_weights(tmp_path):
             train(common + ["--out", str(tmp_path / "refused")] + extra)
 
 
-def test_distillation_loss_is_the_softened_kl_times_t_squared():
-    teacher = torch.tensor([2.0, 0.0]).reshape(1, 2, 1, 1)
-    student = torch.tensor([0.0, 1.0]).reshape(1, 2, 1, 1)
-    p = torch.softmax(teacher.flatten() / 2, 0)
-    q = torch.softmax(student.flatten() / 2, 0)
-    expected = 4 * float((p * (p / q).log()).sum())
-    assert float(distillation_loss(student, teacher, temperature=2.0)) == pytest.approx(expected, rel=1e-6)
-    assert float(distillation_loss(teacher, teacher, temperature=2.0)) == pytest.approx(0.0, abs=1e-7)
+def test_distillation_loss_is_the_softened_kl_times_t_squared_averaged_over_pixels():
+    rng = np.random.default_rng(0)
+    teacher, student = (torch.from_numpy(rng.normal(0, 2, (2, 3, 2, 2))) for _ in range(2))
+    temperature = 2.0
+    per_pixel = []
+    for n, y, x in np.ndindex(2, 2, 2):
+        p = torch.softmax(teacher[n, :, y, x] / temperature, 0)
+        q = torch.softmax(student[n, :, y, x] / temperature, 0)
+        per_pixel.append(temperature ** 2 * float((p * (p / q).log()).sum()))
+    loss = float(distillation_loss(student, teacher, temperature))
+    assert loss == pytest.approx(np.mean(per_pixel), rel=1e-5) and loss > 0
+    assert float(distillation_loss(teacher, teacher, temperature)) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_distillation_pulls_the_student_towards_the_teacher(tmp_path):
@@ -172,13 +176,17 @@ def test_distillation_pulls_the_student_towards_the_teacher(tmp_path):
     assert taught_gap < 0.5 * plain_gap, (plain_gap, taught_gap)
 
 
-def test_a_teacher_with_another_input_normalization_is_refused(tmp_path):
+@pytest.mark.parametrize("field, value, message", [
+    ("input", {"height": 48, "width": 64, "channel_order": "rgb", "mean": [123.7, 116.3, 103.5],
+               "std": [128.0, 128.0, 128.0]}, "normalization"),
+    ("classes", list(reversed(CAMVID_CLASSES)), "classes")])
+def test_a_teacher_that_sees_or_predicts_differently_is_refused(field, value, message, tmp_path):
     data = write_camvid11(tmp_path / "camvid", {"train": 4, "val": 1})
     teacher_card = make_random_model(tmp_path / "teacher", size=(48, 64)).with_suffix(".json")
     card = json.loads(teacher_card.read_text())
-    card["input"]["mean"] = [123.7, 116.3, 103.5]
+    card[field] = value
     teacher_card.write_text(json.dumps(card))
-    with pytest.raises(SystemExit, match="normalization"):
+    with pytest.raises(SystemExit, match=message):
         train(["--data", str(data), "--arch", '{"name": "unet", "base_width": 4, "depth": 2}', "--epochs", "1",
                "--crop", "32", "48", "--input-size", "48", "64", "--teacher", str(teacher_card),
                "--out", str(tmp_path / "run")])

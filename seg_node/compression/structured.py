@@ -106,13 +106,29 @@ def labelled_batches(data: str | None, count: int, batch_size: int, crop: tuple[
     return batches
 
 
+def distillation_teacher(card: ModelCard, card_path: Path, weight: float, temperature: float,
+                         teacher: str | Path | None) -> Path | None:
+    """The card to distil from (None for weight 0). It defaults to the model as given, which must then be
+    unpruned: a pruned model taught by itself is only held in place."""
+    if weight < 0 or temperature <= 0:
+        raise ValueError(f"distillation weight must be >= 0 and temperature > 0, got {weight} and {temperature}")
+    if teacher and not weight:
+        raise ValueError("a teacher is used only for distillation: give a distillation weight > 0 too")
+    if not weight:
+        return None
+    if teacher is None and "base_model" in card.compression:
+        raise ValueError(f"{card.name} was pruned before: name the model to distil from (its base, "
+                         f"{card.compression['base_model']}) with --teacher")
+    return Path(teacher or card_path)
+
+
 def prune(card: ModelCard, card_path: Path, ratio: float, criterion: str, steps: int, fine_tune_epochs: int,
           data: str | None, global_pruning: bool = False, round_to: int | None = 8, max_layer_ratio: float = 0.8,
           lr: float = 3e-4, batch_size: int = 8, threads: int = 0, seed: int = 0, scope: str = "all",
           layer_ratios: dict[str, float] | None = None, distill_weight: float = 0.0,
           distill_temperature: float = 2.0, teacher: Path | None = None) -> tuple[nn.Module, dict]:
     """Prune `steps` times up to `ratio`, fine-tuning `fine_tune_epochs` on CamVid train after each step;
-    with distill_weight > 0 a teacher (default: the model as given) guides the fine-tuning.
+    with distill_weight > 0 a teacher (default: the model as given, if unpruned) guides the fine-tuning.
 
     A model that was pruned before keeps its original as the base, so MACs saved are counted from the
     unpruned model and the earlier record is kept under `previous`."""
@@ -123,11 +139,11 @@ def prune(card: ModelCard, card_path: Path, ratio: float, criterion: str, steps:
     base_model, base_macs, base_params = (
         (previous["base_model"], previous["base_macs"], previous["base_params"]) if previous
         else (card.name, *count_macs_and_params(model, spec.height, spec.width)))
-    teacher = Path(teacher or card_path)
+    teacher = distillation_teacher(card, card_path, distill_weight, distill_temperature, teacher)
+    distillation = (["--teacher", str(teacher), "--distill-weight", str(distill_weight),
+                     "--distill-temperature", str(distill_temperature)] if teacher else [])
     pruner = make_pruner(model, ratio, criterion, spec.height, spec.width, steps, global_pruning, round_to,
                          max_layer_ratio, scope, layer_ratios)
-    distillation = (["--teacher", str(teacher), "--distill-weight", str(distill_weight),
-                     "--distill-temperature", str(distill_temperature)] if distill_weight > 0 else [])
     history = []
     for step in range(steps):
         if criterion == "taylor":
@@ -151,7 +167,7 @@ def prune(card: ModelCard, card_path: Path, ratio: float, criterion: str, steps:
                "global": global_pruning, "round_to": round_to, "max_layer_ratio": max_layer_ratio, "steps": steps,
                "fine_tune_epochs_per_step": fine_tune_epochs, "fine_tune_lr": lr, "base_model": base_model,
                "distillation": ({"teacher": resolve_model(teacher)[0].name, "weight": distill_weight,
-                                 "temperature": distill_temperature} if distill_weight > 0 else None),
+                                 "temperature": distill_temperature} if teacher else None),
                "base_macs": base_macs, "base_params": base_params, "macs": macs, "params": params,
                "macs_reduction": round(1 - macs / base_macs, 4), "history": history,
                **({"previous": previous} if previous else {})}
@@ -190,19 +206,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layer-ratio", action="append", default=[], type=parse_layer_ratio, metavar="NAME=RATIO",
                         help="ratio for one submodule, e.g. decoder.3=0.75 (repeatable)")
     parser.add_argument("--distill-weight", type=float, default=0.0,
-                        help="fine-tune with knowledge distillation from the unpruned model at this weight (0: off)")
+                        help="fine-tune with knowledge distillation at this weight (0: off), from --teacher")
     parser.add_argument("--distill-temperature", type=float, default=2.0)
-    parser.add_argument("--teacher", help="card of the model to distil from (default: --model as given); "
-                                          "to go on fine-tuning a pruned model, name the unpruned one")
+    parser.add_argument("--teacher", help="card of the model to distil from (default: --model, if unpruned; "
+                                          "to go on fine-tuning a pruned model, name its unpruned base)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--data", help="CamVid folder (default: $CAMVID_ROOT)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="output stem, e.g. models/camvid_mobile_unet_pruned")
     args = parser.parse_args(argv)
-    if args.teacher and args.distill_weight <= 0:
-        parser.error("--teacher is used only for distillation: give --distill-weight > 0 too")
     card, card_path = resolve_model(args.model)
+    try:
+        distillation_teacher(card, card_path, args.distill_weight, args.distill_temperature, args.teacher)
+    except ValueError as exc:
+        parser.error(str(exc))
     model, summary = prune(card, card_path, args.ratio, args.criterion, args.steps, args.fine_tune_epochs,
                            args.data, args.global_pruning, args.round_to or None, args.max_layer_ratio, args.lr,
                            args.batch_size, args.threads, args.seed, args.scope, dict(args.layer_ratio),
@@ -213,9 +231,10 @@ def main(argv: list[str] | None = None) -> None:
         palette=card.palette, spec=card.input, parity_inputs=parity_frames(args.data, 8, card.input),
         training=card.training, compression=summary,
         notes=(f"{card.notes}; then " if "previous" in summary else f"{card.name} ")
-              + f"pruned structurally by {args.ratio:.0%} ({args.scope}, {args.criterion}"
-              + "".join(f", {name} by {value:.0%}" for name, value in args.layer_ratio)
-              + "), fine-tuned on CamVid train"
+              + (f"pruned structurally by {args.ratio:.0%} ({args.scope}, {args.criterion}"
+                 + "".join(f", {name} by {value:.0%}" for name, value in args.layer_ratio) + "), "
+                 if args.ratio else "")
+              + "fine-tuned on CamVid train"
               + (f", distilled from {summary['distillation']['teacher']}" if summary["distillation"] else ""))
     print(f"pruned {summary['base_model']}: MACs {summary['base_macs'] / 1e9:.2f} G -> {summary['macs'] / 1e9:.2f} G "
           f"({summary['macs_reduction']:.0%} fewer), params {summary['base_params'] / 1e6:.2f} M -> "

@@ -1,4 +1,4 @@
-"""A compact CamVid copy, for machines reached through a size-limited transfer (a lent GPU takes 64 MiB):
+"""A compact CamVid copy, for a (GPU) machine reached through a size-limited upload:
 
     seg-camvid-compact --data $CAMVID_ROOT --out .camvid_compact --splits train val --quality 90
 
@@ -25,12 +25,13 @@ def write_compact_copy(data: str | None, out: Path, splits: list[str], quality: 
         image_dir, label_dir = out / split, out / f"{split}annot"
         image_dir.mkdir(parents=True, exist_ok=True)
         label_dir.mkdir(parents=True, exist_ok=True)
+        sizes[split] = 0
         for sample in tqdm(dataset.items(), desc=f"compacting {split}"):
             image, label = dataset.load(sample)
             image_path, label_path = image_dir / f"{sample.name}.jpg", label_dir / f"{sample.name}.png"
             cv2.imwrite(str(image_path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
             cv2.imwrite(str(label_path), label, [cv2.IMWRITE_PNG_COMPRESSION, 9])
-        sizes[split] = sum(p.stat().st_size for folder in (image_dir, label_dir) for p in folder.iterdir())
+            sizes[split] += image_path.stat().st_size + label_path.stat().st_size
     return sizes
 
 

@@ -69,7 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init", help="start from these weights (a run's best.pt or last.pt, or a .safetensors file) "
                                   "with a fresh optimizer and schedule: a second training cycle")
     p.add_argument("--teacher", help="model card of a trained model to distil from (knowledge distillation): "
-                                     "the loss adds distill-weight x KL(teacher || student) per pixel")
+                                     "the loss adds distill-weight x T^2 x KL(teacher || student) per pixel, "
+                                     "both softened by the temperature T")
     p.add_argument("--distill-weight", type=float, default=1.0, help="weight of the distillation term")
     p.add_argument("--distill-temperature", type=float, default=2.0, help="softmax temperature of distillation")
     args = p.parse_args(argv)
@@ -128,8 +129,10 @@ def load_initial_weights(model: torch.nn.Module, path: str) -> None:
 
 
 def load_teacher(card_path: str, spec: InputSpec, device: torch.device) -> torch.nn.Module:
-    """A frozen model to distil from; it must see the same normalized input as the student."""
+    """A frozen model to distil from; it must predict the same classes from the same normalized input."""
     card, path = resolve_model(card_path)
+    if list(card.classes) != list(CAMVID_CLASSES):
+        raise SystemExit(f"--teacher {card_path}: its classes {card.classes} are not CamVid's {list(CAMVID_CLASSES)}")
     if (card.input.channel_order, card.input.mean, card.input.std) != (spec.channel_order, spec.mean, spec.std):
         raise SystemExit(f"--teacher {card_path}: its input normalization {card.input} differs from training's "
                          f"{spec}; distil from a model trained with the same input")
