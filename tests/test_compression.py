@@ -112,6 +112,8 @@ def test_fine_tuning_a_pruned_model_further_counts_savings_from_the_original(tmp
         ("a teacher without a distillation weight would be unused", ["--teacher", str(base_card)],
          "only for distillation"),
         ("a pruned model must not teach itself", ["--distill-weight", "1"], "pruned before"),
+        ("a missing teacher fails before any pruning", ["--distill-weight", "1", "--teacher",
+                                                        str(tmp_path / "nope.json")], "no such model card"),
         ("the temperature divides the logits", ["--distill-weight", "1", "--teacher", str(base_card),
                                                 "--distill-temperature", "0"], "temperature > 0")]
     for why, extra, message in refused:

@@ -55,8 +55,10 @@ def test_compact_copy_keeps_labels_exact_and_frames_close_in_the_11_class_layout
             # JPEG drops the fixtures' per-pixel noise, not the picture: compare them smoothed
             smooth = [cv2.GaussianBlur(i, (5, 5), 0).astype(int) for i in (image, image_copy)]
             assert np.abs(smooth[0] - smooth[1]).mean() < 3.0
-    with pytest.raises(SystemExit):
-        compact_main(["--data", str(source), "--out", str(tmp_path / "bad"), "--quality", "0"])
+    for bad in (["--data", str(source), "--quality", "0"], ["--data", str(tmp_path / "nowhere")]):
+        with pytest.raises(SystemExit):
+            compact_main([*bad, "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
 
 
 def test_wrong_layouts_name_what_is_missing(tmp_path, monkeypatch):

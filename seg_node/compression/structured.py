@@ -114,6 +114,8 @@ def distillation_teacher(card: ModelCard, card_path: Path, weight: float, temper
         raise ValueError(f"distillation weight must be >= 0 and temperature > 0, got {weight} and {temperature}")
     if teacher and not weight:
         raise ValueError("a teacher is used only for distillation: give a distillation weight > 0 too")
+    if teacher and not Path(teacher).is_file():
+        raise ValueError(f"teacher {teacher}: no such model card")
     if not weight:
         return None
     if teacher is None and "base_model" in card.compression:

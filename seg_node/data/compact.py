@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from .camvid import SPLITS, open_dataset
+from .camvid import SPLITS, CamVidLayoutError, open_dataset
 
 
 def write_compact_copy(data: str | None, out: Path, splits: list[str], quality: int) -> dict[str, int]:
@@ -44,7 +44,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not 1 <= args.quality <= 100:
         parser.error(f"--quality must be in 1..100, got {args.quality}")
-    sizes = write_compact_copy(args.data, args.out, args.splits, args.quality)
+    try:
+        sizes = write_compact_copy(args.data, args.out, args.splits, args.quality)
+    except CamVidLayoutError as exc:
+        parser.error(str(exc))
     print(", ".join(f"{split}: {size / 2**20:.1f} MiB" for split, size in sizes.items())
           + f"; {sum(sizes.values()) / 2**20:.1f} MiB in all, in {args.out}")
 
