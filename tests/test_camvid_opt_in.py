@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from seg_node.bags.convert import dataset_frames, write_bag
 from seg_node.bags.live_eval import live_evaluate
+from seg_node.data import open_dataset
+from seg_node.data.compact import write_compact_copy
 from seg_node.evaluate import run_evaluation
 from seg_node.model_card import ModelCard
 from seg_node.resolve import models_dir
@@ -36,3 +39,19 @@ def test_live_evaluation_of_seq05vd_matches_offline(tmp_path):
     assert live["frames_published"] == offline["frames"] == 171 and live["frames_dropped"] == 0
     assert abs(live["miou"] - offline["miou"]) <= 0.1, (live["miou"], offline["miou"])
 
+
+
+def test_the_compact_copy_keeps_every_val_label_and_nearly_the_trained_models_score(tmp_path):
+    """What the README says of seg-camvid-compact: exact labels, and val mIoU within a point of the PNGs'."""
+    sizes = write_compact_copy(CAMVID_ROOT, tmp_path / "compact", ["val"], quality=90)
+    original, copy = open_dataset(CAMVID_ROOT, "val"), open_dataset(tmp_path / "compact", "val")
+    assert len(copy.items()) == len(original.items()) == 101
+    assert sizes["val"] < 0.25 * sum(s.image_path.stat().st_size + s.label_path.stat().st_size
+                                     for s in original.items())
+    for before, after in zip(original.items(), copy.items()):
+        np.testing.assert_array_equal(copy.load(after)[1], original.load(before)[1])
+    model = str(models_dir() / "camvid_mobile_unet.json")
+    scores = [run_evaluation(["--model", model, "--data", str(data), "--split", "val", "--threads", "2",
+                              "--out", str(tmp_path / name)])["miou"]
+              for name, data in (("png", CAMVID_ROOT), ("jpeg", tmp_path / "compact"))]
+    assert abs(scores[0] - scores[1]) <= 1.0, scores

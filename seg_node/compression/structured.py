@@ -25,6 +25,7 @@ from ..preprocess import normalize
 from ..resolve import model_file, resolve_model
 from ..training.augment import augment
 from ..training.losses import build_loss
+from ..training.train import distillation_problem, train
 
 IMPORTANCE_CRITERIA = {
     "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
@@ -110,12 +111,9 @@ def distillation_teacher(card: ModelCard, card_path: Path, weight: float, temper
                          teacher: str | Path | None) -> Path | None:
     """The card to distil from (None for weight 0). It defaults to the model as given, which must then be
     unpruned: a pruned model taught by itself is only held in place."""
-    if weight < 0 or temperature <= 0:
-        raise ValueError(f"distillation weight must be >= 0 and temperature > 0, got {weight} and {temperature}")
-    if teacher and not weight:
-        raise ValueError("a teacher is used only for distillation: give a distillation weight > 0 too")
-    if teacher and not Path(teacher).is_file():
-        raise ValueError(f"teacher {teacher}: no such model card")
+    problem = distillation_problem(teacher, weight, temperature)
+    if problem:
+        raise ValueError(problem)
     if not weight:
         return None
     if teacher is None and "base_model" in card.compression:
@@ -134,7 +132,6 @@ def prune(card: ModelCard, card_path: Path, ratio: float, criterion: str, steps:
 
     A model that was pruned before keeps its original as the base, so MACs saved are counted from the
     unpruned model and the earlier record is kept under `previous`."""
-    from ..training.train import train
     spec = card.input
     model = build_for_inference(card, model_file(card, card_path, "torch"))
     previous = card.compression if "base_model" in card.compression else None

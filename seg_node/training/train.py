@@ -74,15 +74,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--distill-weight", type=float, default=1.0, help="weight of the distillation term")
     p.add_argument("--distill-temperature", type=float, default=2.0, help="softmax temperature of distillation")
     args = p.parse_args(argv)
-    if args.teacher and not Path(args.teacher).exists():
-        p.error(f"--teacher {args.teacher}: no such model card")
-    if args.teacher and (args.distill_weight <= 0 or args.distill_temperature <= 0):
-        p.error("--distill-weight and --distill-temperature must be > 0 with --teacher")
+    problem = distillation_problem(args.teacher, args.distill_weight, args.distill_temperature)
+    if problem:
+        p.error(problem)
     if args.init and args.resume:
         p.error("--init starts a new run from given weights, --resume continues OUT/last.pt: use one")
     if args.init and not Path(args.init).is_file():
         p.error(f"--init {args.init}: no such file")
     return args
+
+
+def distillation_problem(teacher: str | os.PathLike | None, weight: float, temperature: float) -> str | None:
+    """What is wrong with these distillation options, if anything: seg-train and seg-prune both ask."""
+    if weight < 0 or temperature <= 0:
+        return f"distillation needs weight >= 0 and temperature > 0, got {weight} and {temperature}"
+    if teacher and not weight:
+        return "a teacher is used only for distillation: give a distillation weight > 0 too"
+    if teacher and not Path(teacher).is_file():
+        return f"teacher {teacher}: no such model card"
+    return None
 
 
 def parse_arch(text: str) -> dict:
