@@ -42,6 +42,7 @@ setup(
             f"seg-stress = {PACKAGE}.stress:main",
             f"seg-sweep = {PACKAGE}.compression.sweep:main",
             f"seg-camvid-compact = {PACKAGE}.data.compact:main",
+            f"seg-class-bias = {PACKAGE}.training.class_bias:main",
         ],
     },
 )

@@ -65,7 +65,8 @@ def parity_check(model: nn.Module, onnx_path: Path, inputs: np.ndarray, threshol
 
 def export_model(model: nn.Module, out_stem: str | Path, *, name: str, architecture: dict, classes, palette,
                  spec: InputSpec, parity_inputs: np.ndarray, metrics: dict | None = None,
-                 training: dict | None = None, compression: dict | None = None, notes: str = "",
+                 training: dict | None = None, compression: dict | None = None,
+                 class_bias: dict | None = None, notes: str = "",
                  dynamic_batch: bool = False, dynamic_size: bool = False) -> ModelCard:
     """Write <stem>.safetensors, <stem>.onnx and <stem>.json (the card) and check ONNX against torch."""
     out_stem = Path(out_stem)
@@ -80,7 +81,8 @@ def export_model(model: nn.Module, out_stem: str | Path, *, name: str, architect
         classes=list(classes), palette=[list(c) for c in palette], input=spec,
         files={"onnx": onnx_path.name, "torch": weights_path.name},
         metrics=dict(metrics or {}), training=dict(training or {}),
-        compression={"precision": "fp32", **(compression or {}), "export_parity": parity}, notes=notes)
+        compression={"precision": "fp32", **(compression or {}), "export_parity": parity},
+        class_bias=dict(class_bias or {}), notes=notes)
     card.validate(str(out_stem))
     card.save(out_stem.with_suffix(".json"))
     return card
@@ -123,6 +125,7 @@ def training_record(checkpoint: str | Path, state: dict | None = None) -> dict:
     wall_seconds = (sum(float(row["seconds"]) for row in csv.DictReader(log.read_text().splitlines()))
                     if log.exists() else None)
     record = {"best_epoch": state["epoch"], "val_miou": state.get("val_miou", state.get("best_miou")),
+              **({"averaged_epochs": state["averaged_epochs"]} if state.get("averaged_epochs") else {}),
               "wall_seconds": wall_seconds, "hardware": run.pop("hardware", "not recorded"), **run}
     init = run["args"].get("init")
     if init and Path(init).suffix == ".pt" and Path(init).exists():

@@ -53,6 +53,8 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     compression: dict[str, Any] = field(default_factory=dict)
+    #: per-class logit offsets folded into the classifier after training (seg-class-bias), and how they were fit
+    class_bias: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
     format: str = CARD_FORMAT
 

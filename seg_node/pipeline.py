@@ -40,12 +40,21 @@ class SegmentationPipeline:
         card, card_path = resolve_model(model)
         return cls(create_backend(backend, card, card_path, device, precision, threads), card, upsampling)
 
+    def prepare(self, image: np.ndarray, channel_order: str = "rgb") -> np.ndarray:
+        """Resize and normalize into the reused 1 x 3 x h x w network-input buffer."""
+        normalize(resize_for_network(image, self.card.input), self.card.input, channel_order, out=self.network_input[0])
+        return self.network_input
+
+    def logits(self, image: np.ndarray, channel_order: str = "rgb") -> np.ndarray:
+        """C x h x w logits at network resolution, for tools that need more than the mask."""
+        return self.backend.infer(self.prepare(image, channel_order))[0]
+
     def segment(self, image: np.ndarray, channel_order: str = "rgb") -> SegmentationResult:
         """H x W x 3 uint8 image (rgb or bgr) -> H x W uint8 class ids."""
         start = time.perf_counter()
-        normalize(resize_for_network(image, self.card.input), self.card.input, channel_order, out=self.network_input[0])
+        network_input = self.prepare(image, channel_order)
         preprocessed = time.perf_counter()
-        logits = self.backend.infer(self.network_input)[0]
+        logits = self.backend.infer(network_input)[0]
         inferred = time.perf_counter()
         mask = logits_to_mask(logits, image.shape[0], image.shape[1], self.upsampling)
         done = time.perf_counter()

@@ -133,6 +133,29 @@ def test_a_second_training_cycle_starts_from_the_given_weights(tmp_path):
             train(common + ["--out", str(tmp_path / "refused")] + extra)
 
 
+def test_weight_averaging_keeps_the_mean_of_the_epochs_from_the_given_one_and_validates_it(tmp_path):
+    data = write_camvid11(tmp_path / "camvid", {"train": 8, "val": 2})
+    common = ["--data", str(data), "--arch", '{"name": "unet", "base_width": 4, "depth": 2}', "--batch-size", "4",
+              "--crop", "32", "48", "--input-size", "48", "64", "--lr", "0.01", "--schedule", "constant",
+              "--warmup-epochs", "0", "--val-every", "1", "--threads", "2", "--average-from", "2"]
+    # with a constant schedule the first two epochs of both runs are the same computation
+    train(common + ["--epochs", "2", "--out", str(tmp_path / "two")])
+    train(common + ["--epochs", "3", "--out", str(tmp_path / "three")])
+    after_two = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["model"]
+    last = torch.load(tmp_path / "three" / "last.pt", weights_only=True)
+    assert int(last["averaged"]["n_averaged"]) == 2
+    learned = [k for k in after_two if "running" not in k and "num_batches" not in k]
+    for key in learned:
+        torch.testing.assert_close(last["averaged"][f"module.{key}"], (after_two[key] + last["model"][key]) / 2)
+    best = torch.load(tmp_path / "three" / "best.pt", weights_only=True)
+    assert best.get("averaged_epochs", 0) == max(0, best["epoch"] - 1)
+    if best["epoch"] == 3:
+        assert all(torch.equal(best["model"][k], last["averaged"][f"module.{k}"]) for k in learned)
+    assert training_record(tmp_path / "three" / "best.pt").get("averaged_epochs", 0) == best.get("averaged_epochs", 0)
+    with pytest.raises(SystemExit):
+        train(common[:-1] + ["4", "--epochs", "3", "--out", str(tmp_path / "refused")])
+
+
 def test_distillation_loss_is_the_softened_kl_times_t_squared_averaged_over_pixels():
     rng = np.random.default_rng(0)
     teacher, student = (torch.from_numpy(rng.normal(0, 2, (2, 3, 2, 2))) for _ in range(2))

@@ -58,6 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scale-range", type=float, nargs=2, default=[0.75, 1.5], metavar=("MIN", "MAX"))
     p.add_argument("--input-size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"),
                    help="network input size for validation and the model card")
+    p.add_argument("--average-from", type=int, default=0, metavar="EPOCH",
+                   help="stochastic weight averaging: from this epoch on, average the weights after every epoch; "
+                        "validation and best.pt use the average, its BatchNorm statistics recomputed on "
+                        "training crops (0: off; pair with --schedule constant)")
     p.add_argument("--val-every", type=int, default=2, help="validate every N epochs (and after the last)")
     p.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap steps per epoch (smoke tests)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -79,6 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(problem)
     if args.init and args.resume:
         p.error("--init starts a new run from given weights, --resume continues OUT/last.pt: use one")
+    if args.average_from < 0 or args.average_from > args.epochs:
+        p.error(f"--average-from must be an epoch from 1 to --epochs ({args.epochs}), or 0 for off")
     if args.init and not Path(args.init).is_file():
         p.error(f"--init {args.init}: no such file")
     return args
@@ -128,6 +134,17 @@ def validate(model, images, labels, spec, device, num_classes) -> ConfusionMatri
             pred = cv2.resize(pred, (label.shape[1], label.shape[0]), interpolation=cv2.INTER_NEAREST)
         matrix.update(pred, label)
     return matrix
+
+
+@torch.no_grad()
+def recompute_batchnorm(model, images, labels, rng, args, spec, device) -> None:
+    """BatchNorm statistics of averaged weights, from one pass over augmented training crops: the running
+    statistics of the weights that were averaged do not belong to their average."""
+    order = rng.permutation(len(images))
+    batches = (make_batch(images, labels, order[start:start + args.batch_size], rng, args, spec)[0]
+               .to(device).contiguous(memory_format=torch.channels_last)
+               for start in range(0, len(order) - args.batch_size + 1, args.batch_size))
+    torch.optim.swa_utils.update_bn(batches, model)
 
 
 def load_initial_weights(model: torch.nn.Module, path: str) -> None:
@@ -244,6 +261,7 @@ def train(argv: list[str] | None = None, model: torch.nn.Module | None = None) -
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, warmup, args.schedule))
 
+    averaged = torch.optim.swa_utils.AveragedModel(model) if args.average_from else None
     start_epoch, best_miou = 0, -1.0
     last_path, best_path, log_path = out / "last.pt", out / "best.pt", out / "log.csv"
     if args.resume:
@@ -253,6 +271,8 @@ def train(argv: list[str] | None = None, model: torch.nn.Module | None = None) -
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, best_miou = state["epoch"], state["best_miou"]
+        if averaged is not None and "averaged" in state:
+            averaged.load_state_dict(state["averaged"])
         rng = np.random.default_rng(args.seed + rank + 1000 * start_epoch)
     elif rank == 0:
         with open(log_path, "w", newline="") as handle:
@@ -290,14 +310,23 @@ def train(argv: list[str] | None = None, model: torch.nn.Module | None = None) -
             scheduler.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        averaging = averaged is not None and epoch + 1 >= args.average_from
+        if averaging:
+            averaged.update_parameters(model)
         if rank != 0:
             continue
         val_miou = ""
         if (epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs:
-            val_miou = round(100 * validate(model, val_images, val_labels, spec, device, num_classes).mean_iou(), 2)
+            candidate = model
+            if averaging:
+                candidate = averaged.module
+                recompute_batchnorm(candidate, train_images, train_labels, rng, args, spec, device)
+            val_miou = round(100 * validate(candidate, val_images, val_labels, spec, device,
+                                            num_classes).mean_iou(), 2)
             if val_miou > best_miou:
                 best_miou = val_miou
-                torch.save({"model": model.state_dict(), "epoch": epoch + 1, "val_miou": val_miou,
+                torch.save({"model": candidate.state_dict(), "epoch": epoch + 1, "val_miou": val_miou,
+                            "averaged_epochs": int(averaged.n_averaged) if averaging else 0,
                             "run": json.dumps(run_info)}, best_path)
             tqdm.write(f"epoch {epoch + 1}: val mIoU {val_miou:.2f} (best {best_miou:.2f})")
         with open(log_path, "a", newline="") as handle:
@@ -306,7 +335,8 @@ def train(argv: list[str] | None = None, model: torch.nn.Module | None = None) -
                                          round(time.time() - started, 1)])
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch + 1,
-                    "best_miou": best_miou, "run": json.dumps(run_info)}, last_path)
+                    "best_miou": best_miou, "run": json.dumps(run_info),
+                    **({"averaged": averaged.state_dict()} if averaged is not None else {})}, last_path)
         plot_curves(log_path, out / "curves.png")
     if world > 1:
         dist.destroy_process_group()

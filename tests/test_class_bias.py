@@ -1,0 +1,153 @@
+"""Per-class logit offsets: the fit, its folding into the classifier, and the seg-class-bias command."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from camvid_fixtures import write_camvid11
+from seg_node.compression.quantize import calibration_inputs, convert_fp16, quantize_int8, quantized_card
+from seg_node.data import CAMVID_CLASSES
+from seg_node.model_card import ModelCard
+from seg_node.models import build_model
+from seg_node.random_model import make_random_model
+from seg_node.training.class_bias import final_conv, fit_class_bias, fold_into_classifier, fold_into_onnx
+from seg_node.training.class_bias import main as class_bias_main
+from seg_node.training.metrics import ConfusionMatrix
+
+ARCHITECTURES = [{"name": "unet", "base_width": 8, "depth": 3},
+                 {"name": "attention_unet", "base_width": 8, "depth": 3},
+                 {"name": "mobile_unet", "decoder_channels": [16, 16, 8, 8]}]
+
+
+def overpredicting_logits(seed: int = 0, excess: float = 2.0):
+    """Three classes with noisy but informative logits; class 2 gets `excess` added everywhere, so it
+    swallows pixels of the others; a tenth of the pixels are void (label 3)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, (4, 32, 40)).astype(np.uint8)
+    labels[rng.random(labels.shape) < 0.1] = 3
+    logits = 2.0 * np.eye(4, 3, dtype=np.float32)[labels].transpose(0, 3, 1, 2)
+    logits += rng.normal(0, 1.0, logits.shape).astype(np.float32)
+    logits[:, 2] += excess
+    return logits, labels
+
+
+def miou_with(logits: np.ndarray, labels: np.ndarray, offsets: np.ndarray) -> float:
+    matrix = ConfusionMatrix(logits.shape[1])
+    matrix.update((logits + offsets[None, :, None, None]).argmax(1), labels)
+    return 100 * matrix.mean_iou()
+
+
+def test_fitted_offsets_undo_a_known_overprediction_and_report_the_true_miou():
+    logits, labels = overpredicting_logits()
+    offsets, before, after = fit_class_bias(logits, labels, progress=False)
+    assert before == pytest.approx(miou_with(logits, labels, np.zeros(3, np.float32)), abs=1e-6)
+    assert after == pytest.approx(miou_with(logits, labels, offsets), abs=1e-6)
+    assert after > before + 10
+    assert offsets.mean() == pytest.approx(0, abs=1e-6)
+    assert -2.5 <= offsets[2] - offsets[:2].mean() <= -1.5
+
+
+def test_offsets_never_lower_the_miou_they_are_fitted_on():
+    logits, labels = overpredicting_logits(seed=3, excess=0.0)
+    offsets, before, after = fit_class_bias(logits, labels, progress=False)
+    assert after >= before
+    assert miou_with(logits, labels, offsets) == pytest.approx(after, abs=1e-6)
+
+
+def test_the_fit_refuses_a_grid_without_zero_and_labels_that_are_all_void():
+    logits, labels = overpredicting_logits()
+    with pytest.raises(ValueError, match="must contain 0"):
+        fit_class_bias(logits, labels, grid=np.array([-1.0, 1.0]), progress=False)
+    with pytest.raises(ValueError, match="no labelled"):
+        fit_class_bias(logits, np.full_like(labels, 3), progress=False)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES, ids=lambda a: a["name"])
+def test_folding_offsets_shifts_every_output_logit_by_exactly_its_class_offset(architecture):
+    torch.manual_seed(0)
+    model = build_model(architecture, len(CAMVID_CLASSES)).eval()
+    x = torch.randn(1, 3, 64, 96)
+    offsets = np.linspace(-2, 2, len(CAMVID_CLASSES)).astype(np.float32)
+    with torch.no_grad():
+        before = model(x)
+        fold_into_classifier(model, offsets)
+        after = model(x)
+    torch.testing.assert_close(after - before, torch.from_numpy(offsets)[None, :, None, None].expand_as(before),
+                               atol=1e-4, rtol=0)
+
+
+def test_folding_refuses_offsets_for_another_number_of_classes():
+    model = build_model(ARCHITECTURES[0], len(CAMVID_CLASSES))
+    with pytest.raises(ValueError, match="classifier"):
+        fold_into_classifier(model, np.zeros(3, np.float32))
+
+
+def test_class_bias_command_writes_a_model_whose_logits_move_by_the_recorded_offsets(tmp_path, capsys):
+    data = write_camvid11(tmp_path / "camvid", {"train": 2, "val": 3})
+    source = make_random_model(tmp_path / "random_unet")
+    class_bias_main(["--model", str(source), "--data", str(data), "--out", str(tmp_path / "balanced")])
+    assert "val mIoU" in capsys.readouterr().out
+    card = ModelCard.load(tmp_path / "balanced.json")
+    record = card.class_bias
+    assert list(record["offsets"]) == list(CAMVID_CLASSES)
+    assert record["fitted_on"] == "CamVid val (3 frames)"
+    assert record["val_miou_after"] >= record["val_miou_before"]
+    assert card.metrics == {}
+    x = np.random.default_rng(1).standard_normal((1, 3, card.input.height, card.input.width)).astype(np.float32)
+    old, new = (onnx_logits(path, x) for path in (source, tmp_path / "balanced.onnx"))
+    offsets = np.array(list(record["offsets"].values()), np.float32)
+    np.testing.assert_allclose(new - old, np.broadcast_to(offsets[None, :, None, None], old.shape), atol=1e-3)
+    assert quantized_card(card, tmp_path / "balanced_int8.onnx", "int8", {}).class_bias == record
+
+
+def test_class_bias_command_refuses_test_a_missing_data_set_and_a_missing_model(tmp_path, capsys):
+    source = make_random_model(tmp_path / "random_unet")
+    for arguments, message in ((["--model", str(source), "--split", "test"], "invalid choice: 'test'"),
+                               (["--model", str(source), "--data", str(tmp_path / "nowhere")], "nowhere"),
+                               (["--model", str(tmp_path / "missing.json")], "missing.json")):
+        with pytest.raises(SystemExit) as refused:
+            class_bias_main(arguments + ["--out", str(tmp_path / "x")])
+        assert refused.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def onnx_logits(path, x):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp16"])
+def test_offsets_go_into_the_bias_of_a_quantized_onnx_graph(precision, tmp_path):
+    data = write_camvid11(tmp_path / "camvid", {"train": 8, "val": 2})
+    source = make_random_model(tmp_path / "random_unet")
+    card = ModelCard.load(source.with_suffix(".json"))
+    quantized = tmp_path / f"random_{precision}.onnx"
+    if precision == "int8":
+        quantize_int8(source, quantized, calibration_inputs(str(data), 8, card))
+    else:
+        convert_fp16(source, quantized)
+    offsets = np.linspace(-0.3, 0.3, len(CAMVID_CLASSES)).astype(np.float32)
+    fold_into_onnx(quantized, tmp_path / "shifted.onnx", offsets)
+    x = np.random.default_rng(2).standard_normal((1, 3, card.input.height, card.input.width)).astype(np.float32)
+    shift = onnx_logits(tmp_path / "shifted.onnx", x) - onnx_logits(quantized, x)
+    # INT8 logits are requantized in steps of the output's scale, so compare the typical shift per class
+    np.testing.assert_allclose(np.median(shift, axis=(0, 2, 3)), offsets, atol=0.02)
+    quantized_card(card, quantized, precision, {}).save(quantized.with_suffix(".json"))
+    class_bias_main(["--model", str(quantized.with_suffix(".json")), "--data", str(data),
+                     "--out", str(tmp_path / "balanced")])
+    balanced = ModelCard.load(tmp_path / "balanced.json")
+    assert balanced.compression["precision"] == precision and balanced.files == {"onnx": "balanced.onnx"}
+    assert balanced.class_bias["val_miou_after"] >= balanced.class_bias["val_miou_before"]
+
+
+def test_folding_into_onnx_refuses_a_graph_whose_output_no_biased_conv_makes(tmp_path):
+    source = make_random_model(tmp_path / "random_unet")
+    model = onnx.load(str(source))
+    conv = final_conv(model.graph)
+    del conv.input[2]
+    onnx.save(model, str(tmp_path / "no_bias.onnx"))
+    with pytest.raises(ValueError, match="no Conv with a bias"):
+        fold_into_onnx(tmp_path / "no_bias.onnx", tmp_path / "x.onnx", np.zeros(len(CAMVID_CLASSES), np.float32))
