@@ -51,9 +51,15 @@ class RosPeer:
         self.node = rclpy.create_node(f"{name}_{os.getpid()}", context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
         self._publishers = {}
+
+    def _spin(self) -> None:
+        """Spin until close() asks to stop; the short timeout only bounds how long an idle wait lasts."""
+        while not self._stopping.is_set() and self.context.ok():
+            self.executor.spin_once(timeout_sec=0.05)
 
     def subscribe(self, msg_type, topic: str, qos=RELIABLE) -> Inbox:
         inbox = Inbox()
@@ -81,6 +87,10 @@ class RosPeer:
             time.sleep(0.02)
 
     def close(self) -> None:
+        """Stop and join the spinning thread before destroying the node: destroying a node that another
+        thread is waiting on is not safe in rclpy (ros2/rclpy#255, #260) and can hang the process."""
+        self._stopping.set()
+        self._thread.join(timeout=5.0)
         self.executor.shutdown()
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import cv2
 from rosbags.rosbag2 import Reader
+from std_msgs.msg import String
 
-from ros_harness import REPO
+from ros_harness import REPO, RosPeer
 from seg_node.bags.convert import dataset_frames, write_bag
 from seg_node.bags.live_eval import live_evaluate
 from seg_node.evaluate import run_evaluation
@@ -49,3 +52,33 @@ def test_demo_command_writes_overlays_latency_and_a_recorded_bag(tmp_path):
         counts = {c.topic: c.msgcount for c in reader.connections}
     assert counts == {"/seg_node/mask": summary["masks_received"], "/seg_node/overlay": summary["masks_received"],
                       "/seg_node/latency": summary["masks_received"]}
+
+
+def test_peers_close_while_messages_arrive_and_leave_no_thread_spinning(ros):
+    """Live evaluation, benchmarks and tests close their peer while the node may still be publishing; the
+    spinning thread must be gone before the node is destroyed (destroying it under a waiting thread can hang),
+    so close it again and again under a flood of messages."""
+    topic = "/peer_close_check"
+    publisher = ros.publisher(String, topic)
+    stop = threading.Event()
+
+    def flood():
+        while not stop.is_set():
+            publisher.publish(String(data="x"))
+            time.sleep(0.001)
+
+    flooding = threading.Thread(target=flood)
+    flooding.start()
+    try:
+        for cycle in range(10):
+            listener = RosPeer(f"peer_close_check_{cycle}")
+            inbox = listener.subscribe(String, topic)
+            inbox.wait_for(5)
+            listener.close()
+            assert not listener._thread.is_alive() and not listener.context.ok()
+            received = len(inbox)
+            time.sleep(0.05)
+            assert len(inbox) == received
+    finally:
+        stop.set()
+        flooding.join()
