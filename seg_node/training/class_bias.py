@@ -34,18 +34,10 @@ from ..export import export_model, parity_frames
 from ..model_card import ModelCardError, command_line
 from ..pipeline import SegmentationPipeline
 from ..resolve import model_file, resolve_model
+from .metrics import ConfusionMatrix, mean_iou_of
 
 DEFAULT_GRID = np.round(np.arange(-4.0, 4.0001, 0.125), 4)
 CHUNK_PIXELS = 1 << 21
-
-
-def miou_of(matrices: torch.Tensor) -> torch.Tensor:
-    """mIoU of a stack of ... x C x C confusion matrices (rows: truth), over classes present in truth or
-    prediction, as ConfusionMatrix.mean_iou does."""
-    tp = matrices.diagonal(dim1=-2, dim2=-1)
-    union = matrices.sum(-1) + matrices.sum(-2) - tp
-    present = union > 0
-    return torch.where(present, tp / union.clamp(min=1), 0).sum(-1) / present.sum(-1).clamp(min=1)
 
 
 def flat_pixels(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,15 +48,13 @@ def flat_pixels(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> tup
     return flat[keep], target[keep]
 
 
-def confusion_at(logits: torch.Tensor, target: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """C x C confusion matrix (rows: truth) of argmax(logits + bias)."""
-    num_classes = bias.numel()
-    matrix = torch.zeros(num_classes * num_classes, dtype=torch.float64)
+def confusion_at(logits: torch.Tensor, target: torch.Tensor, bias: torch.Tensor) -> ConfusionMatrix:
+    """The confusion matrix of argmax(logits + bias)."""
+    matrix = ConfusionMatrix(bias.numel())
     for start in range(0, len(target), CHUNK_PIXELS):
         predicted = (logits[start:start + CHUNK_PIXELS].float() + bias).argmax(1)
-        index = target[start:start + CHUNK_PIXELS] * num_classes + predicted
-        matrix += torch.bincount(index, minlength=matrix.numel()).double()
-    return matrix.view(num_classes, num_classes)
+        matrix.update(predicted.numpy(), target[start:start + CHUNK_PIXELS].numpy())
+    return matrix
 
 
 def coordinate_confusions(logits: torch.Tensor, target: torch.Tensor, bias: torch.Tensor, cls: int,
@@ -105,15 +95,15 @@ def fit_class_bias(logits: np.ndarray, labels: np.ndarray, grid: np.ndarray = DE
         raise ValueError("no labelled (non-void) pixels to fit offsets on")
     grid_t = torch.as_tensor(np.sort(grid), dtype=torch.float32)
     bias = torch.zeros(num_classes)
-    before = best = miou_of(confusion_at(flat, target, bias)).item()
+    before = best = confusion_at(flat, target, bias).mean_iou()
     for _ in tqdm(range(max_rounds), desc="fitting class offsets", disable=not progress):
         changed = False
         for cls in range(num_classes):
-            scores = miou_of(coordinate_confusions(flat, target, bias, cls, grid_t))
+            scores = mean_iou_of(coordinate_confusions(flat, target, bias, cls, grid_t).numpy())
             current = int(torch.argmin((grid_t - bias[cls]).abs()))
-            candidate = int(torch.argmax(scores))
+            candidate = int(np.argmax(scores))
             if scores[candidate] > scores[current] + 1e-9:
-                bias[cls], best, changed = grid_t[candidate], scores[candidate].item(), True
+                bias[cls], best, changed = grid_t[candidate], float(scores[candidate]), True
         if not changed:
             break
     bias -= bias.mean()
@@ -159,9 +149,9 @@ def fold_into_onnx(source: Path, destination: Path, offsets: np.ndarray) -> None
             raise ValueError(f"{source}: the classifier's bias {bias_name!r} is neither a constant nor a "
                              f"dequantized constant")
         tensor = initializers[dequantize.input[0]]
+        stored = numpy_helper.to_array(tensor)
         scale = numpy_helper.to_array(initializers[dequantize.input[1]])
-        values = numpy_helper.to_array(tensor).astype(np.int64) + np.round(offsets / scale).astype(np.int64)
-        values = values.astype(numpy_helper.to_array(tensor).dtype)
+        values = (stored.astype(np.int64) + np.round(offsets / scale).astype(np.int64)).astype(stored.dtype)
     tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
     onnx.save(model, str(destination))
 

@@ -21,13 +21,10 @@ class ConfusionMatrix:
 
     def iou(self) -> np.ndarray:
         """Per-class IoU; NaN for a class absent from both labels and predictions."""
-        tp = np.diag(self.matrix).astype(np.float64)
-        union = self.matrix.sum(0) + self.matrix.sum(1) - tp
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(union > 0, tp / union, np.nan)
+        return iou_of(self.matrix)
 
     def mean_iou(self) -> float:
-        return float(np.nanmean(self.iou()))
+        return float(mean_iou_of(self.matrix))
 
     def pixel_accuracy(self) -> float:
         total = self.matrix.sum()
@@ -42,3 +39,17 @@ class ConfusionMatrix:
             "per_class_iou": {name: (None if np.isnan(v) else round(100 * float(v), 2))
                               for name, v in zip(class_names, iou)},
         }
+
+
+def iou_of(matrices: np.ndarray) -> np.ndarray:
+    """Per-class IoU of one C x C confusion matrix or a stack (... x C x C, rows: truth); NaN for a class absent
+    from both labels and predictions."""
+    tp = np.diagonal(matrices, axis1=-2, axis2=-1).astype(np.float64)
+    union = matrices.sum(-1) + matrices.sum(-2) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / union, np.nan)
+
+
+def mean_iou_of(matrices: np.ndarray) -> np.ndarray:
+    """mIoU over the classes present, of one confusion matrix or each of a stack."""
+    return np.nanmean(iou_of(matrices), axis=-1)
