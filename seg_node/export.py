@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def training_record(checkpoint: str | Path, state: dict | None = None) -> dict:
     """What the card says of a run: best epoch, val mIoU, wall time, hardware and options; for a run started
-    with `seg-train --init`, the run it started from too (`initialized_from`), as far back as the files go.
+    with `seg-train --init`, the run it started from too (`initialized_from`), as far back as the files go: a
+    checkpoint's own record, or the card beside a shipped model's weights.
     `state` is the checkpoint already loaded, if the caller has it."""
     if state is None:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -130,6 +131,10 @@ def training_record(checkpoint: str | Path, state: dict | None = None) -> dict:
     init = run["args"].get("init")
     if init and Path(init).suffix == ".pt" and Path(init).exists():
         record["initialized_from"] = {"checkpoint": init, **training_record(init)}
+    elif init and Path(init).with_suffix(".json").exists():
+        card = ModelCard.load(Path(init).with_suffix(".json"))
+        record["initialized_from"] = {"weights": init, "model": card.name, **card.training,
+                                      **({"class_bias": card.class_bias} if card.class_bias else {})}
     return record
 
 

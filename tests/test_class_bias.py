@@ -14,7 +14,8 @@ from seg_node.data import CAMVID_CLASSES
 from seg_node.model_card import ModelCard
 from seg_node.models import build_model
 from seg_node.random_model import make_random_model
-from seg_node.training.class_bias import final_conv, fit_class_bias, fold_into_classifier, fold_into_onnx
+from seg_node.training.class_bias import (final_conv, fit_class_bias, fold_into_classifier, fold_into_onnx,
+                                         held_out_estimate)
 from seg_node.training.class_bias import main as class_bias_main
 from seg_node.training.metrics import ConfusionMatrix
 
@@ -58,6 +59,23 @@ def test_offsets_never_lower_the_miou_they_are_fitted_on():
     assert miou_with(logits, labels, offsets) == pytest.approx(after, abs=1e-6)
 
 
+def test_held_out_halves_confirm_offsets_that_transfer_and_expose_ones_that_do_not():
+    logits, labels = overpredicting_logits()
+    held_without, held_with = held_out_estimate(logits, labels)
+    _, before, after = fit_class_bias(logits, labels, progress=False)
+    assert held_without == pytest.approx(np.mean([miou_with(logits[half], labels[half], np.zeros(3, np.float32))
+                                                  for half in (slice(0, 2), slice(2, 4))]), abs=1e-6)
+    assert held_with > held_without + 10 and held_with <= after + 1
+    over, over_labels = overpredicting_logits(seed=1, excess=2.5)
+    under, under_labels = overpredicting_logits(seed=2, excess=-2.5)
+    mixed, mixed_labels = np.concatenate([over, under]), np.concatenate([over_labels, under_labels])
+    held_without, held_with = held_out_estimate(mixed, mixed_labels)
+    _, before, after = fit_class_bias(mixed, mixed_labels, progress=False)
+    assert after >= before and held_with < held_without - 5
+    with pytest.raises(ValueError, match="two frames"):
+        held_out_estimate(logits[:1], labels[:1])
+
+
 def test_the_fit_refuses_a_grid_without_zero_and_labels_that_are_all_void():
     logits, labels = overpredicting_logits()
     with pytest.raises(ValueError, match="must contain 0"):
@@ -96,6 +114,7 @@ def test_class_bias_command_writes_a_model_whose_logits_move_by_the_recorded_off
     assert list(record["offsets"]) == list(CAMVID_CLASSES)
     assert record["fitted_on"] == "CamVid val (3 frames)"
     assert record["val_miou_after"] >= record["val_miou_before"]
+    assert set(record["held_out"]) == {"method", "miou_before", "miou_after"}
     assert card.metrics == {}
     x = np.random.default_rng(1).standard_normal((1, 3, card.input.height, card.input.width)).astype(np.float32)
     old, new = (onnx_logits(path, x) for path in (source, tmp_path / "balanced.onnx"))

@@ -100,7 +100,9 @@ def test_fine_tuning_a_pruned_model_further_counts_savings_from_the_original(tmp
     first = ModelCard.load(pruned_stem.with_suffix(".json"))
     model, summary = prune(first, pruned_stem.with_suffix(".json"), ratio=0.0, criterion="l2", steps=1,
                            fine_tune_epochs=1, data=str(data), batch_size=4, threads=2, distill_weight=1.0,
-                           teacher=base_card)
+                           teacher=base_card, loss="ce_lovasz", class_weights="none")
+    assert first.compression["fine_tune_loss"] == {"loss": "ce", "class_weights": "median_frequency"}
+    assert summary["fine_tune_loss"] == {"loss": "ce_lovasz", "class_weights": "none"}
     assert summary["macs"] == first.compression["macs"] < summary["base_macs"]
     assert (summary["base_model"], summary["base_macs"]) == (base_name, first.compression["base_macs"])
     assert summary["macs_reduction"] == first.compression["macs_reduction"] > 0.5

@@ -17,7 +17,7 @@ from seg_node.models import build_model
 from seg_node.models.efficientnet_lite import IMAGENET_HEAD_PREFIXES, EfficientNetLite0Encoder, imagenet_weights_path
 from seg_node.preprocess import normalize, resize_for_network
 from seg_node.random_model import make_random_model
-from seg_node.training.losses import distillation_loss
+from seg_node.training.losses import build_loss, distillation_loss, lovasz_softmax
 from seg_node.training.train import train
 from seg_node.weights import load_weights
 
@@ -125,6 +125,12 @@ def test_a_second_training_cycle_starts_from_the_given_weights(tmp_path):
     record = training_record(tmp_path / "second" / "last.pt")
     assert record["args"]["lr"] == 0 and record["initialized_from"]["args"]["lr"] == 0.01
     assert record["initialized_from"]["checkpoint"] == str(tmp_path / "first" / "last.pt")
+    shipped = make_random_model(tmp_path / "shipped", {"name": "unet", "base_width": 4, "depth": 2},
+                                size=(48, 64), seed=4).with_suffix(".safetensors")
+    train(common + ["--lr", "0", "--init", str(shipped), "--out", str(tmp_path / "from_card")])
+    record = training_record(tmp_path / "from_card" / "last.pt")
+    assert record["initialized_from"]["weights"] == str(shipped)
+    assert record["initialized_from"]["model"] == ModelCard.load(shipped.with_suffix(".json")).name
     train(common + ["--lr", "0", "--seed", "2", "--out", str(tmp_path / "fresh")])
     fresh = torch.load(tmp_path / "fresh" / "last.pt", weights_only=True)["model"]
     assert not all(torch.equal(first[k], fresh[k]) for k in learned)
@@ -168,6 +174,34 @@ def test_distillation_loss_is_the_softened_kl_times_t_squared_averaged_over_pixe
     loss = float(distillation_loss(student, teacher, temperature))
     assert loss == pytest.approx(np.mean(per_pixel), rel=1e-5) and loss > 0
     assert float(distillation_loss(teacher, teacher, temperature)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_lovasz_softmax_on_hard_predictions_is_one_minus_the_iou_of_each_present_class():
+    rng = np.random.default_rng(2)
+    target = torch.from_numpy(rng.integers(0, 4, (2, 12, 16)))
+    target[0, :3] = 11  # void: ignored whatever is predicted there
+    predicted = torch.from_numpy(rng.integers(0, 5, (2, 12, 16)))
+    logits = 60.0 * torch.nn.functional.one_hot(predicted, 11).permute(0, 3, 1, 2).float()
+    valid = target != 11
+    ious = [((predicted == c) & (target == c) & valid).sum() / (((predicted == c) | (target == c)) & valid).sum()
+            for c in range(4)]
+    assert float(lovasz_softmax(logits, target)) == pytest.approx(float(1 - torch.stack(ious).mean()), abs=1e-5)
+    assert float(lovasz_softmax(60.0 * torch.nn.functional.one_hot(torch.where(valid, target, 0), 11)
+                                .permute(0, 3, 1, 2).float(), target)) == pytest.approx(0.0, abs=1e-6)
+    painted = predicted.clone()
+    painted[:, 6:, :] = 3  # class 3 painted over the lower half: over-prediction costs
+    over = 60.0 * torch.nn.functional.one_hot(painted, 11).permute(0, 3, 1, 2).float()
+    assert float(lovasz_softmax(over, target)) > float(lovasz_softmax(logits, target))
+
+
+def test_ce_lovasz_adds_the_lovasz_term_on_every_second_pixel_to_the_weighted_cross_entropy():
+    rng = np.random.default_rng(3)
+    logits = torch.from_numpy(rng.normal(0, 2, (2, 11, 10, 14))).float()
+    target = torch.from_numpy(rng.integers(0, 12, (2, 10, 14)))
+    weights = torch.from_numpy(rng.uniform(0.5, 2.0, 11)).float()
+    expected = (torch.nn.functional.cross_entropy(logits, target, weight=weights, ignore_index=11)
+                + lovasz_softmax(logits[:, :, ::2, ::2], target[:, ::2, ::2]))
+    assert float(build_loss("ce_lovasz", weights)(logits, target)) == pytest.approx(float(expected), rel=1e-6)
 
 
 def test_distillation_pulls_the_student_towards_the_teacher(tmp_path):

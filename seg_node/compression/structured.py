@@ -24,7 +24,7 @@ from ..model_card import ModelCard, command_line
 from ..preprocess import normalize
 from ..resolve import model_file, resolve_model
 from ..training.augment import augment
-from ..training.losses import build_loss
+from ..training.losses import CLASS_WEIGHTINGS, LOSSES, build_loss
 from ..training.train import distillation_problem, train
 
 IMPORTANCE_CRITERIA = {
@@ -126,9 +126,11 @@ def prune(card: ModelCard, card_path: Path, ratio: float, criterion: str, steps:
           data: str | None, global_pruning: bool = False, round_to: int | None = 8, max_layer_ratio: float = 0.8,
           lr: float = 3e-4, batch_size: int = 8, threads: int = 0, seed: int = 0, scope: str = "all",
           layer_ratios: dict[str, float] | None = None, distill_weight: float = 0.0,
-          distill_temperature: float = 2.0, teacher: Path | None = None) -> tuple[nn.Module, dict]:
+          distill_temperature: float = 2.0, teacher: Path | None = None, loss: str = "ce",
+          class_weights: str = "median_frequency") -> tuple[nn.Module, dict]:
     """Prune `steps` times up to `ratio`, fine-tuning `fine_tune_epochs` on CamVid train after each step;
-    with distill_weight > 0 a teacher (default: the model as given, if unpruned) guides the fine-tuning.
+    with distill_weight > 0 a teacher (default: the model as given, if unpruned) guides the fine-tuning;
+    `loss` and `class_weights` are seg-train's.
 
     A model that was pruned before keeps its original as the base, so MACs saved are counted from the
     unpruned model and the earlier record is kept under `previous`."""
@@ -155,7 +157,8 @@ def prune(card: ModelCard, card_path: Path, ratio: float, criterion: str, steps:
                 result = train(["--data", str(data) if data else "", "--arch", json.dumps(card.architecture),
                                 "--epochs", str(fine_tune_epochs), "--lr", str(lr), "--warmup-epochs", "0",
                                 "--batch-size", str(batch_size), "--val-every", "1", "--threads", str(threads),
-                                "--seed", str(seed + step), "--out", run_dir, *distillation], model=model)
+                                "--seed", str(seed + step), "--loss", loss, "--class-weights", class_weights,
+                                "--out", run_dir, *distillation], model=model)
                 model.load_state_dict(torch.load(Path(run_dir) / "best.pt", weights_only=True)["model"])
             entry["val_miou"] = result["best_val_miou"]
         history.append(entry)
@@ -164,7 +167,8 @@ def prune(card: ModelCard, card_path: Path, ratio: float, criterion: str, steps:
     summary = {"method": "structured (Torch-Pruning DepGraph)", "ratio": ratio, "scope": scope,
                "layer_ratios": layer_ratios or {}, "criterion": criterion,
                "global": global_pruning, "round_to": round_to, "max_layer_ratio": max_layer_ratio, "steps": steps,
-               "fine_tune_epochs_per_step": fine_tune_epochs, "fine_tune_lr": lr, "base_model": base_model,
+               "fine_tune_epochs_per_step": fine_tune_epochs, "fine_tune_lr": lr,
+               "fine_tune_loss": {"loss": loss, "class_weights": class_weights}, "base_model": base_model,
                "distillation": ({"teacher": resolve_model(teacher)[0].name, "weight": distill_weight,
                                  "temperature": distill_temperature} if teacher else None),
                "base_macs": base_macs, "base_params": base_params, "macs": macs, "params": params,
@@ -209,6 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--distill-temperature", type=float, default=2.0)
     parser.add_argument("--teacher", help="card of the model to distil from (default: --model, if unpruned; "
                                           "to go on fine-tuning a pruned model, name its unpruned base)")
+    parser.add_argument("--loss", default="ce", choices=sorted(LOSSES), help="fine-tuning loss (as seg-train's)")
+    parser.add_argument("--class-weights", default="median_frequency", choices=CLASS_WEIGHTINGS)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--data", help="CamVid folder (default: $CAMVID_ROOT)")
@@ -223,7 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     model, summary = prune(card, card_path, args.ratio, args.criterion, args.steps, args.fine_tune_epochs,
                            args.data, args.global_pruning, args.round_to or None, args.max_layer_ratio, args.lr,
                            args.batch_size, args.threads, args.seed, args.scope, dict(args.layer_ratio),
-                           args.distill_weight, args.distill_temperature, args.teacher)
+                           args.distill_weight, args.distill_temperature, args.teacher, args.loss,
+                           args.class_weights)
     summary["command"] = command_line("seg-prune", argv)
     exported = export_model(
         model, args.out, name=Path(args.out).name, architecture=card.architecture, classes=card.classes,

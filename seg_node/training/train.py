@@ -30,7 +30,7 @@ from ..preprocess import normalize, resize_for_network
 from ..resolve import model_file, resolve_model
 from ..weights import load_weights
 from .augment import augment
-from .losses import build_loss, distillation_loss, median_frequency_weights
+from .losses import CLASS_WEIGHTINGS, LOSSES, build_loss, distillation_loss, median_frequency_weights
 from .metrics import ConfusionMatrix
 
 OPTIMIZERS = {
@@ -45,8 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layout", default="auto", help="camvid11, camvid32 or auto")
     p.add_argument("--arch", default='{"name": "mobile_unet", "pretrained": true}',
                    help="architecture config as JSON, or just a name (unet, attention_unet, mobile_unet)")
-    p.add_argument("--loss", default="ce", choices=["ce", "dice_focal"])
-    p.add_argument("--class-weights", default="median_frequency", choices=["median_frequency", "none"])
+    p.add_argument("--loss", default="ce", choices=sorted(LOSSES))
+    p.add_argument("--class-weights", default="median_frequency", choices=CLASS_WEIGHTINGS)
     p.add_argument("--optimizer", default="adamw", choices=sorted(OPTIMIZERS))
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
