@@ -192,6 +192,9 @@ def test_lovasz_softmax_on_hard_predictions_is_one_minus_the_iou_of_each_present
     painted[:, 6:, :] = 3  # class 3 painted over the lower half: over-prediction costs
     over = 60.0 * torch.nn.functional.one_hot(painted, 11).permute(0, 3, 1, 2).float()
     assert float(lovasz_softmax(over, target)) > float(lovasz_softmax(logits, target))
+    all_void = lovasz_softmax(logits.requires_grad_(), torch.full_like(target, 11))
+    all_void.backward()
+    assert float(all_void.detach()) == 0.0 and float(logits.grad.abs().sum()) == 0.0
 
 
 def test_ce_lovasz_adds_the_lovasz_term_on_every_second_pixel_to_the_weighted_cross_entropy():
