@@ -104,23 +104,44 @@ def test_folding_refuses_offsets_for_another_number_of_classes():
         fold_into_classifier(model, np.zeros(3, np.float32))
 
 
-def test_class_bias_command_writes_a_model_whose_logits_move_by_the_recorded_offsets(tmp_path, capsys):
+def class_bias_on_a_random_model(tmp_path, min_held_out_gain: str):
+    """seg-class-bias on a random U-Net and three fixture val frames: (source ONNX, written card, random input)."""
     data = write_camvid11(tmp_path / "camvid", {"train": 2, "val": 3})
     source = make_random_model(tmp_path / "random_unet")
-    class_bias_main(["--model", str(source), "--data", str(data), "--out", str(tmp_path / "balanced")])
-    assert "val mIoU" in capsys.readouterr().out
+    class_bias_main(["--model", str(source), "--data", str(data), "--min-held-out-gain", min_held_out_gain,
+                     "--out", str(tmp_path / "balanced")])
     card = ModelCard.load(tmp_path / "balanced.json")
+    x = np.random.default_rng(1).standard_normal((1, 3, card.input.height, card.input.width)).astype(np.float32)
+    return source, card, x
+
+
+def test_class_bias_command_writes_a_model_whose_logits_move_by_the_recorded_offsets(tmp_path, capsys):
+    source, card, x = class_bias_on_a_random_model(tmp_path, "-100")
+    assert "val mIoU" in capsys.readouterr().out
     record = card.class_bias
-    assert list(record["offsets"]) == list(CAMVID_CLASSES)
+    assert list(record["offsets"]) == list(CAMVID_CLASSES) and record["applied"] is True
+    assert "fitted_offsets" not in record
     assert record["fitted_on"] == "CamVid val (3 frames)"
     assert record["val_miou_after"] >= record["val_miou_before"]
-    assert set(record["held_out"]) == {"method", "miou_before", "miou_after"}
+    assert set(record["held_out"]) == {"method", "miou_before", "miou_after", "min_gain"}
     assert card.metrics == {}
-    x = np.random.default_rng(1).standard_normal((1, 3, card.input.height, card.input.width)).astype(np.float32)
     old, new = (onnx_logits(path, x) for path in (source, tmp_path / "balanced.onnx"))
     offsets = np.array(list(record["offsets"].values()), np.float32)
+    assert np.abs(offsets).max() > 0
     np.testing.assert_allclose(new - old, np.broadcast_to(offsets[None, :, None, None], old.shape), atol=1e-3)
     assert quantized_card(card, tmp_path / "balanced_int8.onnx", "int8", {}).class_bias == record
+
+
+def test_offsets_that_gain_too_little_on_held_out_halves_are_recorded_but_not_applied(tmp_path, capsys):
+    """The same fit as above, with a held-out gain it cannot reach: the model is written unchanged and the card
+    keeps the offsets that were fitted, with why they were left out."""
+    source, card, x = class_bias_on_a_random_model(tmp_path, "100")
+    assert "NOT applied" in capsys.readouterr().out
+    record = card.class_bias
+    assert record["applied"] is False and record["held_out"]["min_gain"] == 100
+    assert set(record["offsets"].values()) == {0.0} and any(record["fitted_offsets"].values())
+    assert card.notes.endswith("not applied (too little held-out gain)")
+    np.testing.assert_allclose(onnx_logits(tmp_path / "balanced.onnx", x), onnx_logits(source, x), atol=1e-5)
 
 
 def test_class_bias_command_refuses_test_a_missing_data_set_and_a_missing_model(tmp_path, capsys):
@@ -156,7 +177,7 @@ def test_offsets_go_into_the_bias_of_a_quantized_onnx_graph(precision, tmp_path)
     np.testing.assert_allclose(np.median(shift, axis=(0, 2, 3)), offsets, atol=0.02)
     quantized_card(card, quantized, precision, {}).save(quantized.with_suffix(".json"))
     class_bias_main(["--model", str(quantized.with_suffix(".json")), "--data", str(data),
-                     "--out", str(tmp_path / "balanced")])
+                     "--min-held-out-gain", "-100", "--out", str(tmp_path / "balanced")])
     balanced = ModelCard.load(tmp_path / "balanced.json")
     assert balanced.compression["precision"] == precision and balanced.files == {"onnx": "balanced.onnx"}
     assert balanced.class_bias["val_miou_after"] >= balanced.class_bias["val_miou_before"]

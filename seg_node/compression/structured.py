@@ -25,7 +25,7 @@ from ..preprocess import normalize
 from ..resolve import model_file, resolve_model
 from ..training.augment import augment
 from ..training.losses import CLASS_WEIGHTINGS, LOSSES, build_loss
-from ..training.train import distillation_problem, train
+from ..training.train import DEFAULT_CROP, DEFAULT_SCALE_RANGE, distillation_problem, train
 
 IMPORTANCE_CRITERIA = {
     "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
@@ -91,7 +91,8 @@ def accumulate_taylor_gradients(model: nn.Module, batches) -> None:
         criterion(model(x), y).backward()
 
 
-def labelled_batches(data: str | None, count: int, batch_size: int, crop: tuple[int, int], spec, seed: int = 0):
+def labelled_batches(data: str | None, count: int, batch_size: int, crop: tuple[int, int],
+                     scale_range: tuple[float, float], spec, seed: int = 0):
     """A few augmented, normalized training batches (images, class ids) for Taylor importance."""
     dataset = open_dataset(data, "train")
     samples = dataset.items()
@@ -100,7 +101,7 @@ def labelled_batches(data: str | None, count: int, batch_size: int, crop: tuple[
     for _ in range(count):
         xs, ys = [], []
         for index in rng.choice(len(samples), batch_size, replace=False):
-            image, label = augment(*dataset.load(samples[index]), rng, crop, (0.75, 1.5))
+            image, label = augment(*dataset.load(samples[index]), rng, crop, scale_range)
             xs.append(normalize(image, spec, "rgb"))
             ys.append(label.astype(np.int64))
         batches.append((torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))))
@@ -127,10 +128,11 @@ def prune(card: ModelCard, card_path: Path, ratio: float, criterion: str, steps:
           lr: float = 3e-4, batch_size: int = 8, threads: int = 0, seed: int = 0, scope: str = "all",
           layer_ratios: dict[str, float] | None = None, distill_weight: float = 0.0,
           distill_temperature: float = 2.0, teacher: Path | None = None, loss: str = "ce",
-          class_weights: str = "median_frequency") -> tuple[nn.Module, dict]:
+          class_weights: str = "median_frequency", crop: tuple[int, int] = DEFAULT_CROP,
+          scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE) -> tuple[nn.Module, dict]:
     """Prune `steps` times up to `ratio`, fine-tuning `fine_tune_epochs` on CamVid train after each step;
     with distill_weight > 0 a teacher (default: the model as given, if unpruned) guides the fine-tuning;
-    `loss` and `class_weights` are seg-train's.
+    `loss`, `class_weights`, `crop` and `scale_range` are seg-train's.
 
     A model that was pruned before keeps its original as the base, so MACs saved are counted from the
     unpruned model and the earlier record is kept under `previous`."""
@@ -148,7 +150,8 @@ def prune(card: ModelCard, card_path: Path, ratio: float, criterion: str, steps:
     history = []
     for step in range(steps):
         if criterion == "taylor":
-            accumulate_taylor_gradients(model, labelled_batches(data, 4, batch_size, (288, 384), spec, seed + step))
+            batches = labelled_batches(data, 4, batch_size, crop, scale_range, spec, seed + step)
+            accumulate_taylor_gradients(model, batches)
         pruner.step()
         model.zero_grad(set_to_none=True)
         entry = {"step": step + 1, "macs": count_macs_and_params(model, spec.height, spec.width)[0]}
@@ -158,6 +161,7 @@ def prune(card: ModelCard, card_path: Path, ratio: float, criterion: str, steps:
                                 "--epochs", str(fine_tune_epochs), "--lr", str(lr), "--warmup-epochs", "0",
                                 "--batch-size", str(batch_size), "--val-every", "1", "--threads", str(threads),
                                 "--seed", str(seed + step), "--loss", loss, "--class-weights", class_weights,
+                                "--crop", *map(str, crop), "--scale-range", *map(str, scale_range),
                                 "--out", run_dir, *distillation], model=model)
                 model.load_state_dict(torch.load(Path(run_dir) / "best.pt", weights_only=True)["model"])
             entry["val_miou"] = result["best_val_miou"]
@@ -168,7 +172,9 @@ def prune(card: ModelCard, card_path: Path, ratio: float, criterion: str, steps:
                "layer_ratios": layer_ratios or {}, "criterion": criterion,
                "global": global_pruning, "round_to": round_to, "max_layer_ratio": max_layer_ratio, "steps": steps,
                "fine_tune_epochs_per_step": fine_tune_epochs, "fine_tune_lr": lr,
-               "fine_tune_loss": {"loss": loss, "class_weights": class_weights}, "base_model": base_model,
+               "fine_tune_loss": {"loss": loss, "class_weights": class_weights},
+               "fine_tune_augmentation": {"crop": list(crop), "scale_range": list(scale_range)},
+               "base_model": base_model,
                "distillation": ({"teacher": resolve_model(teacher)[0].name, "weight": distill_weight,
                                  "temperature": distill_temperature} if teacher else None),
                "base_macs": base_macs, "base_params": base_params, "macs": macs, "params": params,
@@ -215,6 +221,10 @@ def main(argv: list[str] | None = None) -> None:
                                           "to go on fine-tuning a pruned model, name its unpruned base)")
     parser.add_argument("--loss", default="ce", choices=sorted(LOSSES), help="fine-tuning loss (as seg-train's)")
     parser.add_argument("--class-weights", default="median_frequency", choices=CLASS_WEIGHTINGS)
+    parser.add_argument("--crop", type=int, nargs=2, default=list(DEFAULT_CROP), metavar=("H", "W"),
+                        help="fine-tuning crop (as seg-train's)")
+    parser.add_argument("--scale-range", type=float, nargs=2, default=list(DEFAULT_SCALE_RANGE),
+                        metavar=("MIN", "MAX"), help="fine-tuning random scale (as seg-train's)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--data", help="CamVid folder (default: $CAMVID_ROOT)")
@@ -230,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
                            args.data, args.global_pruning, args.round_to or None, args.max_layer_ratio, args.lr,
                            args.batch_size, args.threads, args.seed, args.scope, dict(args.layer_ratio),
                            args.distill_weight, args.distill_temperature, args.teacher, args.loss,
-                           args.class_weights)
+                           args.class_weights, tuple(args.crop), tuple(args.scale_range))
     summary["command"] = command_line("seg-prune", argv)
     exported = export_model(
         model, args.out, name=Path(args.out).name, architecture=card.architecture, classes=card.classes,

@@ -9,7 +9,10 @@ retraining; an offset before the final bilinear upsampling equals the same offse
 into the 1x1 classifier's bias: the exported model costs exactly what it did. The offsets are fitted on a
 split other than test (val by default), so test stays a measurement. Offsets fitted on a split score
 optimistically there, so the command also fits them on each contiguous half and scores them on the other
-(`held_out` in the card): the figure to compare models by.
+(`held_out` in the card): the figure to compare models by. Offsets are applied only where that held-out gain
+reaches `--min-held-out-gain` (default half a point, the margin CamVid val's two halves resolve); otherwise
+the model is written unchanged and the card says why (`applied: false`): a network trained without class
+weights may have no bias left to correct, and offsets fitted to val's one drive then cost on others.
 
 An fp32 model gets the offsets in its torch weights and a fresh ONNX export; an INT8 or FP16 model (whose
 quantization moved its logits) gets them fitted on its own outputs and written into its ONNX graph: the
@@ -199,6 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layout", default="auto", help="camvid11, camvid32 or auto")
     parser.add_argument("--split", default="val", choices=["val", "train"],
                         help="split to fit on; never test, which measures the result")
+    parser.add_argument("--min-held-out-gain", type=float, default=0.5,
+                        help="apply the offsets only if they gain at least this much mIoU on held-out halves")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", required=True,
                         help="output stem; the model's own stem rewrites it in place (its metrics are cleared)")
@@ -211,18 +216,24 @@ def main(argv: list[str] | None = None) -> None:
     precision = card.compression.get("precision", "fp32")
     pipeline = SegmentationPipeline.from_model(card_path, "onnxruntime", "cpu", threads=args.threads)
     logits, labels = collect_logits(pipeline, dataset)
-    offsets, before, after = fit_class_bias(logits, labels)
+    fitted, before, after = fit_class_bias(logits, labels)
     held_without, held_with = held_out_estimate(logits, labels)
+    applied = held_with - held_without >= args.min_held_out_gain
+    offsets = fitted if applied else np.zeros_like(fitted)
     earlier = card.class_bias.get("offsets", {})
     record = {"offsets": {name: round(earlier.get(name, 0.0) + float(value), 4)
                           for name, value in zip(card.classes, offsets)},
+              "applied": applied,
+              **({} if applied else {"fitted_offsets": {name: round(float(value), 4)
+                                                        for name, value in zip(card.classes, fitted)}}),
               "fitted_on": f"CamVid {args.split} ({len(dataset.items())} frames)",
               f"{args.split}_miou_before": round(before, 2), f"{args.split}_miou_after": round(after, 2),
               "held_out": {"method": f"offsets fitted on one contiguous half of {args.split}, scored on the other, "
                                      f"both ways, averaged", "miou_before": round(held_without, 2),
-                           "miou_after": round(held_with, 2)},
+                           "miou_after": round(held_with, 2), "min_gain": args.min_held_out_gain},
               "command": command_line("seg-class-bias", argv), **({"previous": card.class_bias} if earlier else {})}
-    notes = f"{card.notes}; per-class logit offsets fitted on {args.split}"
+    notes = "; ".join(filter(None, [card.notes, f"per-class logit offsets fitted on {args.split}"
+                                                + ("" if applied else ", not applied (too little held-out gain)")]))
     if precision == "fp32":
         model = build_for_inference(card, model_file(card, card_path, "torch")).float()
         fold_into_classifier(model, offsets)
@@ -238,8 +249,9 @@ def main(argv: list[str] | None = None) -> None:
         dataclasses.replace(card, name=out_path.stem, files={"onnx": out_path.name}, metrics={},
                             class_bias=record, notes=notes).save(out_path.with_suffix(".json"))
     print(f"{card.name}: {args.split} mIoU {before:.2f} -> {after:.2f} with offsets (on held-out halves "
-          f"{held_without:.2f} -> {held_with:.2f}): "
-          + ", ".join(f"{name} {value:+.3f}" for name, value in zip(card.classes, offsets))
+          f"{held_without:.2f} -> {held_with:.2f}, {'applied' if applied else 'NOT applied'}: held-out gain "
+          f"{held_with - held_without:+.2f}, at least {args.min_held_out_gain:g} required): "
+          + ", ".join(f"{name} {value:+.3f}" for name, value in zip(card.classes, fitted))
           + f"; wrote {args.out}.{{{'onnx,safetensors' if precision == 'fp32' else 'onnx'},json}}: measure it with "
             f"seg-eval --split test --update-card")
 

@@ -37,6 +37,8 @@ OPTIMIZERS = {
     "adamw": lambda params, lr, wd: torch.optim.AdamW(params, lr=lr, weight_decay=wd),
     "sgd": lambda params, lr, wd: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd, nesterov=True),
 }
+DEFAULT_CROP = (288, 384)
+DEFAULT_SCALE_RANGE = (0.75, 1.5)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,8 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--crop", type=int, nargs=2, default=[288, 384], metavar=("H", "W"))
-    p.add_argument("--scale-range", type=float, nargs=2, default=[0.75, 1.5], metavar=("MIN", "MAX"))
+    p.add_argument("--crop", type=int, nargs=2, default=list(DEFAULT_CROP), metavar=("H", "W"))
+    p.add_argument("--scale-range", type=float, nargs=2, default=list(DEFAULT_SCALE_RANGE), metavar=("MIN", "MAX"))
     p.add_argument("--input-size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"),
                    help="network input size for validation and the model card")
     p.add_argument("--average-from", type=int, default=0, metavar="EPOCH",
