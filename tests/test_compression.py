@@ -257,7 +257,12 @@ def test_sweep_tabulates_ratios_precisions_the_given_model_and_the_unstructured_
     new_sha256 = hashlib.sha256((tmp_path / "tiny_unet.onnx").read_bytes()).hexdigest()
     for name in ("tiny_unet_p50", "tiny_unet_unstructured50", "tiny_unet_int8"):
         assert (out / "models" / f"{name}.onnx").stat().st_mtime_ns > made[f"{name}.onnx"]
-        assert ModelCard.load(out / "models" / f"{name}.json").compression["source_sha256"] == new_sha256
+        assert ModelCard.load(out / "models" / f"{name}.json").compression["origin"]["source_sha256"] == new_sha256
+    remade = {name: (out / "models" / name).stat().st_mtime_ns for name in made}
+    sweep_main([*sweep_args, "--calibration-frames", "3"])  # other calibration: only the INT8 models are remade
+    assert ModelCard.load(out / "models" / "tiny_unet_int8.json").compression["origin"]["calibration_frames"] == 3
+    assert {name for name in made if (out / "models" / name).stat().st_mtime_ns != remade[name]} == {
+        "tiny_unet_int8.onnx", "tiny_unet_p50_int8.onnx"}
     other = tmp_path / "other_base"
     make_random_model(other, SMALL_UNET, size=(48, 64))
     with pytest.raises(SystemExit, match="must record structured pruning of"):

@@ -8,8 +8,8 @@ pipeline at the card's input size (480x360), batch 1, 2 threads: torch (fp32 onl
 An unstructured magnitude-pruning row shows that zeroed weights do not buy speed on dense kernels.
 `--also` adds models pruned from the same base by other seg-prune options (other ratios, rounding, per-stage
 ratios) to the same table. Models the sweep makes are kept under OUT/models and reused by a later sweep only
-if their card records the SHA-256 of the very ONNX file they were made from (`compression.source_sha256`): a
-retrained base under the same name gets new variants.
+if their card records the SHA-256 of the very ONNX file they were made from and the same options
+(`compression.origin`): a retrained base under the same name, or other fine-tuning options, get new variants.
 """
 
 from __future__ import annotations
@@ -61,20 +61,20 @@ def onnx_sha256(card_path: Path) -> str:
     return hashlib.sha256(model_file(card, card_path, "onnx").read_bytes()).hexdigest()
 
 
-def made_from(variant_card: Path, source_sha256: str) -> bool:
-    """Whether an earlier sweep's saved variant was made from these very weights (so it can be reused)."""
-    return (variant_card.exists()
-            and ModelCard.load(variant_card).compression.get("source_sha256") == source_sha256)
+def made_from(variant_card: Path, origin: dict) -> bool:
+    """Whether an earlier sweep's saved variant was made from these very weights with these options (so it can
+    be reused)."""
+    return variant_card.exists() and ModelCard.load(variant_card).compression.get("origin") == origin
 
 
-def int8_variant(card_path: Path, out_dir: Path, data, calibration_frames: int, source_sha256: str) -> Path:
+def int8_variant(card_path: Path, out_dir: Path, data, calibration_frames: int, origin: dict) -> Path:
     card = ModelCard.load(card_path)
     out = out_dir / f"{card_path.stem}_int8.onnx"
     quantize_int8(model_file(card, card_path, "onnx"), out, calibration_inputs(data, calibration_frames, card), "u8")
     int8_card = quantized_card(card, out, "int8", {"method": "onnxruntime static QDQ, per-channel weights, MinMax",
                                                    "activation_type": "u8", "weight_type": "s8",
                                                    "calibration": f"{calibration_frames} CamVid train frames"})
-    int8_card.compression["source_sha256"] = source_sha256
+    int8_card.compression["origin"] = origin
     int8_card.save(out.with_suffix(".json"))
     return out.with_suffix(".json")
 
@@ -157,16 +157,18 @@ def main(argv: list[str] | None = None) -> None:
         build_for_inference(base, model_file(base, base_path, "torch")), base.input.height, base.input.width)
 
     base_sha256 = onnx_sha256(base_path)
+    pruned_origin = {"source_sha256": base_sha256, "criterion": args.criterion, "steps": args.steps,
+                     "fine_tune_epochs": args.fine_tune_epochs, "lr": args.lr, "scope": args.scope}
     variants = []  # (card path, method, ratio, macs, params)
     for ratio in args.ratios:
         if ratio == 0:
             variants.append((base_path, "structured", 0.0, base_macs, base_params))
             continue
         stem = out / "models" / f"{base.name}_p{round(ratio * 100):02d}"
-        if not made_from(stem.with_suffix(".json"), base_sha256):
+        if not made_from(stem.with_suffix(".json"), pruned_origin):
             model, summary = prune(base, base_path, ratio, args.criterion, args.steps, args.fine_tune_epochs,
                                    args.data, lr=args.lr, threads=args.threads, scope=args.scope)
-            export_variant(model, stem, base, args.data, {**summary, "source_sha256": base_sha256},
+            export_variant(model, stem, base, args.data, {**summary, "origin": pruned_origin},
                            f"{base.name} pruned by {ratio:.0%} ({args.scope}, {args.criterion}), fine-tuned on "
                            "CamVid train")
         summary = ModelCard.load(stem.with_suffix(".json")).compression
@@ -181,12 +183,12 @@ def main(argv: list[str] | None = None) -> None:
                          summary["macs"], summary["params"]))
     if args.unstructured:
         stem = out / "models" / f"{base.name}_unstructured{round(args.unstructured * 100):02d}"
-        if not made_from(stem.with_suffix(".json"), base_sha256):
+        if not made_from(stem.with_suffix(".json"), {"source_sha256": base_sha256}):
             model = build_for_inference(base, model_file(base, base_path, "torch"))
             sparsity = magnitude_prune(model, args.unstructured)
             export_variant(model, stem, base, args.data,
                            {"method": "unstructured magnitude (torch.nn.utils.prune)", "sparsity": sparsity,
-                            "source_sha256": base_sha256},
+                            "origin": {"source_sha256": base_sha256}},
                            f"{base.name} with {sparsity:.0%} of conv weights zeroed, no fine-tuning")
         variants.append((stem.with_suffix(".json"), "unstructured", args.unstructured, base_macs, base_params))
 
@@ -195,10 +197,9 @@ def main(argv: list[str] | None = None) -> None:
         paths = [(card_path, "fp32")]
         if method.startswith("structured"):
             int8_path = out / "models" / f"{card_path.stem}_int8.json"
-            source_sha256 = onnx_sha256(card_path)
-            if not made_from(int8_path, source_sha256):
-                int8_path = int8_variant(card_path, out / "models", args.data, args.calibration_frames,
-                                         source_sha256)
+            int8_origin = {"source_sha256": onnx_sha256(card_path), "calibration_frames": args.calibration_frames}
+            if not made_from(int8_path, int8_origin):
+                int8_path = int8_variant(card_path, out / "models", args.data, args.calibration_frames, int8_origin)
             paths.append((int8_path, "int8"))
         for path, precision in paths:
             measured = measure(path, test_set, frames, args.threads, torch_too=precision == "fp32")
