@@ -17,6 +17,9 @@ setup(
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz")),
         (f"share/{PACKAGE}/models", glob("models/*.json") + glob("models/*.onnx") + glob("models/*.safetensors")
          + glob("models/*.md")),
+        (f"share/{PACKAGE}/data/camvid_clip", ["data/camvid_clip/README.md"]),
+        (f"share/{PACKAGE}/data/camvid_clip/test", glob("data/camvid_clip/test/*")),
+        (f"share/{PACKAGE}/data/camvid_clip/testannot", glob("data/camvid_clip/testannot/*")),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

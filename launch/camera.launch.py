@@ -21,9 +21,9 @@ ARGUMENTS = (
     ("rate", "30.0", "publish rate in Hz (a video file is paced to it; a device is polled at it)"),
     ("loop", "true", "restart a video file at its end"),
     ("frame_id", "camera", "frame_id in the image headers"),
-    ("backend", "onnxruntime", "seg_node inference backend: onnxruntime or torch"),
-    ("device", "auto", "seg_node device: auto, cpu, cuda, cuda:N or tensorrt"),
-    ("model", "", "model card or model file; empty: the packaged default model"),
+    ("backend", "", "seg_node inference backend: onnxruntime or torch; empty: config/seg_node.yaml's"),
+    ("device", "", "seg_node device: auto, cpu, cuda, cuda:N or tensorrt; empty: config/seg_node.yaml's"),
+    ("model", "", "model card or model file; empty: config/seg_node.yaml's (the packaged default model)"),
     ("rviz", "false", "start RViz with config/seg_node.rviz"),
 )
 

@@ -2,23 +2,27 @@
 
     ros2 launch seg_node seg_node.launch.py image:=/camera/image_raw backend:=onnxruntime device:=auto
 
-Launch arguments override the values in params_file.
+Launch arguments given override the values in params_file; those left empty keep the file's values.
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
+from seg_node.launch_arguments import LAUNCH_PARAMETERS, parameter_overrides
+
 ARGUMENTS = (
-    ("image", "/camera/image_raw", "camera image topic (base topic when transport is compressed)"),
-    ("transport", "raw", "raw (sensor_msgs/Image) or compressed (CompressedImage on <image>/compressed)"),
-    ("backend", "onnxruntime", "inference backend: onnxruntime or torch"),
-    ("device", "auto", "auto, cpu, cuda, cuda:N or tensorrt (onnxruntime)"),
-    ("model", "", "model card or model file; empty: the packaged default model"),
+    ("image", "", "camera image topic(s), comma-separated (base topic when transport is compressed); "
+                  "empty: params_file's input_topics"),
+    ("transport", "", "raw (sensor_msgs/Image) or compressed (CompressedImage on <image>/compressed); "
+                      "empty: params_file's"),
+    ("backend", "", "inference backend: onnxruntime or torch; empty: params_file's"),
+    ("device", "", "auto, cpu, cuda, cuda:N or tensorrt (onnxruntime); empty: params_file's"),
+    ("model", "", "model card or model file; empty: params_file's (there, empty is the packaged default)"),
     ("params_file", PathJoinSubstitution([FindPackageShare("seg_node"), "config", "seg_node.yaml"]),
      "parameter file for seg_node"),
     ("namespace", "", "namespace of the node and its outputs"),
@@ -27,11 +31,11 @@ ARGUMENTS = (
 )
 
 
-def generate_launch_description():
-    arguments = [DeclareLaunchArgument(name, default_value=default, description=description)
-                 for name, default, description in ARGUMENTS]
+def seg_node_with_overrides(context):
+    """The node, its parameters from params_file and then from the launch arguments that were given."""
     config = LaunchConfiguration
-    seg_node = Node(
+    overrides = parameter_overrides({name: config(name).perform(context) for name in LAUNCH_PARAMETERS})
+    return [Node(
         package="seg_node",
         executable="seg_node",
         name="seg_node",
@@ -40,16 +44,15 @@ def generate_launch_description():
         emulate_tty=True,
         parameters=[
             config("params_file"),
-            {
-                "input_topics": [config("image")],
-                "input_transport": ParameterValue(config("transport"), value_type=str),
-                "backend": ParameterValue(config("backend"), value_type=str),
-                "device": ParameterValue(config("device"), value_type=str),
-                "model": ParameterValue(config("model"), value_type=str),
-                "use_sim_time": ParameterValue(config("use_sim_time"), value_type=bool),
-            },
+            {**overrides, "use_sim_time": ParameterValue(config("use_sim_time"), value_type=bool)},
         ],
-    )
+    )]
+
+
+def generate_launch_description():
+    arguments = [DeclareLaunchArgument(name, default_value=default, description=description)
+                 for name, default, description in ARGUMENTS]
+    config = LaunchConfiguration
     rviz = Node(
         package="rviz2",
         executable="rviz2",
@@ -58,4 +61,4 @@ def generate_launch_description():
         parameters=[{"use_sim_time": ParameterValue(config("use_sim_time"), value_type=bool)}],
         condition=IfCondition(config("rviz")),
     )
-    return LaunchDescription([*arguments, seg_node, rviz])
+    return LaunchDescription([*arguments, OpaqueFunction(function=seg_node_with_overrides), rviz])

@@ -19,10 +19,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .cli import reports_user_errors
 from .data import CamVidLayoutError, open_dataset
+from .latency import latency_summary
 from .pipeline import SegmentationPipeline
+from .resolve import package_path
 
-CLIP = Path(__file__).resolve().parent.parent / "data" / "camvid_clip"
+CLIP = package_path("data", "camvid_clip")
 STAGES = ("preprocess", "inference", "postprocess", "total")
 
 
@@ -45,11 +48,6 @@ def load_frames(data: str | None, split: str, count: int) -> list[np.ndarray]:
     return [dataset.load(samples[i % len(samples)])[0] for i in range(count)]
 
 
-def summarize(values_ms) -> dict[str, float]:
-    values = np.asarray(values_ms, np.float64)
-    return {"median": float(np.median(values)), "p95": float(np.percentile(values, 95))}
-
-
 def benchmark_pipeline(pipeline: SegmentationPipeline, frames, warmup: int, desc: str) -> dict:
     """Per-stage timings of pipeline.segment, and backend.infer alone on the same prepared input."""
     for frame in frames[:warmup]:
@@ -63,7 +61,7 @@ def benchmark_pipeline(pipeline: SegmentationPipeline, frames, warmup: int, desc
         started = time.perf_counter()
         pipeline.backend.infer(pipeline.network_input)
         model_only.append(1e3 * (time.perf_counter() - started))
-    return {**{stage: summarize(v) for stage, v in stages.items()}, "model_only": summarize(model_only)}
+    return {**{stage: latency_summary(v) for stage, v in stages.items()}, "model_only": latency_summary(model_only)}
 
 
 def benchmark_node(case: Case, frames, threads: int, warmup: int) -> dict:
@@ -97,7 +95,7 @@ def benchmark_node(case: Case, frames, threads: int, warmup: int) -> dict:
             masks.wait_for(index + 1, timeout=60)
             if index >= warmup:
                 latencies.append(1e3 * (masks.arrivals[index] - sent))
-        return summarize(latencies)
+        return latency_summary(latencies)
     finally:
         peer.close()
         node.stop()
@@ -153,6 +151,7 @@ def run_benchmark(argv: list[str] | None = None) -> dict:
     return results
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> None:
     run_benchmark(argv)
 

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import cv2
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
@@ -22,12 +22,10 @@ from .ros_main import spin_node
 class CameraPublisher(Node):
     def __init__(self):
         super().__init__("camera_publisher")
-        declare = lambda name, default, text: self.declare_parameter(  # noqa: E731
-            name, default, ParameterDescriptor(description=text, read_only=True)).value
-        source = declare("source", "/dev/video0", "V4L2 device (/dev/videoN or index) or a video file")
-        rate = declare("rate", 30.0, "publish rate in Hz")
-        self.loop = declare("loop", True, "restart a video file at its end")
-        self.frame_id = declare("frame_id", "camera", "frame_id of the images")
+        source = self._declare("source", "/dev/video0", "V4L2 device (/dev/videoN or index) or a video file")
+        rate = self._declare("rate", 30.0, "publish rate in Hz")
+        self.loop = self._declare("loop", True, "restart a video file at its end")
+        self.frame_id = self._declare("frame_id", "camera", "frame_id of the images")
         if rate <= 0:
             raise ValueError(f"rate must be > 0, got {rate}")
         self.is_file = Path(source).is_file()
@@ -38,6 +36,13 @@ class CameraPublisher(Node):
         self.published = 0
         self.create_timer(1.0 / rate, self._publish_frame)
         self.get_logger().info(f"publishing {source} at {rate:.1f} Hz on {self.publisher.topic_name}")
+
+    def _declare(self, name: str, default, description: str):
+        try:
+            return self.declare_parameter(name, default, ParameterDescriptor(description=description,
+                                                                             read_only=True)).value
+        except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
+            raise ValueError(f"bad parameter {name}: {exc}") from exc
 
     def _publish_frame(self) -> None:
         ok, frame = self.capture.read()

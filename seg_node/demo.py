@@ -16,8 +16,10 @@ from pathlib import Path
 from .bags.convert import dataset_frames, write_bag
 from .bags.live_eval import live_evaluate, print_result
 from .benchmark import CLIP
+from .cli import reports_user_errors
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="out/demo", help="output folder (replaced if it exists)")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .cli import reports_user_errors
 from .data import CAMVID_CLASSES, VOID_INDEX, open_dataset
 from .model_card import command_line
 from .pipeline import SegmentationPipeline
@@ -96,6 +97,7 @@ def run_evaluation(argv: list[str] | None = None) -> dict:
     return result
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> None:
     run_evaluation(argv)
 

@@ -16,6 +16,7 @@ import onnx
 import torch
 from torch import nn
 
+from .cli import reports_user_errors
 from .data import CAMVID_CLASSES, CAMVID_PALETTE, CamVidLayoutError, open_dataset
 from .model_card import InputSpec, ModelCard
 from .models import build_model
@@ -88,6 +89,7 @@ def export_model(model: nn.Module, out_stem: str | Path, *, name: str, architect
     return card
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> None:
     """`seg-export`: turn a training checkpoint (best.pt) into the node's model files."""
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -139,12 +141,15 @@ def training_record(checkpoint: str | Path, state: dict | None = None) -> dict:
 
 
 def parity_frames(data: str | None, count: int, spec: InputSpec) -> np.ndarray:
-    """Normalized CamVid val frames when the data set is at hand, else seeded random images."""
+    """Normalized CamVid val frames when the data set is at hand, else seeded random images; a `data` folder
+    given but wrong is an error, not a silent fall-back."""
     try:
         dataset = open_dataset(data, "val")
         samples = dataset.items()[:: max(1, len(dataset.items()) // count)][:count]
         images = [dataset.load(s)[0] for s in samples]
     except CamVidLayoutError:
+        if data:
+            raise
         rng = np.random.default_rng(0)
         images = [rng.integers(0, 256, (spec.height, spec.width, 3), np.uint8) for _ in range(count)]
     return np.stack([normalize(resize_for_network(image, spec), spec, "rgb") for image in images])

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .latency import latency_summary
+
 OK, WARN, ERROR, STALE = 0, 1, 2, 3
 LATENCY_WINDOW = 1000  # frames kept for percentiles between reports
 
@@ -99,21 +101,21 @@ class CameraHealth:
             totals, by_reason = Counter(self.totals), Counter(self.rejected_by_reason)
             last_received_at, last_error = self.last_received_at, self.last_error
 
-        percentiles = np.percentile(latencies, [50, 95, 99]) if latencies.size else [np.nan] * 3
+        latency = latency_summary(latencies)
         bad = period["rejected"] + period["failed"]
         error_rate = bad / period["received"] if period["received"] else (1.0 if bad else 0.0)
         silent_for = now - (last_received_at if last_received_at is not None else self.started_at)
-        p95 = percentiles[1]
+        p95 = latency["p95"]
 
         if silent_for > thresholds.camera_timeout:
             level, message = STALE, f"no image for {silent_for:.1f} s"
         elif period["failed"]:
-            level, message = ERROR, f"inference failed on {period['failed']} frame(s): {last_error}"
+            level, message = ERROR, f"{period['failed']} frame(s) failed: {last_error}"
         elif error_rate > thresholds.error_rate_threshold:
             level, message = ERROR, f"{100 * error_rate:.0f}% of frames rejected or failed"
         elif period["rejected"]:
             level, message = WARN, f"{period['rejected']} malformed frame(s) rejected"
-        elif latencies.size and p95 > thresholds.latency_budget_ms:
+        elif p95 > thresholds.latency_budget_ms:
             level, message = WARN, f"p95 latency {p95:.1f} ms over the {thresholds.latency_budget_ms:.0f} ms budget"
         else:
             level, message = OK, "ok"
@@ -122,9 +124,9 @@ class CameraHealth:
             return "nan" if np.isnan(value) else f"{value:.2f}"
 
         values = {
-            "latency_p50_ms": ms(percentiles[0]), "latency_p95_ms": ms(percentiles[1]),
-            "latency_p99_ms": ms(percentiles[2]), "latency_max_ms": ms(latencies.max() if latencies.size else np.nan),
-            "age_p50_ms": ms(np.percentile(ages, 50) if ages.size else np.nan),
+            "latency_p50_ms": ms(latency["median"]), "latency_p95_ms": ms(p95),
+            "latency_p99_ms": ms(latency["p99"]), "latency_max_ms": ms(latency["max"]),
+            "age_p50_ms": ms(latency_summary(ages)["median"]),
             "input_rate_hz": f"{period['received'] / elapsed:.2f}",
             "output_rate_hz": f"{period['processed'] / elapsed:.2f}",
             "drop_rate": f"{period['dropped'] / period['received']:.3f}" if period["received"] else "0.000",

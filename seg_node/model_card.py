@@ -21,6 +21,12 @@ class ModelCardError(ValueError):
     """A model card is missing, unreadable or inconsistent; the message says which file and field."""
 
 
+def is_numbers(values: Any, count: int) -> bool:
+    """A JSON list of `count` numbers (booleans are not numbers here)."""
+    return (isinstance(values, list) and len(values) == count
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values))
+
+
 @dataclass
 class InputSpec:
     """What the network expects: size, channel order and per-channel (x - mean) / std in pixel units."""
@@ -38,8 +44,9 @@ class InputSpec:
         if self.channel_order not in CHANNEL_ORDERS:
             raise ModelCardError(f"{where}: input.channel_order must be one of {CHANNEL_ORDERS}, "
                                  f"got {self.channel_order!r}")
-        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
-            raise ModelCardError(f"{where}: input.mean and input.std need 3 values each, std > 0")
+        if not (is_numbers(self.mean, 3) and is_numbers(self.std, 3)) or any(s <= 0 for s in self.std):
+            raise ModelCardError(f"{where}: input.mean and input.std need 3 numbers each, std > 0, got "
+                                 f"{self.mean!r} and {self.std!r}")
 
 
 @dataclass
@@ -65,18 +72,21 @@ class ModelCard:
     def validate(self, where: str = "model card") -> None:
         if self.format != CARD_FORMAT:
             raise ModelCardError(f"{where}: format must be {CARD_FORMAT!r}, got {self.format!r}")
-        if not self.classes or not all(isinstance(c, str) for c in self.classes):
+        if not isinstance(self.name, str) or not self.name:
+            raise ModelCardError(f"{where}: name must be a non-empty string")
+        if not isinstance(self.classes, list) or not self.classes or not all(isinstance(c, str) for c in self.classes):
             raise ModelCardError(f"{where}: classes must be a non-empty list of names")
         if len(self.classes) > 255:
             raise ModelCardError(f"{where}: at most 255 classes fit a mono8 mask, got {len(self.classes)}")
-        if len(self.palette) != len(self.classes) or any(
-                len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in self.palette):
+        if not isinstance(self.palette, list) or len(self.palette) != len(self.classes) or any(
+                not is_numbers(c, 3) or not all(0 <= v <= 255 for v in c) for c in self.palette):
             raise ModelCardError(f"{where}: palette needs one [r, g, b] (0-255) per class "
                                  f"({len(self.classes)} classes, {len(self.palette)} colours)")
-        if not isinstance(self.architecture, dict) or "name" not in self.architecture:
+        if not isinstance(self.architecture, dict) or not isinstance(self.architecture.get("name"), str):
             raise ModelCardError(f"{where}: architecture must be an object with a 'name'")
-        if not self.files:
-            raise ModelCardError(f"{where}: files must name at least one model file (onnx or torch)")
+        if not isinstance(self.files, dict) or not self.files or not all(
+                isinstance(f, str) for f in self.files.values()):
+            raise ModelCardError(f"{where}: files must map at least one format (onnx or torch) to a file name")
         self.input.validate(where)
 
     def to_json(self) -> str:

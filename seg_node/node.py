@@ -11,7 +11,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType, SetParametersResult
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
@@ -183,7 +182,12 @@ class SegNode(Node):
 
     def _work(self) -> None:
         while (job := self._next_frame()) is not None:
-            self._process(*job)
+            camera = job[0]
+            try:
+                self._process(*job)
+            except Exception as exc:  # one frame's failure, in inference or in publishing, must not stop the worker
+                camera.health.failed(f"{type(exc).__name__}: {exc}")
+                self.get_logger().error(f"{camera.topic}: frame failed: {exc}", throttle_duration_sec=1.0)
 
     def _decode(self, msg) -> DecodedImage:
         if isinstance(msg, CompressedImage):
@@ -198,12 +202,7 @@ class SegNode(Node):
             self._reject(camera, exc)
             return
         decoded = time.perf_counter()
-        try:
-            result = self.pipeline.segment(image.pixels, image.channel_order)
-        except Exception as exc:  # a backend failure on one frame must not stop the node
-            camera.health.failed(f"{type(exc).__name__}: {exc}")
-            self.get_logger().error(f"{camera.topic}: inference failed: {exc}", throttle_duration_sec=1.0)
-            return
+        result = self.pipeline.segment(image.pixels, image.channel_order)
         self._publish_outputs(camera, msg.header, image, result.mask)
         finished = time.perf_counter()
         now = self._now()  # with sim time it reads 0 until the first /clock: an age against that is decades off

@@ -14,15 +14,20 @@ import tempfile
 import time
 from pathlib import Path
 
-PARAMS_FILE = Path(__file__).resolve().parent.parent / "config" / "seg_node.yaml"
+from .resolve import PACKAGE_NAME, installed_prefix, package_path
+
+PARAMS_FILE = package_path("config", "seg_node.yaml")
 
 
 def executable(name: str = "seg_node") -> str:
-    """The console script beside this Python (a venv) or on PATH (a ROS install)."""
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
+    """The console script in lib/seg_node of a sourced colcon install, beside this Python (a venv), or on PATH."""
+    prefix = installed_prefix()
+    candidates = [prefix / "lib" / PACKAGE_NAME / name] if prefix else []
+    candidates += [Path(sys.executable).parent / name, shutil.which(name)]
+    found = next((str(c) for c in candidates if c and Path(c).is_file()), None)
     if not found:
-        raise FileNotFoundError(f"console script {name!r} not found: install the package (pip install -e .)")
+        raise FileNotFoundError(f"console script {name!r} not found: install the package (pip install -e . or "
+                                f"colcon build, then source install/setup.bash)")
     return found
 
 

@@ -51,7 +51,7 @@ PARAMETERS: dict[str, ParamSpec] = {
     "device": ParamSpec("auto", "auto (CUDA when present), cpu, cuda, cuda:N or tensorrt (onnxruntime)",
                         device_check),
     "model": ParamSpec("", "model card (.json) or a model file beside its card; empty: the packaged default"),
-    "threads": ParamSpec(0, "CPU threads for inference (0: the library's default)", in_range(0, 256)),
+    "threads": ParamSpec(2, "CPU threads for inference (0: the library's default, all cores)", in_range(0, 256)),
     "precision": ParamSpec("auto", f"{list(PRECISIONS)}; fp16 needs CUDA with torch, with onnxruntime the "
                                    "model file sets it", one_of(PRECISIONS)),
     "upsampling": ParamSpec("logits", "logits: resize logits to the image then argmax; labels: argmax at "

@@ -11,20 +11,30 @@ PACKAGE_NAME = "seg_node"
 DEFAULT_MODEL_CARD = "camvid_mobile_unet_pruned_int8.json"
 
 
-def models_dir() -> Path:
-    """The shipped models: share/seg_node/models in a colcon install, else the source tree's models/."""
-    source_tree = Path(__file__).resolve().parent.parent / "models"
-    if source_tree.is_dir():
-        return source_tree
+def installed_prefix() -> Path | None:
+    """seg_node's install prefix in a sourced ROS workspace (colcon install), None outside one."""
     try:
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-        try:
-            return Path(get_package_share_directory(PACKAGE_NAME)) / "models"
-        except PackageNotFoundError:
-            pass
+        from ament_index_python.packages import PackageNotFoundError, get_package_prefix
     except ImportError:
-        pass
-    return source_tree
+        return None
+    try:
+        return Path(get_package_prefix(PACKAGE_NAME))
+    except (PackageNotFoundError, OSError):  # not in the index, or AMENT_PREFIX_PATH unset
+        return None
+
+
+def package_path(*parts: str) -> Path:
+    """A shipped file or folder (models/, config/, data/): the source tree's when running from a checkout or a
+    pip install -e, else the one in share/seg_node of a colcon install."""
+    source_tree = Path(__file__).resolve().parent.parent.joinpath(*parts)
+    prefix = installed_prefix()
+    if source_tree.exists() or prefix is None:
+        return source_tree
+    return prefix.joinpath("share", PACKAGE_NAME, *parts)
+
+
+def models_dir() -> Path:
+    return package_path("models")
 
 
 def resolve_model(model: str | os.PathLike | None) -> tuple[ModelCard, Path]:

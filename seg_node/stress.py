@@ -26,9 +26,12 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
+from .latency import latency_summary
 from .model_card import ModelCardError, command_line
 from .random_model import make_random_model
 from .ros_images import NS_PER_S, image_message, stamp_ns
+
+SPREAD = "median {median:.1f} ms, p95 {p95:.1f} ms, max {max:.1f} ms"
 
 
 def rss_mb(pid: int) -> float:
@@ -242,10 +245,6 @@ def soak(link: StressLink, messages: list, frames: int, rss_every: int = 100, ti
     return run
 
 
-def percentiles(values, quantiles=(50, 95)) -> list[float]:
-    return [float(np.percentile(values, q)) for q in quantiles] if len(values) else [float("nan")] * len(quantiles)
-
-
 def print_table(title: str, rows: list[tuple[str, str]]) -> None:
     width = max(len(label) for label, _ in rows)
     print(f"\n{title}")
@@ -264,8 +263,9 @@ def report_overload(link: StressLink, unloaded: list[dict], run: OverloadRun) ->
     period_drop_rates = [float(s.values["drop_rate"]) for s in link.diagnostics.statuses]
     in_order = [s for s in link.masks.order if s in run_stamps]
     return [
-        ("processing time, unloaded", "median {:.1f} ms, p95 {:.1f} ms (inference median {:.1f} ms)".format(
-            *percentiles(unloaded_total), percentiles([v["inference_ms"] for v in unloaded])[0])),
+        ("processing time, unloaded", "median {median:.1f} ms, p95 {p95:.1f} ms".format(
+            **latency_summary(unloaded_total)) + " (inference median {median:.1f} ms)".format(
+            **latency_summary([v["inference_ms"] for v in unloaded]))),
         ("camera rate", f"{len(run.stamps) / run.seconds:.1f} Hz for {run.seconds:.1f} s "
                         f"(target {run.rate_hz:.1f} Hz), {len(run.stamps)} frames"),
         ("node counts", f"received {received}, processed {run.final['frames_processed']}, dropped {dropped}, "
@@ -275,12 +275,9 @@ def report_overload(link: StressLink, unloaded: list[dict], run: OverloadRun) ->
         ("drop rate", f"{dropped / max(received, 1):.3f} overall, {max(period_drop_rates):.3f} "
                       f"highest in a /diagnostics period"),
         ("masks", f"{len(in_order)} published, in stamp order: {in_order == sorted(in_order)}"),
-        ("processing time, loaded", "median {:.1f} ms, p95 {:.1f} ms, max {:.1f} ms".format(
-            *percentiles(total), max(total, default=float("nan")))),
-        ("mask age (publish -> mask here)", "median {:.1f} ms, p95 {:.1f} ms, max {:.1f} ms".format(
-            *percentiles(ages), ages.max() if ages.size else float("nan"))),
-        ("mask age (node's age_ms)", "median {:.1f} ms, p95 {:.1f} ms, max {:.1f} ms".format(
-            *percentiles(node_age), max(node_age, default=float("nan")))),
+        ("processing time, loaded", SPREAD.format(**latency_summary(total))),
+        ("mask age (publish -> mask here)", SPREAD.format(**latency_summary(ages))),
+        ("mask age (node's age_ms)", SPREAD.format(**latency_summary(node_age))),
         ("node RSS", f"start {run.rss[0]:.1f} MiB, peak {max(run.rss):.1f} MiB, end {run.rss[-1]:.1f} MiB"),
     ]
 
@@ -292,9 +289,9 @@ def report_soak(link: StressLink, run: SoakRun, window: int) -> list[tuple[str, 
     rss = [mb for _, mb in run.rss]
 
     def drift(values):
-        first, last = percentiles(values[:window]), percentiles(values[-window:])
-        return (f"first {window}: median {first[0]:.1f} / p95 {first[1]:.1f} ms; "
-                f"last {window}: median {last[0]:.1f} / p95 {last[1]:.1f} ms")
+        first, last = latency_summary(values[:window]), latency_summary(values[-window:])
+        return (f"first {window}: median {first['median']:.1f} / p95 {first['p95']:.1f} ms; "
+                f"last {window}: median {last['median']:.1f} / p95 {last['p95']:.1f} ms")
 
     return [
         ("frames", f"{len(run.stamps)} sent, {len(answered)} answered, {len(run.stamps) - len(answered)} missing"),

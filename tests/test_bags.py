@@ -241,10 +241,11 @@ def test_replay_delivers_every_message_in_order_at_the_rate_factor(ros, replay_n
                                       frame_pixels(index))
     np.testing.assert_array_equal(np.frombuffer(labels.messages[4].data, np.uint8).reshape(HEIGHT, WIDTH),
                                   frame_label(4))
-    # 1.0 s of bag at 2x: 0.5 s; a behaviour check with wide margins, not a benchmark.
+    # 1.0 s of bag at 2x: 0.5 s. Pacing is behaviour, not speed: never faster than asked (a sleep cannot
+    # finish early), and told apart from 1x (1.0 s) with room for a loaded machine.
     span = images.arrivals[-1] - images.arrivals[0]
-    assert 0.25 < span < 0.75, span
-    assert 0.25 < summary.wall_duration < 0.75, summary.wall_duration
+    assert 0.4 < span < 0.95, span
+    assert 0.45 < summary.wall_duration < 0.95, summary.wall_duration
     assert summary.published == {"/replay_rate/image_raw": 6, "/replay_rate/labels": 6}
     assert (summary.passes, summary.clock_messages) == (1, 0)
 

@@ -9,10 +9,8 @@ from __future__ import annotations
 import ast
 import os
 import re
-import shutil
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from sensor_msgs.msg import Image
 
 from ros_harness import REPO
 from seg_node import params
+from seg_node.launch_arguments import LAUNCH_PARAMETERS, parameter_overrides
 
 LAUNCH_FILES = sorted((REPO / "launch").glob("*.launch.py"))
 
@@ -69,6 +68,17 @@ def test_colcon_builds_the_package_as_ament_python(tmp_path):
         assert (share / path).is_file(), path
     assert (install.parent.parent / "install" / "seg_node" / "share" / "ament_index" / "resource_index" /
             "packages" / "seg_node").is_file()
+    assert len(list((share / "data" / "camvid_clip" / "test").iterdir())) == 24
+    # The installed package finds its shipped files and console scripts in the install tree, not the checkout.
+    site_packages = next(install.glob("lib/python3*/site-packages"))
+    where = subprocess.run(
+        [sys.executable, "-c", "from seg_node.node_process import PARAMS_FILE, executable; "
+                               "from seg_node.benchmark import CLIP; from seg_node.resolve import models_dir; "
+                               "print(PARAMS_FILE, CLIP, models_dir(), executable('seg-demo'), sep='\\n')"],
+        cwd=tmp_path, capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": str(site_packages), "AMENT_PREFIX_PATH": str(install), "PATH": "/usr/bin:/bin"})
+    assert where.stdout.split() == [str(share / "config" / "seg_node.yaml"), str(share / "data" / "camvid_clip"),
+                                    str(share / "models"), str(install / "lib" / "seg_node" / "seg-demo")]
 
 
 def launch_nodes(path: Path) -> list[dict]:
@@ -97,7 +107,7 @@ def test_launch_files_name_real_executables_parameters_and_arguments(path):
             assert executable in scripts, f"{path.name} starts {executable}, which setup.py does not install"
         for dictionary in ast.walk(node.get("parameters", ast.Constant(None))):
             if isinstance(dictionary, ast.Dict) and executable == "seg_node":
-                for key in dictionary.keys:
+                for key in filter(None, dictionary.keys):  # None: the **overrides of launch arguments
                     assert key.value in params.PARAMETERS or key.value == "use_sim_time", key.value
     arguments = launch_arguments(path)
     assert arguments and all(description.strip() for description in arguments.values())
@@ -108,6 +118,17 @@ def test_launch_files_name_real_executables_parameters_and_arguments(path):
 def test_seg_node_launch_has_the_documented_arguments():
     arguments = launch_arguments(REPO / "launch" / "seg_node.launch.py")
     assert {"image", "backend", "device", "model", "params_file", "namespace", "use_sim_time", "rviz"} <= set(arguments)
+    assert set(LAUNCH_PARAMETERS) <= set(arguments) and set(LAUNCH_PARAMETERS.values()) <= set(params.PARAMETERS)
+
+
+def test_launch_arguments_left_empty_keep_the_parameter_file_and_given_ones_reach_a_real_node(seg_node):
+    assert parameter_overrides({name: "" for name in LAUNCH_PARAMETERS}) == {}
+    overrides = parameter_overrides({"image": "/front/image_raw, /rear/image_raw", "backend": "torch",
+                                     "device": "cpu", "model": " ", "transport": ""})
+    assert overrides == {"input_topics": ["/front/image_raw", "/rear/image_raw"], "backend": "torch", "device": "cpu"}
+    node = seg_node(**overrides)  # over config/seg_node.yaml, the order launch_ros passes them in
+    started = next(line for line in node.output().splitlines() if "segmenting" in line)
+    assert "['/front/image_raw', '/rear/image_raw']" in started and "torch" in started, started
 
 
 def test_parameter_file_documents_exactly_the_declared_parameters():
@@ -147,10 +168,35 @@ def test_camera_publisher_streams_a_video_file(ros, tmp_path):
     assert len(set(levels)) >= 4, "consecutive frames of the clip, looping"
 
 
-def test_camera_publisher_refuses_a_missing_source():
+@pytest.mark.parametrize("parameter, message", [("source:=/nonexistent/video.mp4", "cannot open camera source"),
+                                                ("rate:=30", "bad parameter rate"), ("rate:=0.0", "rate must be > 0")])
+def test_camera_publisher_refuses_a_bad_parameter_with_a_message(parameter, message):
     result = subprocess.run([str(Path(sys.executable).parent / "camera_publisher"), "--ros-args",
-                             "-p", "source:=/nonexistent/video.mp4"], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1 and "cannot open camera source" in result.stderr
+                             "-p", parameter], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "FATAL" in result.stderr and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command, message", [
+    (["seg-eval", "--model", "/nonexistent/model.json", "--out", "unused"], "does not exist"),
+    (["seg-eval", "--data", "/nonexistent/camvid", "--out", "unused"], "/nonexistent/camvid"),
+    (["seg-export", "/nonexistent/best.pt", "--out", "unused"], "/nonexistent/best.pt"),
+    (["seg-benchmark", "--data", "/nonexistent/camvid"], "/nonexistent/camvid"),
+])
+def test_command_line_tools_report_a_users_mistake_without_a_traceback(command, message, tmp_path):
+    result = subprocess.run([str(Path(sys.executable).parent / command[0]), *command[1:]], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and f"{command[0]}: error:" in result.stderr and message in result.stderr, \
+        result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_ros_workspace_requirements_keep_the_distro_numpy_and_opencv():
+    """ROS 2 distros build their Python message modules and cv_bridge against numpy 1.x."""
+    ros = (REPO / "requirements-ros.txt").read_text() + (REPO / "requirements-base.txt").read_text()
+    assert re.search(r"^numpy>=[\d.]+,<2\b", ros, re.M), ros
+    assert not re.search(r"^(opencv|numpy==2)", ros, re.M | re.I), ros
+    assert "-r requirements-base.txt" in (REPO / "requirements.txt").read_text()
 
 
 def test_readme_documents_every_parameter_and_console_script():

@@ -6,9 +6,12 @@ import json
 import pickle
 
 import numpy as np
+import onnxruntime
 import pytest
+import torch
 
 from seg_node.backends import BackendError
+from seg_node.latency import latency_summary
 from seg_node.model_card import ModelCard, ModelCardError
 from seg_node.pipeline import SegmentationPipeline
 from seg_node.postprocess import argmax_channels, logits_to_mask
@@ -39,6 +42,12 @@ def test_pipeline_reports_stage_timings_and_honours_channel_order(random_model):
     assert len(np.unique(result.mask)) > 1
 
 
+def test_latency_summary_against_hand_computed_percentiles():
+    summary = latency_summary([4.0, 1.0, 3.0, 2.0, 100.0])
+    assert summary == {"median": 3.0, "p95": pytest.approx(80.8), "p99": pytest.approx(96.16), "max": 100.0}
+    assert all(np.isnan(v) for v in latency_summary([]).values())
+
+
 def test_argmax_and_upsampling_modes():
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((11, 12, 16)).astype(np.float32)
@@ -52,6 +61,8 @@ def test_argmax_and_upsampling_modes():
         logits_to_mask(logits, 24, 32, "bicubic")
 
 
+@pytest.mark.skipif(torch.cuda.is_available() or "CUDAExecutionProvider" in onnxruntime.get_available_providers(),
+                    reason="this machine has CUDA")
 def test_cuda_requests_without_cuda_fail_with_a_clear_message(random_model):
     for backend in ("torch", "onnxruntime"):
         with pytest.raises(BackendError, match="CUDA|cuda"):
@@ -75,12 +86,31 @@ def card_dict(random_model, stem=None):
     (lambda c: c["input"].update(channel_order="yuv"), "channel_order"),
     (lambda c: c["input"].update(std=[0, 1, 1]), "std"),
     (lambda c: c.update(surprise=1), "unknown field"),
+    (lambda c: c["input"].update(std=["a", 1, 1]), "std"),
+    (lambda c: c.update(palette=[1] * 11), "palette"),
+    (lambda c: c.update(classes="SkyRoad"), "classes"),
+    (lambda c: c.update(files=["m.onnx"]), "files"),
+    (lambda c: c.update(architecture={"name": 3}), "architecture"),
 ])
 def test_bad_model_cards_are_refused_naming_the_field(random_model, change, message):
     card = card_dict(random_model)
     change(card)
     with pytest.raises(ModelCardError, match=message):
         ModelCard.from_dict(card)
+
+
+def test_card_naming_an_unknown_architecture_is_refused_by_the_torch_backend(random_model, tmp_path):
+    for suffix in (".onnx", ".safetensors"):
+        (tmp_path / f"m{suffix}").write_bytes(random_model.with_suffix(suffix).read_bytes())
+    card = card_dict(random_model, "m")
+    card["architecture"] = {"name": "segformer"}
+    (tmp_path / "m.json").write_text(json.dumps(card))
+    with pytest.raises(BackendError, match="unknown architecture 'segformer'"):
+        SegmentationPipeline.from_model(tmp_path / "m.json", backend="torch", device="cpu")
+    card["architecture"] = {"name": "mobile_unet", "wings": 2}
+    (tmp_path / "m.json").write_text(json.dumps(card))
+    with pytest.raises(BackendError, match="bad options"):
+        SegmentationPipeline.from_model(tmp_path / "m.json", backend="torch", device="cpu")
 
 
 def test_card_that_disagrees_with_the_model_is_refused(random_model, tmp_path):

@@ -360,7 +360,7 @@ def test_backend_failure_is_logged_counted_error_while_it_lasts_then_recovers(ro
         publisher.publish(make_image_msg(bright, "rgb8", 100 + index))
         statuses.first(lambda s: s.values["frames_failed"] == str(index + 1))
     error = statuses.first(lambda s: s.level == ERROR, since=failing_from)
-    assert "inference failed" in error.message and "bright_image_guard" in error.message, error.message
+    assert "frame(s) failed:" in error.message and "bright_image_guard" in error.message, error.message
 
     for index in range(3):
         publisher.publish(make_image_msg(scene(2 + index), "rgb8", 200 + index))
@@ -375,7 +375,7 @@ def test_backend_failure_is_logged_counted_error_while_it_lasts_then_recovers(ro
     for before, after in zip(history, history[1:]):
         if int(after.values["frames_failed"]) > int(before.values["frames_failed"]):
             assert after.level == ERROR, f"a period with failures reported {after.level}: {after.message}"
-    assert "inference failed" in node.output() and "bright_image_guard" in node.output()
+    assert "frame failed" in node.output() and "bright_image_guard" in node.output()
 
 
 def test_a_camera_that_stops_goes_stale_after_the_timeout_and_recovers_when_it_resumes(ros, seg_node):
@@ -399,7 +399,7 @@ def test_a_camera_that_stops_goes_stale_after_the_timeout_and_recovers_when_it_r
     resumed = send(range(4, 7))
     back = statuses.first(lambda s: s.level == OK, since=resumed)
     assert back.values["frames_received"] == "6"
-    assert float(back.values["seconds_since_last_image"]) < 0.5
+    assert float(back.values["seconds_since_last_image"]) <= 0.5  # within the timeout, printed to 2 decimals
 
 
 # --- 6. diagnostics on replay (sim time) ----------------------------------------------------------------

@@ -27,7 +27,10 @@ def torch_device(device: str) -> str:
 
 
 def build_for_inference(card: ModelCard, weights_path: Path) -> torch.nn.Module:
-    model = build_model(card.architecture, card.num_classes)
+    try:
+        model = build_model(card.architecture, card.num_classes)
+    except ValueError as exc:  # the card names an architecture or options this package does not have
+        raise BackendError(f"model card {card.name}: {exc}") from exc
     load_weights(model, weights_path)
     return model.eval()
 

@@ -23,8 +23,10 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 from tqdm import tqdm
 
+from ..cli import reports_user_errors
 from ..data import CAMVID_CLASSES
 from ..image_codec import decode_compressed, decode_raw
+from ..latency import latency_summary
 from ..ros_images import stamp_ns
 from ..training.metrics import ConfusionMatrix
 from .convert import BAG_VERSION, COMPRESSED_TYPE, IMAGE_TYPE, RECORDED_QOS, label_topic_for
@@ -57,12 +59,8 @@ def read_bag_images(bag: Path, image_topic: str | None, label_topic: str | None)
     return image_connection.topic, image_connection.msgtype, images, labels
 
 
-def percentiles(values) -> dict[str, float]:
-    if not len(values):
-        return {}
-    values = np.asarray(values, np.float64)
-    return {"median": round(float(np.median(values)), 2), "p95": round(float(np.percentile(values, 95)), 2),
-            "p99": round(float(np.percentile(values, 99)), 2), "max": round(float(values.max()), 2)}
+def rounded(summary: dict[str, float]) -> dict[str, float]:
+    return {key: round(value, 2) for key, value in summary.items()}
 
 
 def record_outputs(path: Path, received: dict[str, list]) -> None:
@@ -176,8 +174,8 @@ def live_evaluate(bag: str | Path, out: str | Path, *, model: str | None = None,
         "bag": str(bag), "image_topic": topic, "model": model or "packaged default", "backend": backend,
         "rate": rate, "frames_published": frames_published, "masks_received": len(masks),
         "frames_dropped": frames_published - len(masks), "frames_scored": scored,
-        **matrix.summary(CAMVID_CLASSES), "ros_path_latency_ms": percentiles(path_latency),
-        "node_processing_ms": percentiles(node_total), "node_exit_status": status,
+        **matrix.summary(CAMVID_CLASSES), "ros_path_latency_ms": rounded(latency_summary(path_latency)),
+        "node_processing_ms": rounded(latency_summary(node_total)), "node_exit_status": status,
     }
     written = []
     if record:
@@ -199,13 +197,14 @@ def print_result(result: dict) -> None:
     print(f"mIoU {result['miou']:.2f}, pixel accuracy {result['pixel_accuracy']:.2f}")
     per_class = result["per_class_iou"].items()
     print("  " + ", ".join(f"{k} {v if v is not None else float('nan'):.1f}" for k, v in per_class))
-    if latency:
+    if not np.isnan(latency["median"]):
         print(f"ROS path latency (published -> mask received), ms: median {latency['median']}, p95 {latency['p95']}, "
               f"p99 {latency['p99']}, max {latency['max']}")
         print(f"node processing (~/latency total), ms: median {node['median']}, p95 {node['p95']}")
     print("wrote: " + ", ".join(result["written"]))
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bag", help="rosbag2 with images and labels (camvid_to_bag)")

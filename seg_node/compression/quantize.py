@@ -20,6 +20,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from ..cli import reports_user_errors
 from ..data import open_dataset
 from ..export import INPUT_NAME
 from ..model_card import ModelCard, command_line
@@ -92,6 +93,7 @@ def quantized_card(card: ModelCard, out_path: Path, precision: str, details: dic
                      notes=f"{card.name} converted to {precision}")
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="fp32 model (card or a file beside it)")

@@ -24,6 +24,7 @@ import torch
 
 from ..backends.torch_backend import build_for_inference
 from ..benchmark import benchmark_pipeline, load_frames
+from ..cli import reports_user_errors
 from ..data import open_dataset
 from ..evaluate import evaluate
 from ..export import export_model, parity_frames
@@ -129,6 +130,7 @@ def write_table(rows: list[dict], path: Path) -> str:
     return text
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", required=True, help="the trained fp32 model (card or a file beside it)")

@@ -7,7 +7,6 @@ assuming it.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 from torch.nn.utils import prune
 

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ..backends.torch_backend import build_for_inference
+from ..cli import reports_user_errors
 from ..data import CAMVID_CLASSES, open_dataset
 from ..model_card import InputSpec
 from ..models import build_model
@@ -345,6 +346,7 @@ def train(argv: list[str] | None = None, model: torch.nn.Module | None = None) -
     return {"best_val_miou": best_miou, "out": str(out)}
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> None:
     train(argv)
 
