@@ -258,14 +258,14 @@ def report_overload(link: StressLink, unloaded: list[dict], run: OverloadRun) ->
     node = [link.latency.values[s] for s in run.stamps if s in link.latency.values]
     total = [v["total_ms"] for v in node]
     node_age = [v["age_ms"] for v in node]
-    unloaded_total = [v["total_ms"] for v in unloaded]
+    unloaded_summary = latency_summary([v["total_ms"] for v in unloaded])
+    inference = latency_summary([v["inference_ms"] for v in unloaded])["median"]
     received, dropped = int(run.final["frames_received"]), int(run.final["frames_dropped"])
     period_drop_rates = [float(s.values["drop_rate"]) for s in link.diagnostics.statuses]
     in_order = [s for s in link.masks.order if s in run_stamps]
     return [
-        ("processing time, unloaded", "median {median:.1f} ms, p95 {p95:.1f} ms".format(
-            **latency_summary(unloaded_total)) + " (inference median {median:.1f} ms)".format(
-            **latency_summary([v["inference_ms"] for v in unloaded]))),
+        ("processing time, unloaded", f"median {unloaded_summary['median']:.1f} ms, p95 "
+                                      f"{unloaded_summary['p95']:.1f} ms (inference median {inference:.1f} ms)"),
         ("camera rate", f"{len(run.stamps) / run.seconds:.1f} Hz for {run.seconds:.1f} s "
                         f"(target {run.rate_hz:.1f} Hz), {len(run.stamps)} frames"),
         ("node counts", f"received {received}, processed {run.final['frames_processed']}, dropped {dropped}, "
