@@ -25,11 +25,11 @@ def installed_prefix() -> Path | None:
 
 def package_path(*parts: str) -> Path:
     """A shipped file or folder (models/, config/, data/): the source tree's when running from a checkout or a
-    pip install -e, else the one in share/seg_node of a colcon install."""
-    source_tree = Path(__file__).resolve().parent.parent.joinpath(*parts)
+    pip install -e (package.xml beside the package), else the one in share/seg_node of a colcon install."""
+    source_tree = Path(__file__).resolve().parent.parent
     prefix = installed_prefix()
-    if source_tree.exists() or prefix is None:
-        return source_tree
+    if (source_tree / "package.xml").is_file() or prefix is None:
+        return source_tree.joinpath(*parts)
     return prefix.joinpath("share", PACKAGE_NAME, *parts)
 
 
