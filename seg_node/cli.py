@@ -7,12 +7,10 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .backends.base import BackendError
-from .model_card import ModelCardError
-from .weights import WeightsError
+from .errors import UserError
 
 #: errors whose message says what the user has to fix (CamVidLayoutError is a FileNotFoundError)
-USER_ERRORS = (ModelCardError, BackendError, WeightsError, FileNotFoundError)
+USER_ERRORS = (UserError, FileNotFoundError)
 
 
 def reports_user_errors(main: Callable) -> Callable:

@@ -13,11 +13,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 CARD_FORMAT = "seg_node-model-card/1"
 CHANNEL_ORDERS = ("rgb", "bgr")
 
 
-class ModelCardError(ValueError):
+class ModelCardError(UserError, ValueError):
     """A model card is missing, unreadable or inconsistent; the message says which file and field."""
 
 

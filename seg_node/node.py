@@ -19,14 +19,12 @@ from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 
 from . import params
-from .backends import BackendError
+from .errors import UserError
 from .health import CameraHealth, HealthThresholds
 from .image_codec import DecodedImage, ImageRejected, check_compressed, decode_compressed, decode_raw, raw_pixels
-from .model_card import ModelCardError
 from .pipeline import SegmentationPipeline
 from .ros_images import image_message, stamp_ns
 from .ros_main import spin_node
-from .weights import WeightsError
 
 PARAMETER_TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
                    float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING,
@@ -110,7 +108,7 @@ class SegNode(Node):
             return SegmentationPipeline.from_model(
                 get("model") or None, backend=get("backend"), device=get("device"), precision=get("precision"),
                 threads=get("threads"), upsampling=get("upsampling"))
-        except (ModelCardError, BackendError, WeightsError) as exc:
+        except UserError as exc:
             raise StartupError(f"cannot load the model: {exc}") from exc
 
     # --- topics -----------------------------------------------------------------------------------

@@ -13,8 +13,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .errors import UserError
 
-class WeightsError(ValueError):
+
+class WeightsError(UserError, ValueError):
     """A weight file is unreadable or does not fit the architecture; the message names the tensor."""
 
 

@@ -182,6 +182,8 @@ def test_camera_publisher_refuses_a_bad_parameter_with_a_message(parameter, mess
     (["seg-eval", "--data", "/nonexistent/camvid", "--out", "unused"], "/nonexistent/camvid"),
     (["seg-export", "/nonexistent/best.pt", "--out", "unused"], "/nonexistent/best.pt"),
     (["seg-benchmark", "--data", "/nonexistent/camvid"], "/nonexistent/camvid"),
+    (["seg-prune", "--model", "/nonexistent/model.json", "--ratio", "0.5", "--out", "unused"], "does not exist"),
+    (["seg-camvid-compact", "--data", "/nonexistent/camvid", "--out", "unused"], "/nonexistent/camvid"),
 ])
 def test_command_line_tools_report_a_users_mistake_without_a_traceback(command, message, tmp_path):
     result = subprocess.run([str(Path(sys.executable).parent / command[0]), *command[1:]], cwd=tmp_path,

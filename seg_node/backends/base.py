@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
 from ..model_card import ModelCard
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 PRECISIONS = ("auto", "fp32", "fp16")
 
 
-class BackendError(RuntimeError):
+class BackendError(UserError, RuntimeError):
     """The backend cannot run this model on this device; the message says what to change."""
 
 

@@ -18,6 +18,7 @@ import torch_pruning as tp
 from torch import nn
 
 from ..backends.torch_backend import build_for_inference
+from ..cli import reports_user_errors
 from ..data import open_dataset
 from ..export import export_model, parity_frames
 from ..model_card import ModelCard, command_line
@@ -199,6 +200,7 @@ def parse_layer_ratio(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected NAME=RATIO (e.g. decoder.3=0.75), got {text!r}") from None
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="card (or a file beside it) of the model to prune")

@@ -14,7 +14,8 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from .camvid import SPLITS, CamVidLayoutError, open_dataset
+from ..cli import reports_user_errors
+from .camvid import SPLITS, open_dataset
 
 
 def write_compact_copy(data: str | None, out: Path, splits: list[str], quality: int) -> dict[str, int]:
@@ -35,6 +36,7 @@ def write_compact_copy(data: str | None, out: Path, splits: list[str], quality: 
     return sizes
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="CamVid folder, either layout (default: $CAMVID_ROOT)")
@@ -44,10 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not 1 <= args.quality <= 100:
         parser.error(f"--quality must be in 1..100, got {args.quality}")
-    try:
-        sizes = write_compact_copy(args.data, args.out, args.splits, args.quality)
-    except CamVidLayoutError as exc:
-        parser.error(str(exc))
+    sizes = write_compact_copy(args.data, args.out, args.splits, args.quality)
     print(", ".join(f"{split}: {size / 2**20:.1f} MiB" for split, size in sizes.items())
           + f"; {sum(sizes.values()) / 2**20:.1f} MiB in all, in {args.out}")
 

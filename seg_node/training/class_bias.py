@@ -34,9 +34,10 @@ from torch import nn
 from tqdm import tqdm
 
 from ..backends.torch_backend import build_for_inference
-from ..data import CamVidLayoutError, open_dataset
+from ..cli import reports_user_errors
+from ..data import open_dataset
 from ..export import export_model, parity_frames
-from ..model_card import ModelCardError, command_line
+from ..model_card import command_line
 from ..pipeline import SegmentationPipeline
 from ..resolve import model_file, resolve_model
 from .metrics import ConfusionMatrix, mean_iou_of
@@ -194,6 +195,7 @@ def collect_logits(pipeline: SegmentationPipeline, dataset) -> tuple[np.ndarray,
     return np.stack(logits), np.stack(labels)
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model to adjust (card or a file beside it); fp32, "
@@ -208,11 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True,
                         help="output stem; the model's own stem rewrites it in place (its metrics are cleared)")
     args = parser.parse_args(argv)
-    try:
-        card, card_path = resolve_model(args.model)
-        dataset = open_dataset(args.data, args.split, args.layout)
-    except (ModelCardError, CamVidLayoutError) as exc:
-        parser.error(str(exc))
+    card, card_path = resolve_model(args.model)
+    dataset = open_dataset(args.data, args.split, args.layout)
     precision = card.compression.get("precision", "fp32")
     pipeline = SegmentationPipeline.from_model(card_path, "onnxruntime", "cpu", threads=args.threads)
     logits, labels = collect_logits(pipeline, dataset)
