@@ -27,6 +27,7 @@ from .resolve import package_path
 
 CLIP = package_path("data", "camvid_clip")
 STAGES = ("preprocess", "inference", "postprocess", "total")
+TURN_FRAMES = 10
 
 
 @dataclass
@@ -48,20 +49,32 @@ def load_frames(data: str | None, split: str, count: int) -> list[np.ndarray]:
     return [dataset.load(samples[i % len(samples)])[0] for i in range(count)]
 
 
-def benchmark_pipeline(pipeline: SegmentationPipeline, frames, warmup: int, desc: str) -> dict:
-    """Per-stage timings of pipeline.segment, and backend.infer alone on the same prepared input."""
+def benchmark_pipelines(pipelines: dict[str, SegmentationPipeline], frames, warmup: int) -> dict[str, dict]:
+    """Per-stage timings of each pipeline's segment, and of its network alone (run_network) on the same prepared
+    input. The pipelines take turns in blocks of frames, so a change in the machine's load during the run falls
+    on all of them alike and their ratio holds (run one after the other, the same pair's ratio moved by half).
+    Each turn starts with one untimed frame: the previous pipeline's thread pool still spins for a while after
+    its last frame (alternating every frame, inference timed 40 ms slower than the same network alone)."""
     for frame in frames[:warmup]:
-        pipeline.segment(frame)
-    stages = {stage: [] for stage in STAGES}
-    model_only = []
-    for frame in tqdm(frames, desc=desc, leave=False):
-        result = pipeline.segment(frame)
-        for stage in STAGES:
-            stages[stage].append(result.timings_ms[stage])
-        started = time.perf_counter()
-        pipeline.backend.infer(pipeline.network_input)
-        model_only.append(1e3 * (time.perf_counter() - started))
-    return {**{stage: latency_summary(v) for stage, v in stages.items()}, "model_only": latency_summary(model_only)}
+        for pipeline in pipelines.values():
+            pipeline.segment(frame)
+    timings = {label: {stage: [] for stage in STAGES + ("model_only",)} for label in pipelines}
+    progress = tqdm(total=len(frames) * len(pipelines), desc=", ".join(pipelines), leave=False)
+    for start in range(0, len(frames), TURN_FRAMES):
+        block = frames[start:start + TURN_FRAMES]
+        for label, pipeline in pipelines.items():
+            pipeline.segment(block[0])
+            for frame in block:
+                result = pipeline.segment(frame)
+                for stage in STAGES:
+                    timings[label][stage].append(result.timings_ms[stage])
+                started = time.perf_counter()
+                pipeline.run_network(pipeline.network_input)
+                timings[label]["model_only"].append(1e3 * (time.perf_counter() - started))
+            progress.update(len(block))
+    progress.close()
+    return {label: {stage: latency_summary(values) for stage, values in stages.items()}
+            for label, stages in timings.items()}
 
 
 def benchmark_node(case: Case, frames, threads: int, warmup: int) -> dict:
@@ -126,13 +139,15 @@ def run_benchmark(argv: list[str] | None = None) -> dict:
     cases = [Case("model", args.model, args.backend)]
     if args.baseline_model:
         cases.append(Case("baseline", args.baseline_model, args.baseline_backend))
-    results = {}
+    pipelines = {}
     for case in cases:
         pipeline = SegmentationPipeline.from_model(case.model, case.backend, "cpu", threads=args.threads)
         case.label = f"{pipeline.card.name} ({case.backend})"
-        results[case.label] = benchmark_pipeline(pipeline, frames, args.warmup, case.label)
-        del pipeline
-        if args.node:
+        pipelines[case.label] = pipeline
+    results = benchmark_pipelines(pipelines, frames, args.warmup)
+    del pipelines, pipeline
+    if args.node:
+        for case in cases:
             results[case.label]["node"] = benchmark_node(case, frames, args.threads, args.warmup)
 
     height, width = frames[0].shape[:2]
@@ -144,7 +159,8 @@ def run_benchmark(argv: list[str] | None = None) -> dict:
         print(format_row(label, result))
     if len(cases) == 2:
         model, baseline = (results[c.label]["total"]["median"] for c in cases)
-        print(f"\n{cases[0].label} pipeline is {baseline / model:.2f}x faster than {cases[1].label} "
+        comparison = f"{baseline / model:.2f}x faster" if model <= baseline else f"{model / baseline:.2f}x slower"
+        print(f"\n{cases[0].label} pipeline is {comparison} than {cases[1].label} "
               f"(median total {model:.1f} ms vs {baseline:.1f} ms)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

@@ -67,7 +67,7 @@ def parity_check(model: nn.Module, onnx_path: Path, inputs: np.ndarray, threshol
 def export_model(model: nn.Module, out_stem: str | Path, *, name: str, architecture: dict, classes, palette,
                  spec: InputSpec, parity_inputs: np.ndarray, metrics: dict | None = None,
                  training: dict | None = None, compression: dict | None = None,
-                 class_bias: dict | None = None, notes: str = "",
+                 class_bias: dict | None = None, flip_average: bool = False, notes: str = "",
                  dynamic_batch: bool = False, dynamic_size: bool = False) -> ModelCard:
     """Write <stem>.safetensors, <stem>.onnx and <stem>.json (the card) and check ONNX against torch."""
     out_stem = Path(out_stem)
@@ -83,7 +83,7 @@ def export_model(model: nn.Module, out_stem: str | Path, *, name: str, architect
         files={"onnx": onnx_path.name, "torch": weights_path.name},
         metrics=dict(metrics or {}), training=dict(training or {}),
         compression={"precision": "fp32", **(compression or {}), "export_parity": parity},
-        class_bias=dict(class_bias or {}), notes=notes)
+        class_bias=dict(class_bias or {}), flip_average=flip_average, notes=notes)
     card.validate(str(out_stem))
     card.save(out_stem.with_suffix(".json"))
     return card

@@ -64,6 +64,9 @@ class ModelCard:
     compression: dict[str, Any] = field(default_factory=dict)
     #: per-class logit offsets folded into the classifier after training (seg-class-bias), and how they were fit
     class_bias: dict[str, Any] = field(default_factory=dict)
+    #: run the network on the image and on its mirror image and average the logits: twice the cost, for
+    #: accuracy (the offsets in class_bias are then fitted to the averaged logits)
+    flip_average: bool = False
     notes: str = ""
     format: str = CARD_FORMAT
 
@@ -89,6 +92,8 @@ class ModelCard:
         if not isinstance(self.files, dict) or not self.files or not all(
                 isinstance(f, str) for f in self.files.values()):
             raise ModelCardError(f"{where}: files must map at least one format (onnx or torch) to a file name")
+        if not isinstance(self.flip_average, bool):
+            raise ModelCardError(f"{where}: flip_average must be true or false, got {self.flip_average!r}")
         self.input.validate(where)
 
     def to_json(self) -> str:

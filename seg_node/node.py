@@ -68,7 +68,8 @@ class SegNode(Node):
         self._worker.start()
         self.get_logger().info(
             f"segmenting {[c.topic for c in self.cameras]} with {self.pipeline.card.name} "
-            f"({backend.describe()}), {self.pipeline.card.input.width}x{self.pipeline.card.input.height} input")
+            f"({backend.describe()}), {self.pipeline.card.input.width}x{self.pipeline.card.input.height} input"
+            + (", flip-averaged (two passes per frame)" if self.pipeline.card.flip_average else ""))
 
     # --- parameters -------------------------------------------------------------------------------
     def _declare_parameters(self) -> None:

@@ -32,6 +32,7 @@ class SegmentationPipeline:
         self.upsampling = upsampling
         self.lut = palette_lut(card.palette)
         self.network_input = np.empty((1, 3, card.input.height, card.input.width), np.float32)
+        self.mirrored_input = np.empty_like(self.network_input) if card.flip_average else None
 
     @classmethod
     def from_model(cls, model: str | Path | None, backend: str = "onnxruntime", device: str = "auto",
@@ -45,16 +46,27 @@ class SegmentationPipeline:
         normalize(resize_for_network(image, self.card.input), self.card.input, channel_order, out=self.network_input[0])
         return self.network_input
 
+    def run_network(self, network_input: np.ndarray) -> np.ndarray:
+        """1 x C x h x w logits; for a flip-averaged model the mean of the network's logits on the input and,
+        mirrored back, on its mirror image (two passes)."""
+        logits = self.backend.infer(network_input)
+        if self.mirrored_input is None:
+            return logits
+        np.copyto(self.mirrored_input, network_input[..., ::-1])
+        logits += self.backend.infer(self.mirrored_input)[..., ::-1]
+        logits *= 0.5
+        return logits
+
     def logits(self, image: np.ndarray, channel_order: str = "rgb") -> np.ndarray:
         """C x h x w logits at network resolution, for tools that need more than the mask."""
-        return self.backend.infer(self.prepare(image, channel_order))[0]
+        return self.run_network(self.prepare(image, channel_order))[0]
 
     def segment(self, image: np.ndarray, channel_order: str = "rgb") -> SegmentationResult:
         """H x W x 3 uint8 image (rgb or bgr) -> H x W uint8 class ids."""
         start = time.perf_counter()
         network_input = self.prepare(image, channel_order)
         preprocessed = time.perf_counter()
-        logits = self.backend.infer(network_input)[0]
+        logits = self.run_network(network_input)[0]
         inferred = time.perf_counter()
         mask = logits_to_mask(logits, image.shape[0], image.shape[1], self.upsampling)
         done = time.perf_counter()

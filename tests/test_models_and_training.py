@@ -125,6 +125,10 @@ def test_a_second_training_cycle_starts_from_the_given_weights(tmp_path):
     record = training_record(tmp_path / "second" / "last.pt")
     assert record["args"]["lr"] == 0 and record["initialized_from"]["args"]["lr"] == 0.01
     assert record["initialized_from"]["checkpoint"] == str(tmp_path / "first" / "last.pt")
+    train(common + ["--lr", "0", "--seed", "2", "--epochs", "2", "--resume", "--out", str(tmp_path / "second")])
+    resumed = training_record(tmp_path / "second" / "last.pt")
+    assert resumed["resumed_at_epochs"] == [1] and resumed["best_epoch"] == 2
+    assert resumed["initialized_from"]["checkpoint"] == str(tmp_path / "first" / "last.pt")
     shipped = make_random_model(tmp_path / "shipped", {"name": "unet", "base_width": 4, "depth": 2},
                                 size=(48, 64), seed=4).with_suffix(".safetensors")
     train(common + ["--lr", "0", "--init", str(shipped), "--out", str(tmp_path / "from_card")])

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from seg_node.backends import BackendError
+from seg_node.benchmark import CLIP, run_benchmark
 from seg_node.latency import latency_summary
 from seg_node.model_card import ModelCard, ModelCardError
 from seg_node.pipeline import SegmentationPipeline
@@ -46,6 +47,49 @@ def test_latency_summary_against_hand_computed_percentiles():
     summary = latency_summary([4.0, 1.0, 3.0, 2.0, 100.0])
     assert summary == {"median": 3.0, "p95": pytest.approx(80.8), "p99": pytest.approx(96.16), "max": 100.0}
     assert all(np.isnan(v) for v in latency_summary([]).values())
+
+
+def flip_averaged_card(random_model, folder):
+    """A card for the random model's own files that asks for flip averaging."""
+    card_path = folder / "flip_averaged.json"
+    files = {"onnx": str(random_model), "torch": str(random_model.with_suffix(".safetensors"))}
+    card_path.write_text(json.dumps({**card_dict(random_model), "name": "flip_averaged", "files": files,
+                                     "flip_average": True}))
+    return card_path
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_a_flip_averaged_card_averages_the_logits_of_the_image_and_its_mirror_image(random_model, tmp_path, backend):
+    """The same weights under a card with flip_average: logits are the mean of the network on the frame and,
+    mirrored back, on its mirror image, so mirroring the frame mirrors the mask exactly; the network alone
+    (a random U-Net, not symmetric) does not have that property."""
+    flipped_card = flip_averaged_card(random_model, tmp_path)
+    single = SegmentationPipeline.from_model(random_model, backend=backend, device="cpu")
+    averaged = SegmentationPipeline.from_model(flipped_card, backend=backend, device="cpu")
+    image = scene(3, *single.network_input.shape[2:])
+    mirror = np.ascontiguousarray(image[:, ::-1])
+    expected = (single.logits(image) + single.logits(mirror)[..., ::-1]) / 2
+    np.testing.assert_allclose(averaged.logits(image), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(averaged.logits(mirror), averaged.logits(image)[..., ::-1], rtol=1e-5, atol=1e-5)
+    assert np.abs(single.logits(mirror) - single.logits(image)[..., ::-1]).max() > 0.1
+    mask = averaged.segment(image).mask
+    assert (averaged.segment(mirror).mask == mask[:, ::-1]).mean() > 0.999 and len(np.unique(mask)) > 1
+    assert (single.segment(image).mask != mask).any()
+
+
+def test_benchmark_reports_every_stage_of_a_model_and_its_baseline_in_one_run(random_model, tmp_path, capsys):
+    figures = tmp_path / "latency.json"
+    results = run_benchmark(["--model", str(flip_averaged_card(random_model, tmp_path)), "--baseline-model",
+                             str(random_model), "--baseline-backend", "onnxruntime", "--data", str(CLIP),
+                             "--frames", "4", "--warmup", "1", "--json", str(figures)])
+    labels = ["flip_averaged (onnxruntime)", f"{ModelCard.load(random_model.with_suffix('.json')).name} (onnxruntime)"]
+    assert list(results) == labels and json.loads(figures.read_text()) == results
+    for stages in results.values():
+        assert set(stages) == {"preprocess", "inference", "postprocess", "total", "model_only"}
+        assert all(0 < summary["median"] <= summary["p95"] <= summary["max"] for summary in stages.values())
+        assert stages["total"]["median"] >= stages["inference"]["median"]
+    printed = capsys.readouterr().out
+    assert "4 frames of 480x360" in printed and "flip_averaged (onnxruntime) pipeline is " in printed
 
 
 def test_argmax_and_upsampling_modes():
@@ -91,6 +135,7 @@ def card_dict(random_model, stem=None):
     (lambda c: c.update(classes="SkyRoad"), "classes"),
     (lambda c: c.update(files=["m.onnx"]), "files"),
     (lambda c: c.update(architecture={"name": 3}), "architecture"),
+    (lambda c: c.update(flip_average="yes"), "flip_average"),
 ])
 def test_bad_model_cards_are_refused_naming_the_field(random_model, change, message):
     card = card_dict(random_model)

@@ -89,7 +89,7 @@ def quantized_card(card: ModelCard, out_path: Path, precision: str, details: dic
                      training=card.training,
                      compression={**card.compression, "precision": precision, "quantization": details,
                                   "source_model": card.name},
-                     class_bias=card.class_bias,
+                     class_bias=card.class_bias, flip_average=card.flip_average,
                      notes=f"{card.name} converted to {precision}")
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..backends.torch_backend import build_for_inference
-from ..benchmark import benchmark_pipeline, load_frames
+from ..benchmark import benchmark_pipelines, load_frames
 from ..cli import reports_user_errors
 from ..data import open_dataset
 from ..evaluate import evaluate
@@ -40,12 +40,13 @@ def measure(card_path: Path, test_set, frames, threads: int, torch_too: bool) ->
     """Test mIoU (onnxruntime), file size, and pipeline latency with onnxruntime (and torch for fp32)."""
     pipeline = SegmentationPipeline.from_model(card_path, "onnxruntime", "cpu", threads=threads)
     matrix, _ = evaluate(pipeline, test_set)
+    pipelines = {"ort": pipeline}
+    if torch_too:
+        pipelines["torch"] = SegmentationPipeline.from_model(card_path, "torch", "cpu", threads=threads)
+    latency = benchmark_pipelines({f"{card_path.stem} ({key})": p for key, p in pipelines.items()}, frames, 5)
     row = {"test_miou": round(100 * matrix.mean_iou(), 2),
            "onnx_mb": round(model_file(pipeline.card, card_path, "onnx").stat().st_size / 1e6, 2),
-           "ort": benchmark_pipeline(pipeline, frames, 5, f"{card_path.stem}: onnxruntime")["total"]}
-    if torch_too:
-        torch_pipeline = SegmentationPipeline.from_model(card_path, "torch", "cpu", threads=threads)
-        row["torch"] = benchmark_pipeline(torch_pipeline, frames, 5, f"{card_path.stem}: torch")["total"]
+           **{key: latency[f"{card_path.stem} ({key})"]["total"] for key in pipelines}}
     return row
 
 

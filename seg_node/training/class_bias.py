@@ -14,6 +14,10 @@ reaches `--min-held-out-gain` (default half a point, the margin CamVid val's two
 the model is written unchanged and the card says why (`applied: false`): a network trained without class
 weights may have no bias left to correct, and offsets fitted to val's one drive then cost on others.
 
+`--flip-average` fits the offsets for the model run on the image and its mirror image with the logits averaged
+(the card then says so, and every tool and the node run it that way); `--refit` first takes the card's
+earlier offsets out, for offsets fitted anew rather than on top of ones fitted to another way of running it.
+
 An fp32 model gets the offsets in its torch weights and a fresh ONNX export; an INT8 or FP16 model (whose
 quantization moved its logits) gets them fitted on its own outputs and written into its ONNX graph: the
 classifier's bias initializer, or for INT8 QDQ its int32 quantized bias, in steps of that bias's scale.
@@ -33,6 +37,7 @@ from onnx import numpy_helper
 from torch import nn
 from tqdm import tqdm
 
+from ..backends import create_backend
 from ..backends.torch_backend import build_for_inference
 from ..cli import reports_user_errors
 from ..data import open_dataset
@@ -206,22 +211,32 @@ def main(argv: list[str] | None = None) -> None:
                         help="split to fit on; never test, which measures the result")
     parser.add_argument("--min-held-out-gain", type=float, default=0.5,
                         help="apply the offsets only if they gain at least this much mIoU on held-out halves")
+    parser.add_argument("--flip-average", action="store_true",
+                        help="fit for (and record in the card) averaging the logits of each image and its mirror "
+                             "image: twice the inference cost")
+    parser.add_argument("--refit", action="store_true",
+                        help="take the card's earlier offsets out and fit from the bare network (default: fit "
+                             "further offsets on top of them)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", required=True,
                         help="output stem; the model's own stem rewrites it in place (its metrics are cleared)")
     args = parser.parse_args(argv)
     card, card_path = resolve_model(args.model)
+    card = dataclasses.replace(card, flip_average=card.flip_average or args.flip_average)
     dataset = open_dataset(args.data, args.split, args.layout)
     precision = card.compression.get("precision", "fp32")
-    pipeline = SegmentationPipeline.from_model(card_path, "onnxruntime", "cpu", threads=args.threads)
+    pipeline = SegmentationPipeline(create_backend("onnxruntime", card, card_path, "cpu", threads=args.threads), card)
     logits, labels = collect_logits(pipeline, dataset)
+    earlier = np.array([card.class_bias.get("offsets", {}).get(name, 0.0) for name in card.classes], np.float32)
+    removed = earlier if args.refit else np.zeros_like(earlier)
+    logits -= removed[None, :, None, None].astype(logits.dtype)
     fitted, before, after = fit_class_bias(logits, labels)
     held_without, held_with = held_out_estimate(logits, labels)
     applied = held_with - held_without >= args.min_held_out_gain
     offsets = fitted if applied else np.zeros_like(fitted)
-    earlier = card.class_bias.get("offsets", {})
-    record = {"offsets": {name: round(earlier.get(name, 0.0) + float(value), 4)
-                          for name, value in zip(card.classes, offsets)},
+    change = offsets - removed
+    record = {"offsets": {name: round(float(value), 4)
+                          for name, value in zip(card.classes, earlier - removed + offsets)},
               "applied": applied,
               **({} if applied else {"fitted_offsets": {name: round(float(value), 4)
                                                         for name, value in zip(card.classes, fitted)}}),
@@ -230,21 +245,23 @@ def main(argv: list[str] | None = None) -> None:
               "held_out": {"method": f"offsets fitted on one contiguous half of {args.split}, scored on the other, "
                                      f"both ways, averaged", "miou_before": round(held_without, 2),
                            "miou_after": round(held_with, 2), "min_gain": args.min_held_out_gain},
-              "command": command_line("seg-class-bias", argv), **({"previous": card.class_bias} if earlier else {})}
-    notes = "; ".join(filter(None, [card.notes, f"per-class logit offsets fitted on {args.split}"
-                                                + ("" if applied else ", not applied (too little held-out gain)")]))
+              "command": command_line("seg-class-bias", argv),
+              **({"previous": card.class_bias} if card.class_bias else {})}
+    notes = "; ".join(filter(None, [card.notes, "run flip-averaged" if args.flip_average else "",
+                                    f"per-class logit offsets {'refitted' if args.refit else 'fitted'} on {args.split}"
+                                    + ("" if applied else ", not applied (too little held-out gain)")]))
     if precision == "fp32":
         model = build_for_inference(card, model_file(card, card_path, "torch")).float()
-        fold_into_classifier(model, offsets)
+        fold_into_classifier(model, change)
         export_model(model, args.out, name=Path(args.out).name, architecture=card.architecture,
                      classes=card.classes, palette=card.palette, spec=card.input,
                      parity_inputs=parity_frames(args.data, 8, card.input), training=card.training,
                      compression={k: v for k, v in card.compression.items() if k != "export_parity"},
-                     class_bias=record, notes=notes)
+                     class_bias=record, flip_average=card.flip_average, notes=notes)
     else:
         out_path = Path(args.out).with_suffix(".onnx")
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        fold_into_onnx(model_file(card, card_path, "onnx"), out_path, offsets)
+        fold_into_onnx(model_file(card, card_path, "onnx"), out_path, change)
         dataclasses.replace(card, name=out_path.stem, files={"onnx": out_path.name}, metrics={},
                             class_bias=record, notes=notes).save(out_path.with_suffix(".json"))
     print(f"{card.name}: {args.split} mIoU {before:.2f} -> {after:.2f} with offsets (on held-out halves "

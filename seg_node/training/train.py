@@ -265,6 +265,8 @@ def train(argv: list[str] | None = None, model: torch.nn.Module | None = None) -
         optimizer, lambda s: lr_factor(s, total_steps, warmup, args.schedule))
 
     averaged = torch.optim.swa_utils.AveragedModel(model) if args.average_from else None
+    run_info = {"arch": arch, "args": dict(vars(args)), "world_size": world, "hardware": describe_hardware(device),
+                "class_weights": None if weights is None else [round(float(w), 4) for w in weights]}
     start_epoch, best_miou = 0, -1.0
     last_path, best_path, log_path = out / "last.pt", out / "best.pt", out / "log.csv"
     if args.resume:
@@ -274,6 +276,9 @@ def train(argv: list[str] | None = None, model: torch.nn.Module | None = None) -
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, best_miou = state["epoch"], state["best_miou"]
+        started_as = json.loads(state["run"])  # a resumed run still started from the weights it was given
+        run_info["args"]["init"] = started_as["args"].get("init")
+        run_info["resumed_at_epochs"] = started_as.get("resumed_at_epochs", []) + [start_epoch]
         if averaged is not None and "averaged" in state:
             averaged.load_state_dict(state["averaged"])
         rng = np.random.default_rng(args.seed + rank + 1000 * start_epoch)
@@ -285,8 +290,6 @@ def train(argv: list[str] | None = None, model: torch.nn.Module | None = None) -
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    run_info = {"arch": arch, "args": vars(args), "world_size": world, "hardware": describe_hardware(device),
-                "class_weights": None if weights is None else [round(float(w), 4) for w in weights]}
     for epoch in range(start_epoch, args.epochs):
         started = time.time()
         train_model.train()
