@@ -78,10 +78,11 @@ def test_a_flip_averaged_card_averages_the_logits_of_the_image_and_its_mirror_im
 
 
 def test_benchmark_reports_every_stage_of_a_model_and_its_baseline_in_one_run(random_model, tmp_path, capsys):
+    """Two turns of the pipelines (a full block of frames and a part of one), every stage summarized."""
     figures = tmp_path / "latency.json"
     results = run_benchmark(["--model", str(flip_averaged_card(random_model, tmp_path)), "--baseline-model",
                              str(random_model), "--baseline-backend", "onnxruntime", "--data", str(CLIP),
-                             "--frames", "4", "--warmup", "1", "--json", str(figures)])
+                             "--frames", "12", "--warmup", "1", "--json", str(figures)])
     labels = ["flip_averaged (onnxruntime)", f"{ModelCard.load(random_model.with_suffix('.json')).name} (onnxruntime)"]
     assert list(results) == labels and json.loads(figures.read_text()) == results
     for stages in results.values():
@@ -89,7 +90,7 @@ def test_benchmark_reports_every_stage_of_a_model_and_its_baseline_in_one_run(ra
         assert all(0 < summary["median"] <= summary["p95"] <= summary["max"] for summary in stages.values())
         assert stages["total"]["median"] >= stages["inference"]["median"]
     printed = capsys.readouterr().out
-    assert "4 frames of 480x360" in printed and "flip_averaged (onnxruntime) pipeline is " in printed
+    assert "12 frames of 480x360" in printed and "flip_averaged (onnxruntime) pipeline is " in printed
 
 
 def test_argmax_and_upsampling_modes():

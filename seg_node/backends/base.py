@@ -41,7 +41,8 @@ class Backend(ABC):
 
     @abstractmethod
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """N x 3 x H x W float32 -> N x classes x H x W float32 logits."""
+        """N x 3 x H x W float32 -> N x classes x H x W float32 logits, in a new array the caller may modify
+        (the pipeline averages flipped passes in place)."""
 
     def describe(self) -> str:
         return f"{self.name} on {self.device} ({self.precision})"
