@@ -49,7 +49,8 @@ def load_frames(data: str | None, split: str, count: int) -> list[np.ndarray]:
     return [dataset.load(samples[i % len(samples)])[0] for i in range(count)]
 
 
-def benchmark_pipelines(pipelines: dict[str, SegmentationPipeline], frames, warmup: int) -> dict[str, dict]:
+def benchmark_pipelines(pipelines: dict[str, SegmentationPipeline], frames, warmup: int,
+                        desc: str = "") -> dict[str, dict]:
     """Per-stage timings of each pipeline's segment, and of its network alone (run_network) on the same prepared
     input. The pipelines take turns in blocks of frames, so a change in the machine's load during the run falls
     on all of them alike and their ratio holds (run one after the other, the same pair's ratio moved by half).
@@ -59,7 +60,7 @@ def benchmark_pipelines(pipelines: dict[str, SegmentationPipeline], frames, warm
         for pipeline in pipelines.values():
             pipeline.segment(frame)
     timings = {label: {stage: [] for stage in STAGES + ("model_only",)} for label in pipelines}
-    progress = tqdm(total=len(frames) * len(pipelines), desc=", ".join(pipelines), leave=False)
+    progress = tqdm(total=len(frames) * len(pipelines), desc=desc or ", ".join(pipelines), leave=False)
     for start in range(0, len(frames), TURN_FRAMES):
         block = frames[start:start + TURN_FRAMES]
         for label, pipeline in pipelines.items():

@@ -43,11 +43,10 @@ def measure(card_path: Path, test_set, frames, threads: int, torch_too: bool) ->
     pipelines = {"ort": pipeline}
     if torch_too:
         pipelines["torch"] = SegmentationPipeline.from_model(card_path, "torch", "cpu", threads=threads)
-    latency = benchmark_pipelines({f"{card_path.stem} ({key})": p for key, p in pipelines.items()}, frames, 5)
-    row = {"test_miou": round(100 * matrix.mean_iou(), 2),
-           "onnx_mb": round(model_file(pipeline.card, card_path, "onnx").stat().st_size / 1e6, 2),
-           **{key: latency[f"{card_path.stem} ({key})"]["total"] for key in pipelines}}
-    return row
+    latency = benchmark_pipelines(pipelines, frames, 5, desc=f"{card_path.stem}: {', '.join(pipelines)}")
+    return {"test_miou": round(100 * matrix.mean_iou(), 2),
+            "onnx_mb": round(model_file(pipeline.card, card_path, "onnx").stat().st_size / 1e6, 2),
+            **{key: latency[key]["total"] for key in pipelines}}
 
 
 def export_variant(model, stem: Path, base: ModelCard, data, compression: dict, notes: str) -> Path:
