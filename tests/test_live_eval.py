@@ -34,6 +34,22 @@ def test_live_evaluation_of_the_committed_clip_matches_the_offline_evaluation(tm
     assert live["ros_path_latency_ms"]["median"] >= live["node_processing_ms"]["median"] > 0
 
 
+def test_the_node_runs_the_shipped_flip_averaged_model_as_the_offline_evaluation_does(tmp_path):
+    """The flip-averaged card through a real node and replay scores per class what seg-eval scores offline, and
+    not what the same network in one pass scores: the node runs both passes."""
+    bag = tmp_path / "clip_bag"
+    write_bag(dataset_frames(CLIP, "test"), bag, rate=30.0, progress=False)
+    flip, single = (str(REPO / "models" / f"{name}.json") for name in ("camvid_mobile_unet_flip", "camvid_mobile_unet"))
+    live = live_evaluate(bag, tmp_path / "live", model=flip, rate=0.1, node_name="seg_node_live_flip")
+    offline = {model: run_evaluation(["--model", model, "--data", str(CLIP), "--split", "test", "--threads", "2",
+                                      "--out", str(tmp_path / Path(model).stem)])["per_class_iou"]
+               for model in (flip, single)}
+    assert live["frames_scored"] == 24 and live["frames_dropped"] == 0 and live["node_exit_status"] == 0
+    for name, iou in live["per_class_iou"].items():
+        assert abs(iou - offline[flip][name]) <= 0.05, (name, iou, offline[flip][name])
+    assert max(abs(iou - offline[single][name]) for name, iou in live["per_class_iou"].items()) > 0.5
+
+
 def test_demo_command_writes_overlays_latency_and_a_recorded_bag(tmp_path):
     out = tmp_path / "demo"
     result = subprocess.run([str(Path(sys.executable).parent / "seg-demo"), "--out", str(out)],
