@@ -115,7 +115,7 @@ def test_augmentation_keeps_image_and_label_aligned():
     label = striped_label(60, 80, [0, 3, 8], 1)
     image = np.dstack([label * 20] * 3).astype(np.uint8)
     for _ in range(10):
-        out_image, out_label = augment(image, label, rng, (32, 48), (0.5, 2.0))
+        _, out_image, out_label = augment(image, label, rng, (32, 48), (0.5, 2.0))
         assert out_image.shape == (32, 48, 3) and out_label.shape == (32, 48)
         valid = out_label != VOID_INDEX
         brightness = out_image[..., 0].astype(float)

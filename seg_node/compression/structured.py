@@ -26,7 +26,7 @@ from ..preprocess import normalize
 from ..resolve import model_file, resolve_model
 from ..training.augment import augment
 from ..training.losses import CLASS_WEIGHTINGS, LOSSES, build_loss
-from ..training.train import DEFAULT_CROP, DEFAULT_SCALE_RANGE, distillation_problem, train
+from ..training.train import DEFAULT_CROP, DEFAULT_SCALE_RANGE, distillation_problem, parse_corruption, train
 
 IMPORTANCE_CRITERIA = {
     "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
@@ -102,7 +102,7 @@ def labelled_batches(data: str | None, count: int, batch_size: int, crop: tuple[
     for _ in range(count):
         xs, ys = [], []
         for index in rng.choice(len(samples), batch_size, replace=False):
-            image, label = augment(*dataset.load(samples[index]), rng, crop, scale_range)
+            _, image, label = augment(*dataset.load(samples[index]), rng, crop, scale_range)
             xs.append(normalize(image, spec, "rgb"))
             ys.append(label.astype(np.int64))
         batches.append((torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))))
@@ -130,10 +130,14 @@ def prune(card: ModelCard, card_path: Path, ratio: float, criterion: str, steps:
           layer_ratios: dict[str, float] | None = None, distill_weight: float = 0.0,
           distill_temperature: float = 2.0, teacher: Path | None = None, loss: str = "ce",
           class_weights: str = "median_frequency", crop: tuple[int, int] = DEFAULT_CROP,
-          scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE) -> tuple[nn.Module, dict]:
+          scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE, corruption: str = "",
+          teacher_input: str = "augmented", val_corrupted: int = 0,
+          work_dir: Path | None = None) -> tuple[nn.Module, dict]:
     """Prune `steps` times up to `ratio`, fine-tuning `fine_tune_epochs` on CamVid train after each step;
     with distill_weight > 0 a teacher (default: the model as given, if unpruned) guides the fine-tuning;
-    `loss`, `class_weights`, `crop` and `scale_range` are seg-train's.
+    `loss`, `class_weights`, `crop`, `scale_range`, `corruption`, `teacher_input` and `val_corrupted` are
+    seg-train's. With `work_dir` each step fine-tunes in `work_dir/step<N>` and continues a run found there
+    (seg-train --resume), so a long CPU run survives interruptions; without it, in a temporary folder.
 
     A model that was pruned before keeps its original as the base, so MACs saved are counted from the
     unpruned model and the earlier record is kept under `previous`."""
@@ -157,14 +161,18 @@ def prune(card: ModelCard, card_path: Path, ratio: float, criterion: str, steps:
         model.zero_grad(set_to_none=True)
         entry = {"step": step + 1, "macs": count_macs_and_params(model, spec.height, spec.width)[0]}
         if fine_tune_epochs:
-            with tempfile.TemporaryDirectory() as run_dir:
+            with tempfile.TemporaryDirectory() as temporary:
+                run_dir = Path(work_dir) / f"step{step + 1}" if work_dir else Path(temporary)
+                resume = ["--resume"] if (run_dir / "last.pt").is_file() else []
                 result = train(["--data", str(data) if data else "", "--arch", json.dumps(card.architecture),
                                 "--epochs", str(fine_tune_epochs), "--lr", str(lr), "--warmup-epochs", "0",
                                 "--batch-size", str(batch_size), "--val-every", "1", "--threads", str(threads),
                                 "--seed", str(seed + step), "--loss", loss, "--class-weights", class_weights,
                                 "--crop", *map(str, crop), "--scale-range", *map(str, scale_range),
-                                "--out", run_dir, *distillation], model=model)
-                model.load_state_dict(torch.load(Path(run_dir) / "best.pt", weights_only=True)["model"])
+                                "--corruption", corruption, "--teacher-input", teacher_input,
+                                "--val-corrupted", str(val_corrupted),
+                                "--out", str(run_dir), *distillation, *resume], model=model)
+                model.load_state_dict(torch.load(run_dir / "best.pt", weights_only=True)["model"])
             entry["val_miou"] = result["best_val_miou"]
         history.append(entry)
     model = model.eval().to(memory_format=torch.contiguous_format)
@@ -174,7 +182,11 @@ def prune(card: ModelCard, card_path: Path, ratio: float, criterion: str, steps:
                "global": global_pruning, "round_to": round_to, "max_layer_ratio": max_layer_ratio, "steps": steps,
                "fine_tune_epochs_per_step": fine_tune_epochs, "fine_tune_lr": lr,
                "fine_tune_loss": {"loss": loss, "class_weights": class_weights},
-               "fine_tune_augmentation": {"crop": list(crop), "scale_range": list(scale_range)},
+               "fine_tune_augmentation": {"crop": list(crop), "scale_range": list(scale_range),
+                                          **({"corruption": parse_corruption(corruption).to_dict(),
+                                              "teacher_input": teacher_input} if corruption else {})},
+               **({"selected_on": f"mean of clean and severity-{val_corrupted} corrupted val mIoU"}
+                  if val_corrupted else {}),
                "base_model": base_model,
                "distillation": ({"teacher": resolve_model(teacher)[0].name, "weight": distill_weight,
                                  "temperature": distill_temperature} if teacher else None),
@@ -227,6 +239,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="fine-tuning crop (as seg-train's)")
     parser.add_argument("--scale-range", type=float, nargs=2, default=list(DEFAULT_SCALE_RANGE),
                         metavar=("MIN", "MAX"), help="fine-tuning random scale (as seg-train's)")
+    parser.add_argument("--corruption", default="", help="camera corruptions while fine-tuning (as seg-train's)")
+    parser.add_argument("--teacher-input", default="augmented", choices=["augmented", "clean"],
+                        help="what the teacher sees (as seg-train's)")
+    parser.add_argument("--val-corrupted", type=int, default=0, metavar="SEVERITY",
+                        help="select epochs on clean and corrupted val (as seg-train's)")
+    parser.add_argument("--work-dir", help="keep each step's fine-tuning run here and resume one found there "
+                                           "(default: a temporary folder)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--data", help="CamVid folder (default: $CAMVID_ROOT)")
@@ -242,7 +261,8 @@ def main(argv: list[str] | None = None) -> None:
                            args.data, args.global_pruning, args.round_to or None, args.max_layer_ratio, args.lr,
                            args.batch_size, args.threads, args.seed, args.scope, dict(args.layer_ratio),
                            args.distill_weight, args.distill_temperature, args.teacher, args.loss,
-                           args.class_weights, tuple(args.crop), tuple(args.scale_range))
+                           args.class_weights, tuple(args.crop), tuple(args.scale_range), args.corruption,
+                           args.teacher_input, args.val_corrupted, args.work_dir)
     summary["command"] = command_line("seg-prune", argv)
     exported = export_model(
         model, args.out, name=Path(args.out).name, architecture=card.architecture, classes=card.classes,

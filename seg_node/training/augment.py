@@ -1,15 +1,104 @@
-"""Training augmentation on (RGB uint8, label uint8) pairs: random scale, crop, flip, photometric jitter."""
+"""Training augmentation on (RGB uint8, label uint8) pairs: random scale, crop and flip move pixels and labels
+together; photometric jitter and the camera corruptions (albumentations) move neither.
+
+The corruption recipe is a small dataclass so that its probabilities and strengths can be given on the
+command line, kept in the checkpoint and recorded in the model card. Some corruption families are kept out
+of it on purpose (`UNSEEN_FAMILIES`), so the robustness benchmark can say how far robustness generalises.
+"""
 
 from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
 
 import cv2
 import numpy as np
 
 from ..data import VOID_INDEX
 
+#: benchmark corruptions that no training transform imitates (seg-robustness reports them apart)
+UNSEEN_FAMILIES = ("impulse_noise", "pixelate", "elastic_transform", "snow", "frost", "spatter")
+
+
+@dataclass(frozen=True)
+class CorruptionRecipe:
+    """Each group is applied with its probability, one transform of the group drawn at random, in the order
+    a camera produces them: scene (weather, light), optics (blur), sensor (noise), encoder (compression)."""
+
+    weather: float = 0.15      # fog, rain, shadow, sun flare
+    photometric: float = 0.5   # brightness/contrast, gamma, hue/saturation, darkening (low light)
+    blur: float = 0.3          # gaussian, motion, defocus
+    noise: float = 0.4         # gaussian, shot (Poisson), ISO (colour + luminance)
+    compression: float = 0.3   # JPEG, downscale-upscale (bilinear)
+    strength: float = 1.0      # scales every transform's upper range (1: as below)
+
+    def validate(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "strength":
+                if not 0.0 < value <= 2.0:
+                    raise ValueError(f"corruption strength must be in (0, 2], got {value}")
+            elif not 0.0 <= value <= 1.0:
+                raise ValueError(f"corruption probability {f.name} must be in [0, 1], got {value}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, text: str | dict) -> "CorruptionRecipe":
+        """From JSON (or a dict); unknown keys are an error, missing ones keep their defaults."""
+        data = json.loads(text) if isinstance(text, str) else dict(text)
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown corruption recipe key(s) {unknown}; known: {[f.name for f in fields(cls)]}")
+        recipe = cls(**data)
+        recipe.validate()
+        return recipe
+
+
+def corruption_transform(recipe: CorruptionRecipe, seed: int):
+    """The albumentations pipeline of a recipe (photometric only: labels never change)."""
+    import albumentations as A  # the offline toolchain's dependency, loaded when training asks for it
+
+    s = recipe.strength
+    transform = A.Compose([
+        A.OneOf([
+            A.RandomFog(fog_coef_range=(0.1, min(1.0, 0.5 * s)), alpha_coef=0.1),
+            A.RandomRain(brightness_coefficient=0.8, drop_width=1, blur_value=3),
+            A.RandomShadow(shadow_roi=(0, 0.3, 1, 1)),
+            A.RandomSunFlare(flare_roi=(0, 0, 1, 0.5), src_radius=120),
+        ], p=recipe.weather),
+        A.OneOf([
+            A.RandomBrightnessContrast(brightness_limit=0.4 * s, contrast_limit=0.4 * s),
+            A.RandomGamma(gamma_limit=(round(100 / (1 + 0.5 * s)), round(100 * (1 + 0.5 * s)))),
+            A.HueSaturationValue(hue_shift_limit=round(10 * s), sat_shift_limit=round(30 * s),
+                                 val_shift_limit=round(20 * s)),
+            A.RandomBrightnessContrast(brightness_limit=(-min(0.8, 0.5 * s), -0.2),
+                                       contrast_limit=(-min(0.8, 0.4 * s), -0.1)),  # dusk, night
+        ], p=recipe.photometric),
+        A.OneOf([
+            A.GaussianBlur(blur_limit=(3, 2 * round(4 * s) + 1), sigma_limit=(0.5, 3.0 * s)),
+            A.MotionBlur(blur_limit=(3, 2 * round(7 * s) + 1)),
+            A.Defocus(radius=(1, max(2, round(6 * s))), alias_blur=(0.1, 0.5)),
+        ], p=recipe.blur),
+        A.OneOf([
+            A.GaussNoise(std_range=(0.02, min(0.5, 0.25 * s))),
+            A.ShotNoise(scale_range=(0.02, min(1.0, 0.5 * s))),
+            A.ISONoise(color_shift=(0.01, 0.05), intensity=(0.1, min(1.5, 0.8 * s))),
+        ], p=recipe.noise),
+        A.OneOf([
+            A.ImageCompression(quality_range=(max(1, round(60 - 50 * s)), 90)),
+            A.Downscale(scale_range=(max(0.1, 1 - 0.6 * s), 0.8),
+                        interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR}),
+        ], p=recipe.compression),
+    ], seed=seed)
+    return transform
+
 
 def augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, crop: tuple[int, int],
-            scale_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+            scale_range: tuple[float, float], corruption=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(clean image, corrupted image, label) of one training crop: the same geometry for all three; the
+    corrupted one is the clean one through `corruption` (a `corruption_transform`), or the same array."""
     scale = rng.uniform(*scale_range)
     height, width = label.shape
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -26,8 +115,9 @@ def augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, crop
     label = label[top:top + crop_h, left:left + crop_w]
     if rng.random() < 0.5:
         image, label = image[:, ::-1], label[:, ::-1]
-    image = photometric_jitter(image, rng)
-    return np.ascontiguousarray(image), np.ascontiguousarray(label)
+    clean = np.ascontiguousarray(photometric_jitter(image, rng))
+    corrupted = clean if corruption is None else corruption(image=clean)["image"]
+    return clean, corrupted, np.ascontiguousarray(label)
 
 
 def photometric_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -30,7 +30,7 @@ from ..models import build_model
 from ..preprocess import normalize, resize_for_network
 from ..resolve import model_file, resolve_model
 from ..weights import load_weights
-from .augment import augment
+from .augment import CorruptionRecipe, augment, corruption_transform
 from .losses import CLASS_WEIGHTINGS, LOSSES, build_loss, distillation_loss, median_frequency_weights
 from .metrics import ConfusionMatrix
 
@@ -80,7 +80,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      "both softened by the temperature T")
     p.add_argument("--distill-weight", type=float, default=1.0, help="weight of the distillation term")
     p.add_argument("--distill-temperature", type=float, default=2.0, help="softmax temperature of distillation")
+    p.add_argument("--corruption", default="",
+                   help="camera corruptions on training crops (albumentations): 'default' for the default recipe, "
+                        "or JSON overriding its probabilities and strength, e.g. '{\"noise\": 0.6, \"strength\": "
+                        "1.2}' (keys: " + ", ".join(CorruptionRecipe().to_dict()) + "); empty: off")
+    p.add_argument("--teacher-input", default="augmented", choices=["augmented", "clean"],
+                   help="what the teacher sees: the student's (corrupted) crop, or the same crop before corruption "
+                        "(a clean teacher's answer taught to a student seeing the corrupted frame)")
+    p.add_argument("--val-corrupted", type=int, default=0, metavar="SEVERITY",
+                   help="also validate on val frames each corrupted at this severity (frame i by the i-th benchmark "
+                        "corruption in turn) and keep the epoch best on the mean of clean and corrupted mIoU "
+                        "(0: clean val only)")
     args = p.parse_args(argv)
+    if args.val_corrupted not in (0, 1, 2, 3, 4, 5):
+        p.error(f"--val-corrupted must be a severity 1-5, or 0 for off, got {args.val_corrupted}")
+    try:
+        args.corruption_recipe = parse_corruption(args.corruption)
+    except ValueError as exc:
+        p.error(f"--corruption: {exc}")
+    if args.teacher_input == "clean" and not (args.teacher and args.corruption_recipe):
+        p.error("--teacher-input clean needs --teacher and --corruption (otherwise both inputs are the same)")
     problem = distillation_problem(args.teacher, args.distill_weight, args.distill_temperature)
     if problem:
         p.error(problem)
@@ -104,9 +123,24 @@ def distillation_problem(teacher: str | os.PathLike | None, weight: float, tempe
     return None
 
 
+def parse_corruption(text: str) -> CorruptionRecipe | None:
+    text = text.strip()
+    if not text:
+        return None
+    return CorruptionRecipe() if text == "default" else CorruptionRecipe.parse(text)
+
+
 def parse_arch(text: str) -> dict:
     text = text.strip()
     return json.loads(text) if text.startswith("{") else {"name": text}
+
+
+def corrupted_copies(images: list[np.ndarray], severity: int) -> list[np.ndarray]:
+    """Frame i through the i-th benchmark corruption (cycling), seeded by i: a fixed corrupted val set."""
+    from ..corruptions import CORRUPTIONS, corrupt
+    names = sorted(CORRUPTIONS)
+    return [corrupt(image, names[i % len(names)], severity, seed=i)
+            for i, image in enumerate(tqdm(images, desc="corrupting val", leave=False))]
 
 
 def load_split(root, split, layout, desc):
@@ -115,13 +149,19 @@ def load_split(root, split, layout, desc):
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def make_batch(images, labels, indices, rng, args, spec):
-    xs, ys = [], []
+def make_batch(images, labels, indices, rng, args, spec, corruption=None):
+    """(student input, teacher input or None, labels): the teacher's is the clean crop with --teacher-input
+    clean, else the student's own."""
+    xs, cleans, ys = [], [], []
     for i in indices:
-        image, label = augment(images[i], labels[i], rng, tuple(args.crop), tuple(args.scale_range))
-        xs.append(normalize(image, spec, "rgb"))
+        clean, corrupted, label = augment(images[i], labels[i], rng, tuple(args.crop), tuple(args.scale_range),
+                                          corruption)
+        xs.append(normalize(corrupted, spec, "rgb"))
+        if args.teacher_input == "clean":
+            cleans.append(normalize(clean, spec, "rgb"))
         ys.append(label.astype(np.int64))
-    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+    teacher_x = torch.from_numpy(np.stack(cleans)) if cleans else None
+    return torch.from_numpy(np.stack(xs)), teacher_x, torch.from_numpy(np.stack(ys))
 
 
 @torch.no_grad()
@@ -191,9 +231,11 @@ def plot_curves(log_path: Path, png_path: Path) -> None:
     fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [float(r["train_loss"]) for r in rows])
     ax_loss.set(xlabel="epoch", ylabel="train loss", title="training loss")
-    val = [(int(r["epoch"]), float(r["val_miou"])) for r in rows if r["val_miou"]]
-    if val:
-        ax_miou.plot(*zip(*val), marker="o")
+    for column, label in (("val_miou", "clean val"), ("val_corrupted_miou", "corrupted val")):
+        val = [(int(r["epoch"]), float(r[column])) for r in rows if r.get(column)]
+        if val:
+            ax_miou.plot(*zip(*val), marker="o", label=label)
+    ax_miou.legend()
     ax_miou.set(xlabel="epoch", ylabel="val mIoU (%)", title="validation mIoU")
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
@@ -241,6 +283,7 @@ def train(argv: list[str] | None = None, model: torch.nn.Module | None = None) -
     num_classes = len(CAMVID_CLASSES)
     train_images, train_labels = load_split(args.data, "train", args.layout, "train")
     val_images, val_labels = load_split(args.data, "val", args.layout, "val") if rank == 0 else ([], [])
+    val_corrupted = corrupted_copies(val_images, args.val_corrupted) if args.val_corrupted else None
     weights = (torch.from_numpy(median_frequency_weights(train_labels, num_classes))
                if args.class_weights == "median_frequency" else None)
 
@@ -265,7 +308,11 @@ def train(argv: list[str] | None = None, model: torch.nn.Module | None = None) -
         optimizer, lambda s: lr_factor(s, total_steps, warmup, args.schedule))
 
     averaged = torch.optim.swa_utils.AveragedModel(model) if args.average_from else None
-    run_info = {"arch": arch, "args": dict(vars(args)), "world_size": world, "hardware": describe_hardware(device),
+    recipe = args.corruption_recipe
+    corruption = corruption_transform(recipe, args.seed) if recipe else None
+    run_info = {"arch": arch, "args": {k: v for k, v in vars(args).items() if k != "corruption_recipe"},
+                "corruption": recipe.to_dict() if recipe else None,
+                "world_size": world, "hardware": describe_hardware(device),
                 "class_weights": None if weights is None else [round(float(w), 4) for w in weights]}
     start_epoch, best_miou = 0, -1.0
     last_path, best_path, log_path = out / "last.pt", out / "best.pt", out / "log.csv"
@@ -284,7 +331,7 @@ def train(argv: list[str] | None = None, model: torch.nn.Module | None = None) -
         rng = np.random.default_rng(args.seed + rank + 1000 * start_epoch)
     elif rank == 0:
         with open(log_path, "w", newline="") as handle:
-            csv.writer(handle).writerow(["epoch", "train_loss", "lr", "val_miou", "seconds"])
+            csv.writer(handle).writerow(["epoch", "train_loss", "lr", "val_miou", "val_corrupted_miou", "seconds"])
     train_model = model
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
@@ -294,11 +341,14 @@ def train(argv: list[str] | None = None, model: torch.nn.Module | None = None) -
         started = time.time()
         train_model.train()
         order = rng.permutation(len(train_images))[rank * per_rank:(rank + 1) * per_rank]
+        if corruption is not None:  # reseeded per epoch, so a resumed run draws what it would have drawn
+            corruption.set_random_seed(args.seed + rank + 1000 * epoch)
         losses = []
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0)
         for step in bar:
-            x, y = make_batch(train_images, train_labels,
-                              order[step * args.batch_size:(step + 1) * args.batch_size], rng, args, spec)
+            x, teacher_x, y = make_batch(train_images, train_labels,
+                                         order[step * args.batch_size:(step + 1) * args.batch_size], rng, args,
+                                         spec, corruption)
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
@@ -306,7 +356,8 @@ def train(argv: list[str] | None = None, model: torch.nn.Module | None = None) -
                 loss = criterion(logits, y)
                 if teacher is not None:
                     with torch.no_grad():
-                        teacher_logits = teacher(x)
+                        teacher_logits = teacher(x if teacher_x is None else teacher_x.to(device).contiguous(
+                            memory_format=torch.channels_last))
                     loss = loss + args.distill_weight * distillation_loss(logits, teacher_logits,
                                                                           args.distill_temperature)
             optimizer.zero_grad(set_to_none=True)
@@ -321,7 +372,7 @@ def train(argv: list[str] | None = None, model: torch.nn.Module | None = None) -
             averaged.update_parameters(model)
         if rank != 0:
             continue
-        val_miou = ""
+        val_miou = corrupted_miou = ""
         if (epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs:
             candidate = model
             if averaging:
@@ -329,15 +380,23 @@ def train(argv: list[str] | None = None, model: torch.nn.Module | None = None) -
                 recompute_batchnorm(candidate, train_images, train_labels, rng, args, spec, device)
             val_miou = round(100 * validate(candidate, val_images, val_labels, spec, device,
                                             num_classes).mean_iou(), 2)
-            if val_miou > best_miou:
-                best_miou = val_miou
+            score = val_miou
+            if val_corrupted is not None:
+                corrupted_miou = round(100 * validate(candidate, val_corrupted, val_labels, spec, device,
+                                                      num_classes).mean_iou(), 2)
+                score = round((val_miou + corrupted_miou) / 2, 2)
+            if score > best_miou:
+                best_miou = score
                 torch.save({"model": candidate.state_dict(), "epoch": epoch + 1, "val_miou": val_miou,
+                            **({"val_corrupted_miou": corrupted_miou} if corrupted_miou != "" else {}),
                             "averaged_epochs": int(averaged.n_averaged) if averaging else 0,
                             "run": json.dumps(run_info)}, best_path)
-            tqdm.write(f"epoch {epoch + 1}: val mIoU {val_miou:.2f} (best {best_miou:.2f})")
+            tqdm.write(f"epoch {epoch + 1}: val mIoU {val_miou:.2f}"
+                       + (f", corrupted {corrupted_miou:.2f}, selection score {score:.2f}" if corrupted_miou != ""
+                          else "") + f" (best {best_miou:.2f})")
         with open(log_path, "a", newline="") as handle:
             csv.writer(handle).writerow([epoch + 1, round(float(np.mean(losses)), 4),
-                                         f"{scheduler.get_last_lr()[0]:.3e}", val_miou,
+                                         f"{scheduler.get_last_lr()[0]:.3e}", val_miou, corrupted_miou,
                                          round(time.time() - started, 1)])
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch + 1,
