@@ -5,7 +5,6 @@
 Launch arguments given override the values in params_file; those left empty keep the file's values.
 """
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
@@ -13,7 +12,8 @@ from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
-from seg_node.launch_arguments import LAUNCH_PARAMETERS, parameter_overrides
+from launch import LaunchDescription
+from seg_node.ros.launch_arguments import LAUNCH_PARAMETERS, parameter_overrides
 
 ARGUMENTS = (
     ("image", "", "camera image topic(s), comma-separated (base topic when transport is compressed); "

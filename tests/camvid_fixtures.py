@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from seg_node.data import CAMVID_PALETTE
+from seg_node.toolchain.data import CAMVID_PALETTE
 
 # Five of the 32 Kaggle classes with their colours, enough to exercise the folding into 11 classes.
 KAGGLE_CLASSES = {"Sky": (128, 128, 128), "Wall": (64, 192, 0), "LaneMkgsDriv": (128, 0, 192),

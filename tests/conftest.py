@@ -12,7 +12,8 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(10
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 
 from ros_harness import NodeProcess, RosPeer  # noqa: E402
-from seg_node.random_model import make_random_model  # noqa: E402
+
+from seg_node.toolchain.random_model import make_random_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from seg_node.node_process import PARAMS_FILE, SegNodeProcess
-from seg_node.peer import RELIABLE, Inbox, RosPeer  # noqa: F401  (re-exported for the tests)
+from seg_node.ros_tools.node_process import PARAMS_FILE, SegNodeProcess
+from seg_node.ros_tools.ros_peer import RELIABLE, Inbox, RosPeer  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,7 +27,8 @@ def make_image_msg(pixels: np.ndarray, encoding: str, stamp_ns: int, frame_id: s
                    row_padding: int = 0):
     """sensor_msgs/Image from an array laid out for `encoding`, optionally with padded rows."""
     from sensor_msgs.msg import Image
-    from seg_node.image_codec import RAW_ENCODINGS
+
+    from seg_node.core.image_codec import RAW_ENCODINGS
     height = pixels.shape[0]
     row = pixels.reshape(height, -1)
     width = row.shape[1] // RAW_ENCODINGS[encoding][0]

@@ -1,4 +1,4 @@
-"""camvid_to_bag and bag_replay: real bags written and read back, real publishers and subscribers."""
+"""seg-camvid-to-bag and seg-bag-replay: real bags written and read back, real publishers and subscribers."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from rosbags.typesys import Stores, get_typestore
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from seg_node.bags.convert import main as convert_main
-from seg_node.bags.replay import BagReplayer, ReplayError, to_rclpy
-from seg_node.image_codec import decode_compressed
-from seg_node.ros_images import stamp_ns
+from seg_node.core.image_codec import decode_compressed
+from seg_node.ros.image_messages import stamp_ns
+from seg_node.ros_tools.bag_convert import main as convert_main
+from seg_node.ros_tools.bag_replay import BagReplayer, ReplayError, to_rclpy
 
 TYPESTORE = get_typestore(Stores.ROS2_HUMBLE)
 HEIGHT, WIDTH = 48, 64
@@ -283,7 +283,7 @@ def test_replay_cli_publishes_bag_time_on_clock(ros, camvid, tmp_path):
                   "--start-time", str(start_ns // 10**9))
     images = ros.subscribe(Image, "/replay_cli/image_raw")
     clock = ros.subscribe(Clock, "/clock")
-    executable = Path(sys.executable).parent / "bag_replay"
+    executable = Path(sys.executable).parent / "seg-bag-replay"
     result = subprocess.run([str(executable), str(bag), "--clock", "--rate", "2", "--wait-for-subscribers", "1",
                              "--wait-topics", "/replay_cli/image_raw", "/clock"],
                             capture_output=True, text=True, timeout=60)

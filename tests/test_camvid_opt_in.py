@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seg_node.bags.convert import dataset_frames, write_bag
-from seg_node.bags.live_eval import live_evaluate
-from seg_node.data import open_dataset
-from seg_node.data.compact import write_compact_copy
-from seg_node.evaluate import run_evaluation
-from seg_node.model_card import ModelCard
-from seg_node.resolve import models_dir
+from seg_node.core.model_card import ModelCard
+from seg_node.core.model_files import models_dir
+from seg_node.ros_tools.bag_convert import dataset_frames, write_bag
+from seg_node.ros_tools.live_eval import live_evaluate
+from seg_node.toolchain.data import open_dataset
+from seg_node.toolchain.data.camvid_compact import write_compact_copy
+from seg_node.toolchain.evaluation.evaluate import run_evaluation
 
 CAMVID_ROOT = os.environ.get("CAMVID_ROOT")
 pytestmark = pytest.mark.skipif(not CAMVID_ROOT, reason="set CAMVID_ROOT to run the full-data-set checks")

@@ -7,19 +7,24 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from camvid_fixtures import write_camvid11
 from safetensors.torch import load_file
 
-from camvid_fixtures import write_camvid11
-from seg_node.compression.quantize import calibration_inputs, convert_fp16, quantize_int8, quantized_card
-from seg_node.data import CAMVID_CLASSES
-from seg_node.model_card import ModelCard
-from seg_node.models import build_model
-from seg_node.random_model import make_random_model
-from seg_node.resolve import models_dir
-from seg_node.training.class_bias import (final_conv, fit_class_bias, fold_into_classifier, fold_into_onnx,
-                                         held_out_estimate)
-from seg_node.training.class_bias import main as class_bias_main
-from seg_node.training.metrics import ConfusionMatrix
+from seg_node.core.model_card import ModelCard
+from seg_node.core.model_files import models_dir
+from seg_node.toolchain.compression.quantize import calibration_inputs, convert_fp16, quantize_int8, quantized_card
+from seg_node.toolchain.data import CAMVID_CLASSES
+from seg_node.toolchain.evaluation.metrics import ConfusionMatrix
+from seg_node.toolchain.models import build_model
+from seg_node.toolchain.random_model import make_random_model
+from seg_node.toolchain.training.class_bias import (
+    final_conv,
+    fit_class_bias,
+    fold_into_classifier,
+    fold_into_onnx,
+    held_out_estimate,
+)
+from seg_node.toolchain.training.class_bias import main as class_bias_main
 
 ARCHITECTURES = [{"name": "unet", "base_width": 8, "depth": 3},
                  {"name": "attention_unet", "base_width": 8, "depth": 3},

@@ -10,22 +10,29 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-
 from camvid_fixtures import write_camvid11
-from seg_node.backends.torch_backend import build_for_inference
-from seg_node.compression.quantize import calibration_inputs, convert_fp16, quantize_int8
-from seg_node.compression.structured import (IMPORTANCE_CRITERIA, accumulate_taylor_gradients, count_macs_and_params,
-                                             make_pruner, overall_ratio, parse_layer_ratio, prune)
-from seg_node.compression.structured import main as structured_main
-from seg_node.compression.sweep import main as sweep_main
-from seg_node.compression.unstructured import magnitude_prune, weight_sparsity
-from seg_node.data import CAMVID_CLASSES, CAMVID_PALETTE
-from seg_node.export import export_model, export_onnx, mask_agreement
-from seg_node.model_card import InputSpec, ModelCard
-from seg_node.models import build_model
-from seg_node.random_model import make_random_model
-from seg_node.resolve import model_file, models_dir, resolve_model
-from seg_node.weights import load_weights, save_weights
+
+from seg_node.core.backends.torch_backend import build_for_inference
+from seg_node.core.model_card import InputSpec, ModelCard
+from seg_node.core.model_files import model_file, models_dir, resolve_model
+from seg_node.toolchain.compression.prune import (
+    IMPORTANCE_CRITERIA,
+    accumulate_taylor_gradients,
+    count_macs_and_params,
+    make_pruner,
+    overall_ratio,
+    parse_layer_ratio,
+    prune,
+)
+from seg_node.toolchain.compression.prune import main as structured_main
+from seg_node.toolchain.compression.quantize import calibration_inputs, convert_fp16, quantize_int8
+from seg_node.toolchain.compression.sweep import main as sweep_main
+from seg_node.toolchain.compression.unstructured import magnitude_prune, weight_sparsity
+from seg_node.toolchain.data import CAMVID_CLASSES, CAMVID_PALETTE
+from seg_node.toolchain.export import export_model, export_onnx, mask_agreement
+from seg_node.toolchain.models import build_model
+from seg_node.toolchain.models.weights import load_weights, save_weights
+from seg_node.toolchain.random_model import make_random_model
 
 SMALL_UNET = {"name": "unet", "base_width": 16, "depth": 3}
 MOBILE_UNET = {"name": "mobile_unet", "decoder_channels": [64, 32, 24, 16]}

@@ -5,13 +5,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-
 from camvid_fixtures import striped_label, write_camvid11, write_camvid32
-from seg_node.data import CAMVID_CLASSES, VOID_INDEX, CamVidLayoutError, open_dataset
-from seg_node.data.compact import main as compact_main
-from seg_node.training.augment import augment
-from seg_node.training.losses import median_frequency_weights
-from seg_node.training.metrics import ConfusionMatrix
+
+from seg_node.toolchain.data import CAMVID_CLASSES, VOID_INDEX, CamVidLayoutError, open_dataset
+from seg_node.toolchain.data.camvid_compact import main as compact_main
+from seg_node.toolchain.evaluation.metrics import ConfusionMatrix
+from seg_node.toolchain.training.augment import augment
+from seg_node.toolchain.training.losses import median_frequency_weights
 
 
 def test_camvid11_layout_reads_frames_and_labels(tmp_path):

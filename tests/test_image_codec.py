@@ -6,10 +6,18 @@ import numpy as np
 import pytest
 from rosbags.image import message_to_cvimage
 from rosbags.typesys import Stores, get_typestore
-
-from seg_node.image_codec import (RAW_ENCODINGS, ImageRejected, check_compressed, compressed_dimensions,
-                                  decode_compressed, decode_raw, encode_compressed, encode_raw)
 from test_node import as_encoding, scene
+
+from seg_node.core.image_codec import (
+    RAW_ENCODINGS,
+    ImageRejected,
+    check_compressed,
+    compressed_dimensions,
+    decode_compressed,
+    decode_raw,
+    encode_compressed,
+    encode_raw,
+)
 
 TYPESTORE = get_typestore(Stores.ROS2_HUMBLE)
 Image = TYPESTORE.types["sensor_msgs/msg/Image"]

@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 
 import cv2
+from ros_harness import REPO, RosPeer
 from rosbags.rosbag2 import Reader
 from std_msgs.msg import String
 
-from ros_harness import REPO, RosPeer
-from seg_node.bags.convert import dataset_frames, write_bag
-from seg_node.bags.live_eval import live_evaluate
-from seg_node.evaluate import run_evaluation
+from seg_node.ros_tools.bag_convert import dataset_frames, write_bag
+from seg_node.ros_tools.live_eval import live_evaluate
+from seg_node.toolchain.evaluation.evaluate import run_evaluation
 
 CLIP = REPO / "data" / "camvid_clip"
 

@@ -8,18 +8,22 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from camvid_fixtures import write_camvid11
-from seg_node.data import CAMVID_CLASSES, open_dataset
-from seg_node.export import export_onnx, mask_agreement, training_record
-from seg_node.model_card import InputSpec, ModelCard
-from seg_node.models import build_model
-from seg_node.models.efficientnet_lite import IMAGENET_HEAD_PREFIXES, EfficientNetLite0Encoder, imagenet_weights_path
-from seg_node.preprocess import normalize, resize_for_network
-from seg_node.random_model import make_random_model
-from seg_node.training.losses import build_loss, distillation_loss, lovasz_softmax
-from seg_node.training.train import train
-from seg_node.weights import load_weights
+
+from seg_node.core.model_card import InputSpec, ModelCard
+from seg_node.core.preprocess import normalize, resize_for_network
+from seg_node.toolchain.data import CAMVID_CLASSES, open_dataset
+from seg_node.toolchain.export import export_onnx, mask_agreement, training_record
+from seg_node.toolchain.models import build_model
+from seg_node.toolchain.models.efficientnet_lite import (
+    IMAGENET_HEAD_PREFIXES,
+    EfficientNetLite0Encoder,
+    imagenet_weights_path,
+)
+from seg_node.toolchain.models.weights import load_weights
+from seg_node.toolchain.random_model import make_random_model
+from seg_node.toolchain.training.losses import build_loss, distillation_loss, lovasz_softmax
+from seg_node.toolchain.training.train import train
 
 ARCHITECTURES = [
     {"name": "unet", "base_width": 8},
@@ -71,8 +75,9 @@ def test_efficientnet_lite0_imagenet_weights_load_with_no_missing_or_unexpected_
 
 def test_imagenet_encoder_expects_inputs_scaled_to_minus_one_one():
     """With (x - 127) / 128 the stem's BatchNorm sees activations of the variance it was trained on."""
-    from seg_node.data.camvid import read_rgb
     from ros_harness import REPO
+
+    from seg_node.toolchain.data.camvid import read_rgb
     encoder = EfficientNetLite0Encoder().eval()
     encoder.load_imagenet()
     frame = next((REPO / "data" / "camvid_clip" / "test").iterdir())
@@ -265,7 +270,7 @@ def test_training_runs_distributed_with_torchrun(tmp_path):
     out = tmp_path / "ddp"
     torchrun = Path(sys.executable).parent / "torchrun"
     result = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "seg_node.training.train", "--data", str(data),
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "seg_node.toolchain.training.train", "--data", str(data),
          "--arch", '{"name": "unet", "base_width": 4, "depth": 2}', "--batch-size", "2", "--crop", "32", "48",
          "--input-size", "48", "64", "--epochs", "2", "--threads", "1", "--out", str(out)],
         capture_output=True, text=True, timeout=300)

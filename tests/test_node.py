@@ -13,12 +13,12 @@ import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
+from ros_harness import diagnostic_values, make_image_msg
 from sensor_msgs.msg import CompressedImage, Image
 
-from ros_harness import diagnostic_values, make_image_msg
-from seg_node.image_codec import decode_raw, encode_compressed
-from seg_node.pipeline import SegmentationPipeline
-from seg_node.ros_images import stamp_ns
+from seg_node.core.image_codec import decode_raw, encode_compressed
+from seg_node.core.pipeline import SegmentationPipeline
+from seg_node.ros.image_messages import stamp_ns
 
 HEIGHT, WIDTH = 60, 80
 

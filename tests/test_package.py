@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import yaml
 from rclpy.qos import qos_profile_sensor_data
+from ros_harness import REPO
 from sensor_msgs.msg import Image
 
-from ros_harness import REPO
-from seg_node import params
-from seg_node.launch_arguments import LAUNCH_PARAMETERS, parameter_overrides
+from seg_node.ros import node_parameters as params
+from seg_node.ros.launch_arguments import LAUNCH_PARAMETERS, parameter_overrides
 
 LAUNCH_FILES = sorted((REPO / "launch").glob("*.launch.py"))
 
@@ -72,11 +72,12 @@ def test_colcon_builds_the_package_as_ament_python(tmp_path):
     # The installed package finds its shipped files and console scripts in the install tree, not the checkout.
     site_packages = next(install.glob("lib/python3*/site-packages"))
     where = subprocess.run(
-        [sys.executable, "-c", "from seg_node.node_process import PARAMS_FILE, executable; "
-                               "from seg_node.benchmark import CLIP; from seg_node.resolve import models_dir; "
+        [sys.executable, "-c", "from seg_node.ros_tools.node_process import PARAMS_FILE, executable; "
+                               "from seg_node.ros_tools.benchmark import CLIP; from seg_node.core.model_files import models_dir; "
                                "print(PARAMS_FILE, CLIP, models_dir(), executable('seg-demo'), sep='\\n')"],
         cwd=tmp_path, capture_output=True, text=True, check=True,
-        env={**os.environ, "PYTHONPATH": str(site_packages), "AMENT_PREFIX_PATH": str(install), "PATH": "/usr/bin:/bin"})
+        env={**os.environ, "PYTHONPATH": str(site_packages), "AMENT_PREFIX_PATH": str(install),
+             "PATH": "/usr/bin:/bin"})
     assert where.stdout.split() == [str(share / "config" / "seg_node.yaml"), str(share / "data" / "camvid_clip"),
                                     str(share / "models"), str(install / "lib" / "seg_node" / "seg-demo")]
 

@@ -9,16 +9,16 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
-
-from seg_node.backends import BackendError
-from seg_node.benchmark import CLIP, run_benchmark
-from seg_node.latency import latency_summary
-from seg_node.model_card import ModelCard, ModelCardError
-from seg_node.pipeline import SegmentationPipeline
-from seg_node.postprocess import argmax_channels, logits_to_mask
-from seg_node.random_model import make_random_model
-from seg_node.weights import WeightsError
 from test_node import scene
+
+from seg_node.core.backends import BackendError
+from seg_node.core.latency_stats import latency_summary
+from seg_node.core.model_card import ModelCard, ModelCardError
+from seg_node.core.pipeline import SegmentationPipeline
+from seg_node.core.postprocess import argmax_channels, logits_to_mask
+from seg_node.ros_tools.benchmark import CLIP, run_benchmark
+from seg_node.toolchain.models.weights import WeightsError
+from seg_node.toolchain.random_model import make_random_model
 
 
 def test_torch_and_onnxruntime_give_the_same_mask(random_model):

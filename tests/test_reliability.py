@@ -20,17 +20,24 @@ import pytest
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from onnx import helper, numpy_helper
+from ros_harness import REPO, make_image_msg
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image
-
-from ros_harness import REPO, make_image_msg
-from seg_node.health import ERROR, OK, STALE
-from seg_node.image_codec import (RAW_ENCODINGS, ImageRejected, check_compressed, decode_compressed, decode_raw,
-                                  encode_compressed, raw_pixels)
-from seg_node.pipeline import SegmentationPipeline
-from seg_node.ros_images import image_message, stamp_ns
-from seg_node.stress import StatusRecorder, StressLink, calibrate, overload, rss_mb, soak
 from test_node import as_encoding, scene
+
+from seg_node.core.image_codec import (
+    RAW_ENCODINGS,
+    ImageRejected,
+    check_compressed,
+    decode_compressed,
+    decode_raw,
+    encode_compressed,
+    raw_pixels,
+)
+from seg_node.core.pipeline import SegmentationPipeline
+from seg_node.ros.camera_health import ERROR, OK, STALE
+from seg_node.ros.image_messages import image_message, stamp_ns
+from seg_node.ros_tools.stress import StatusRecorder, StressLink, calibrate, overload, rss_mb, soak
 
 NS_PER_S = 1_000_000_000
 MAX_RSS_GROWTH_MB = 50.0

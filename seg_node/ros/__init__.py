@@ -1,0 +1,2 @@
+"""The ROS 2 side: the seg_node node, its parameters, camera health for /diagnostics, message conversion,
+the OpenCV camera publisher and the helpers of the launch files."""

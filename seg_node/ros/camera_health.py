@@ -1,0 +1,139 @@
+"""Per-camera counters, latency percentiles and the OK/WARN/ERROR/STALE verdict, without ROS.
+
+The node feeds it events and turns `report()` into a diagnostic_msgs/DiagnosticStatus; the levels are the
+DiagnosticStatus constants. Times are in seconds of the node's clock (sim time when replaying a bag).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..core.latency_stats import latency_summary
+
+OK, WARN, ERROR, STALE = 0, 1, 2, 3
+LATENCY_WINDOW = 1000  # frames kept for percentiles between reports
+
+
+@dataclass
+class HealthThresholds:
+    latency_budget_ms: float = 100.0
+    error_rate_threshold: float = 0.5
+    camera_timeout: float = 3.0
+
+
+@dataclass
+class HealthReport:
+    level: int
+    message: str
+    values: dict[str, str] = field(default_factory=dict)
+
+
+class CameraHealth:
+    """Thread-safe: callbacks count arrivals and drops, the inference worker counts results."""
+
+    def __init__(self, started_at: float):
+        self._lock = threading.Lock()
+        self.started_at = started_at
+        self.totals = Counter()
+        self.rejected_by_reason = Counter()
+        self._period = Counter()
+        self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._ages: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self.last_received_at: float | None = None
+        self.last_error = ""
+        self._period_started_at = started_at
+
+    def _count(self, key: str, n: int = 1) -> None:
+        self.totals[key] += n
+        self._period[key] += n
+
+    def restart_clock(self, now: float) -> None:
+        """The node's clock started or went back (sim time: the first /clock, a replayed bag that loops).
+
+        Silence, rates and ages measured across the jump would be nonsense (a silence of 39 years, a rate
+        over a negative span), so the period starts again at `now`; the totals are kept.
+        """
+        with self._lock:
+            self.started_at = self._period_started_at = now
+            self.last_received_at = None
+            self._period = Counter()
+            self._latencies.clear()
+            self._ages.clear()
+
+    def received(self, now: float) -> None:
+        with self._lock:
+            self._count("received")
+            self.last_received_at = now
+
+    def dropped(self) -> None:
+        with self._lock:
+            self._count("dropped")
+
+    def rejected(self, reason: str) -> None:
+        with self._lock:
+            self._count("rejected")
+            self.rejected_by_reason[reason] += 1
+
+    def failed(self, error: str) -> None:
+        with self._lock:
+            self._count("failed")
+            self.last_error = error
+
+    def processed(self, total_ms: float, age_ms: float) -> None:
+        with self._lock:
+            self._count("processed")
+            self._latencies.append(total_ms)
+            self._ages.append(age_ms)
+
+    def report(self, now: float, thresholds: HealthThresholds) -> HealthReport:
+        """Summarize the period since the last report and start a new one."""
+        with self._lock:
+            period, self._period = self._period, Counter()
+            latencies, ages = np.array(self._latencies), np.array(self._ages)
+            self._latencies.clear()
+            self._ages.clear()
+            elapsed = max(now - self._period_started_at, 1e-9)
+            self._period_started_at = now
+            totals, by_reason = Counter(self.totals), Counter(self.rejected_by_reason)
+            last_received_at, last_error = self.last_received_at, self.last_error
+
+        latency = latency_summary(latencies)
+        bad = period["rejected"] + period["failed"]
+        error_rate = bad / period["received"] if period["received"] else (1.0 if bad else 0.0)
+        silent_for = now - (last_received_at if last_received_at is not None else self.started_at)
+        p95 = latency["p95"]
+
+        if silent_for > thresholds.camera_timeout:
+            level, message = STALE, f"no image for {silent_for:.1f} s"
+        elif period["failed"]:
+            level, message = ERROR, f"{period['failed']} frame(s) failed: {last_error}"
+        elif error_rate > thresholds.error_rate_threshold:
+            level, message = ERROR, f"{100 * error_rate:.0f}% of frames rejected or failed"
+        elif period["rejected"]:
+            level, message = WARN, f"{period['rejected']} malformed frame(s) rejected"
+        elif p95 > thresholds.latency_budget_ms:
+            level, message = WARN, f"p95 latency {p95:.1f} ms over the {thresholds.latency_budget_ms:.0f} ms budget"
+        else:
+            level, message = OK, "ok"
+
+        def ms(value: float) -> str:
+            return "nan" if np.isnan(value) else f"{value:.2f}"
+
+        values = {
+            "latency_p50_ms": ms(latency["median"]), "latency_p95_ms": ms(p95),
+            "latency_p99_ms": ms(latency["p99"]), "latency_max_ms": ms(latency["max"]),
+            "age_p50_ms": ms(latency_summary(ages)["median"]),
+            "input_rate_hz": f"{period['received'] / elapsed:.2f}",
+            "output_rate_hz": f"{period['processed'] / elapsed:.2f}",
+            "drop_rate": f"{period['dropped'] / period['received']:.3f}" if period["received"] else "0.000",
+            "frames_received": str(totals["received"]), "frames_processed": str(totals["processed"]),
+            "frames_dropped": str(totals["dropped"]), "frames_rejected": str(totals["rejected"]),
+            "frames_failed": str(totals["failed"]),
+            "seconds_since_last_image": f"{silent_for:.2f}",
+        }
+        values.update({f"rejected_{reason}": str(count) for reason, count in sorted(by_reason.items())})
+        return HealthReport(level, message, values)

@@ -1,0 +1,114 @@
+"""The node's parameters: one table of names, defaults, descriptions and checks, with no rclpy imports.
+
+`validate` is used both at start-up (a bad value stops the node) and in the set-parameters callback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..core.backends import BACKENDS, DEVICES, PRECISIONS
+from ..core.postprocess import UPSAMPLING_MODES
+
+TRANSPORTS = ("raw", "compressed")
+RELIABILITIES = ("best_effort", "reliable")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    default: Any
+    description: str
+    check: Callable[[Any], str | None] = lambda value: None
+    dynamic: bool = False
+
+
+def one_of(choices):
+    return lambda v: None if v in choices else f"must be one of {list(choices)}, got {v!r}"
+
+
+def device_check(value: str) -> str | None:
+    base, _, index = value.partition(":")
+    if base not in DEVICES or (index and (base != "cuda" or not index.isdigit())):
+        return f"must be one of {list(DEVICES)} or cuda:N, got {value!r}"
+    return None
+
+
+def in_range(low: float, high: float):
+    return lambda v: None if low <= v <= high else f"must be in [{low}, {high}], got {v}"
+
+
+def topics_check(value: list[str]) -> str | None:
+    if not value or any(not t or " " in t for t in value):
+        return f"needs at least one topic name without spaces, got {list(value)}"
+    if len(set(value)) != len(value):
+        return f"lists a topic twice: {list(value)}"
+    return None
+
+
+PARAMETERS: dict[str, ParamSpec] = {
+    "backend": ParamSpec("onnxruntime", f"inference backend: {sorted(BACKENDS)}", one_of(sorted(BACKENDS))),
+    "device": ParamSpec("auto", "auto (CUDA when present), cpu, cuda, cuda:N or tensorrt (onnxruntime)",
+                        device_check),
+    "model": ParamSpec("", "model card (.json) or a model file beside its card; empty: the packaged default"),
+    "threads": ParamSpec(2, "CPU threads for inference (0: the library's default, all cores)", in_range(0, 256)),
+    "precision": ParamSpec("auto", f"{list(PRECISIONS)}; fp16 needs CUDA with torch, with onnxruntime the "
+                                   "model file sets it", one_of(PRECISIONS)),
+    "upsampling": ParamSpec("logits", "logits: resize logits to the image then argmax; labels: argmax at "
+                                      "network size then nearest resize (cheaper for large images)",
+                            one_of(UPSAMPLING_MODES), dynamic=True),
+    "input_topics": ParamSpec(["/camera/image_raw"], "camera image topics (base names for compressed)",
+                              topics_check),
+    "camera_names": ParamSpec([""], "output namespace per input topic (~/<name>/mask); [''] with one topic "
+                                    "publishes ~/mask; empty list derives names from the topics"),
+    "input_transport": ParamSpec("raw", "raw (sensor_msgs/Image) or compressed (CompressedImage on "
+                                        "<topic>/compressed)", one_of(TRANSPORTS)),
+    "qos_reliability": ParamSpec("best_effort", "camera subscription reliability (best_effort = SensorDataQoS)",
+                                 one_of(RELIABILITIES)),
+    "qos_depth": ParamSpec(5, "camera subscription queue depth", in_range(1, 1000)),
+    "overlay_alpha": ParamSpec(0.5, "weight of the class colours in ~/overlay", in_range(0.0, 1.0), dynamic=True),
+    "publish_mask": ParamSpec(True, "publish ~/mask (mono8 class ids)", dynamic=True),
+    "publish_color_mask": ParamSpec(True, "publish ~/color_mask (rgb8)", dynamic=True),
+    "publish_overlay": ParamSpec(True, "publish ~/overlay (rgb8)", dynamic=True),
+    "latency_budget_ms": ParamSpec(100.0, "p95 processing latency above this makes diagnostics WARN",
+                                   in_range(0.1, 1e6), dynamic=True),
+    "error_rate_threshold": ParamSpec(0.5, "fraction of rejected or failed frames above which diagnostics "
+                                           "are ERROR", in_range(0.0, 1.0), dynamic=True),
+    "camera_timeout": ParamSpec(3.0, "seconds without an image before a camera's diagnostics go STALE",
+                                in_range(0.01, 3600.0), dynamic=True),
+    "diagnostics_period": ParamSpec(1.0, "seconds between /diagnostics summaries", in_range(0.01, 3600.0)),
+    "max_image_pixels": ParamSpec(4096 * 4096, "larger images are rejected before decoding",
+                                  in_range(1, 1 << 31)),
+    "hardware_id": ParamSpec("", "hardware_id in /diagnostics (empty: seg_node/<backend>/<device>)"),
+}
+
+
+def validate(name: str, value: Any) -> str | None:
+    """None if `value` is acceptable for `name`, else the reason."""
+    spec = PARAMETERS[name]
+    expected = type(spec.default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        return f"{name} must be a {expected.__name__}, got {value!r}"
+    problem = spec.check(value)
+    return f"{name} {problem}" if problem else None
+
+
+def camera_names(topics: list[str], names: list[str]) -> list[str]:
+    """Output namespace per topic; derived names come from the topic without image_raw-like suffixes."""
+    if names == [""] and len(topics) == 1:
+        return [""]
+    if not names or names == [""]:
+        suffixes = {"image_raw", "image", "image_color", "image_rect", "image_rect_color", "compressed"}
+        names = []
+        for topic in topics:
+            parts = [p for p in topic.strip("/").split("/") if p]
+            while len(parts) > 1 and parts[-1] in suffixes:
+                parts.pop()
+            names.append("_".join(parts) or "camera")
+    if len(names) != len(topics):
+        raise ValueError(f"camera_names has {len(names)} entries for {len(topics)} input topics")
+    if len(set(names)) != len(names) or any(not n.replace("_", "").isalnum() for n in names):
+        raise ValueError(f"camera_names must be distinct names of letters, digits and _, got {names}")
+    return names

@@ -1,0 +1,54 @@
+"""PNG figures people would rather look at than numbers: confusion matrices and prediction grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_confusion_matrix(matrix: np.ndarray, class_names, path: str | Path, title: str) -> None:
+    """Row-normalised confusion matrix (each ground-truth class sums to 1)."""
+    plt = _pyplot()
+    rows = matrix.sum(1, keepdims=True)
+    normalised = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(8, 7))
+    image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=60, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set(xlabel="predicted", ylabel="ground truth", title=title)
+    for i in range(len(class_names)):
+        for j in range(len(class_names)):
+            if normalised[i, j] >= 0.01:
+                ax.text(j, i, f"{normalised[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if normalised[i, j] > 0.5 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save_prediction_grid(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], lut: np.ndarray,
+                         path: str | Path, void_index: int) -> None:
+    """One row per frame: input | ground truth | prediction (void shown black); RGB arrays in, PNG out."""
+    from ...core.postprocess import colorize
+    tiles = []
+    for name, image, label, prediction in rows:
+        truth = colorize(label, lut)
+        truth[label == void_index] = 0
+        row = np.concatenate([image, truth, colorize(prediction, lut)], axis=1)
+        cv2.putText(row, name, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2)
+        tiles.append(row)
+    header = np.full((28, tiles[0].shape[1], 3), 255, np.uint8)
+    width = tiles[0].shape[1] // 3
+    for index, text in enumerate(("input", "ground truth", "prediction")):
+        cv2.putText(header, text, (index * width + 8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1)
+    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate([header, *tiles]), cv2.COLOR_RGB2BGR))

@@ -1,0 +1,159 @@
+"""Export a torch model to the files the node loads: weights (safetensors), ONNX and the model card.
+
+Every export ends with a parity check: ONNX Runtime's masks must agree with torch's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from ..core.command_line import reports_user_errors
+from ..core.model_card import InputSpec, ModelCard
+from ..core.preprocess import normalize, resize_for_network
+from .data import CAMVID_CLASSES, CAMVID_PALETTE, CamVidLayoutError, open_dataset
+from .models import build_model
+from .models.weights import save_weights
+
+ONNX_OPSET = 17
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+
+
+def export_onnx(model: nn.Module, path: str | Path, height: int, width: int, dynamic_batch: bool = False,
+                dynamic_size: bool = False, opset: int = ONNX_OPSET) -> Path:
+    """Trace the model (fp32, NCHW) into an ONNX file whose input is `image` and output `logits`."""
+    path = Path(path)
+    model = model.eval().float().to(memory_format=torch.contiguous_format)
+    dummy = torch.zeros(1, 3, height, width)
+    dynamic_axes = {}
+    if dynamic_batch or dynamic_size:
+        axes = ({0: "batch"} if dynamic_batch else {}) | ({2: "height", 3: "width"} if dynamic_size else {})
+        dynamic_axes = {INPUT_NAME: axes, OUTPUT_NAME: axes}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (dummy,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          opset_version=opset, dynamic_axes=dynamic_axes or None, dynamo=False)
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def mask_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Fraction of pixels whose argmax class is the same in two N x C x H x W logits arrays."""
+    return float((reference.argmax(1) == candidate.argmax(1)).mean())
+
+
+def parity_check(model: nn.Module, onnx_path: Path, inputs: np.ndarray, threshold: float = 0.999) -> dict:
+    """Run torch and ONNX Runtime on the same inputs; raise if their masks agree on < threshold of pixels."""
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    with torch.inference_mode():
+        reference = np.concatenate([model(torch.from_numpy(x[None])).numpy() for x in inputs])
+    candidate = np.concatenate([session.run(None, {INPUT_NAME: x[None]})[0] for x in inputs])
+    result = {"frames": len(inputs), "mask_agreement": round(mask_agreement(reference, candidate), 6),
+              "max_abs_logit_diff": float(np.abs(reference - candidate).max())}
+    if result["mask_agreement"] < threshold:
+        raise RuntimeError(f"ONNX export of {onnx_path} disagrees with torch: {result}")
+    return result
+
+
+def export_model(model: nn.Module, out_stem: str | Path, *, name: str, architecture: dict, classes, palette,
+                 spec: InputSpec, parity_inputs: np.ndarray, metrics: dict | None = None,
+                 training: dict | None = None, compression: dict | None = None,
+                 class_bias: dict | None = None, flip_average: bool = False, notes: str = "",
+                 dynamic_batch: bool = False, dynamic_size: bool = False) -> ModelCard:
+    """Write <stem>.safetensors, <stem>.onnx and <stem>.json (the card) and check ONNX against torch."""
+    out_stem = Path(out_stem)
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    weights_path, onnx_path = out_stem.with_suffix(".safetensors"), out_stem.with_suffix(".onnx")
+    model = model.eval().float().cpu()
+    save_weights(model, weights_path)
+    export_onnx(model, onnx_path, spec.height, spec.width, dynamic_batch, dynamic_size)
+    parity = parity_check(model, onnx_path, parity_inputs)
+    card = ModelCard(
+        name=name, architecture={k: v for k, v in architecture.items() if k != "pretrained"},
+        classes=list(classes), palette=[list(c) for c in palette], input=spec,
+        files={"onnx": onnx_path.name, "torch": weights_path.name},
+        metrics=dict(metrics or {}), training=dict(training or {}),
+        compression={"precision": "fp32", **(compression or {}), "export_parity": parity},
+        class_bias=dict(class_bias or {}), flip_average=flip_average, notes=notes)
+    card.validate(str(out_stem))
+    card.save(out_stem.with_suffix(".json"))
+    return card
+
+
+@reports_user_errors
+def main(argv: list[str] | None = None) -> None:
+    """`seg-export`: turn a training checkpoint (best.pt) into the node's model files."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("checkpoint", help="best.pt written by seg-train (loaded with weights_only=True)")
+    parser.add_argument("--out", required=True, help="output stem, e.g. models/camvid_mobile_unet")
+    parser.add_argument("--name", help="model name for the card (default: the stem)")
+    parser.add_argument("--input-size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
+    parser.add_argument("--dynamic-batch", action="store_true")
+    parser.add_argument("--dynamic-size", action="store_true")
+    parser.add_argument("--data", help="CamVid folder for the parity check on val frames (default $CAMVID_ROOT)")
+    parser.add_argument("--parity-frames", type=int, default=8)
+    args = parser.parse_args(argv)
+    state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    architecture = {k: v for k, v in json.loads(state["run"])["arch"].items() if k != "pretrained"}
+    model = build_model(architecture, len(CAMVID_CLASSES))
+    model.load_state_dict(state["model"])
+    spec = InputSpec(height=args.input_size[0], width=args.input_size[1])
+    parity_inputs = parity_frames(args.data, args.parity_frames, spec)
+    training = training_record(args.checkpoint, state)
+    card = export_model(model, args.out, name=args.name or Path(args.out).name, architecture=architecture,
+                        classes=CAMVID_CLASSES, palette=CAMVID_PALETTE, spec=spec, parity_inputs=parity_inputs,
+                        training=training,
+                        dynamic_batch=args.dynamic_batch, dynamic_size=args.dynamic_size)
+    print(f"wrote {args.out}.{{onnx,safetensors,json}}; parity {card.compression['export_parity']}")
+
+
+def training_record(checkpoint: str | Path, state: dict | None = None) -> dict:
+    """What the card says of a run: best epoch, val mIoU, wall time, hardware and options; for a run started
+    with `seg-train --init`, the run it started from too (`initialized_from`), as far back as the files go: a
+    checkpoint's own record, or the card beside a shipped model's weights.
+    `state` is the checkpoint already loaded, if the caller has it."""
+    if state is None:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    run = json.loads(state["run"])
+    log = Path(checkpoint).with_name("log.csv")
+    wall_seconds = (sum(float(row["seconds"]) for row in csv.DictReader(log.read_text().splitlines()))
+                    if log.exists() else None)
+    record = {"best_epoch": state["epoch"], "val_miou": state.get("val_miou", state.get("best_miou")),
+              **({"averaged_epochs": state["averaged_epochs"]} if state.get("averaged_epochs") else {}),
+              "wall_seconds": wall_seconds, "hardware": run.pop("hardware", "not recorded"), **run}
+    init = run["args"].get("init")
+    if init and Path(init).suffix == ".pt" and Path(init).exists():
+        record["initialized_from"] = {"checkpoint": init, **training_record(init)}
+    elif init and Path(init).with_suffix(".json").exists():
+        card = ModelCard.load(Path(init).with_suffix(".json"))
+        record["initialized_from"] = {"weights": init, "model": card.name, **card.training,
+                                      **({"class_bias": card.class_bias} if card.class_bias else {})}
+    return record
+
+
+def parity_frames(data: str | None, count: int, spec: InputSpec) -> np.ndarray:
+    """Normalized CamVid val frames when the data set is at hand, else seeded random images; a `data` folder
+    given but wrong is an error, not a silent fall-back."""
+    try:
+        dataset = open_dataset(data, "val")
+        samples = dataset.items()[:: max(1, len(dataset.items()) // count)][:count]
+        images = [dataset.load(s)[0] for s in samples]
+    except CamVidLayoutError:
+        if data:
+            raise
+        rng = np.random.default_rng(0)
+        images = [rng.integers(0, 256, (spec.height, spec.width, 3), np.uint8) for _ in range(count)]
+    return np.stack([normalize(resize_for_network(image, spec), spec, "rgb") for image in images])
+
+
+if __name__ == "__main__":
+    main()
