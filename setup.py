@@ -1,10 +1,18 @@
 """ament_python package: `colcon build` installs it into a ROS 2 workspace, `pip install -e .` into a venv."""
 
 from glob import glob
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
 PACKAGE = "seg_node"
+
+
+def requirements(name: str) -> list[str]:
+    """The requirement lines of a requirements file beside this one (comments and -r lines dropped)."""
+    lines = (line.split(" #")[0].strip() for line in (Path(__file__).parent / name).read_text().splitlines())
+    return [line for line in lines if line and not line.startswith(("#", "-"))]
+
 
 setup(
     name=PACKAGE,
@@ -14,7 +22,7 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz") + glob("config/*.xml")),
         (f"share/{PACKAGE}/models", glob("models/*.json") + glob("models/*.onnx") + glob("models/*.safetensors")
          + glob("models/*.md")),
         (f"share/{PACKAGE}/data/camvid_clip", ["data/camvid_clip/README.md"]),
@@ -22,6 +30,9 @@ setup(
         (f"share/{PACKAGE}/data/camvid_clip/testannot", glob("data/camvid_clip/testannot/*")),
     ],
     install_requires=["setuptools"],
+    # the offline toolchain and the torch backend: pip install '.[train]' (imagecorruptions-imaug separately,
+    # with --no-deps: see requirements-train.txt)
+    extras_require={"train": requirements("requirements-train.txt")},
     zip_safe=True,
     maintainer="seg_node maintainers",
     maintainer_email="seg-node-maintainers@example.com",
@@ -45,6 +56,7 @@ setup(
             f"seg-class-bias = {PACKAGE}.toolchain.training.class_bias:main",
             f"seg-export = {PACKAGE}.toolchain.export:main",
             f"seg-eval = {PACKAGE}.toolchain.evaluation.evaluate:main",
+            f"seg-robustness = {PACKAGE}.toolchain.evaluation.robustness:main",
             f"seg-prune = {PACKAGE}.toolchain.compression.prune:main",
             f"seg-quantize = {PACKAGE}.toolchain.compression.quantize:main",
             f"seg-sweep = {PACKAGE}.toolchain.compression.sweep:main",

@@ -1,64 +1,88 @@
-"""Launch seg_node on one camera, optionally with RViz showing the image, overlay and colour mask.
+"""Launch seg_node on one or more cameras, optionally with RViz showing each image, overlay and colour mask.
 
     ros2 launch seg_node seg_node.launch.py image:=/camera/image_raw backend:=onnxruntime device:=auto
 
 Launch arguments given override the values in params_file; those left empty keep the file's values.
+RViz's configuration is generated from the arguments (namespace, image topics, camera names), so it shows
+the topics the node really publishes; without rviz2 installed, rviz:=true warns and the node runs alone.
 """
 
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
-from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+import tempfile
+from pathlib import Path
+
+from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, SetEnvironmentVariable
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 from launch import LaunchDescription
-from seg_node.ros.launch_arguments import LAUNCH_PARAMETERS, parameter_overrides
+from seg_node.ros.launch_arguments import LAUNCH_PARAMETERS, parameter_overrides, truthy
+from seg_node.ros.rviz_config import write_rviz_config
 
 ARGUMENTS = (
     ("image", "", "camera image topic(s), comma-separated (base topic when transport is compressed); "
                   "empty: params_file's input_topics"),
     ("transport", "", "raw (sensor_msgs/Image) or compressed (CompressedImage on <image>/compressed); "
                       "empty: params_file's"),
-    ("backend", "", "inference backend: onnxruntime or torch; empty: params_file's"),
+    ("backend", "", "inference backend; empty: params_file's. onnxruntime runs every packaged model (the "
+                    "default INT8 card, FP16, FP32); torch runs only cards with a safetensors file "
+                    "(camvid_mobile_unet, _pruned, _flip), not the INT8/FP16 ONNX-only cards"),
     ("device", "", "auto, cpu, cuda, cuda:N or tensorrt (onnxruntime); empty: params_file's"),
     ("model", "", "model card or model file; empty: params_file's (there, empty is the packaged default)"),
     ("params_file", PathJoinSubstitution([FindPackageShare("seg_node"), "config", "seg_node.yaml"]),
-     "parameter file for seg_node"),
+     "parameter file for seg_node (must exist)"),
     ("namespace", "", "namespace of the node and its outputs"),
     ("use_sim_time", "false", "use /clock (true when replaying a bag with --clock)"),
-    ("rviz", "false", "start RViz with config/seg_node.rviz"),
+    ("rviz", "false", "start RViz showing each camera, overlay and colour mask (needs rviz2 installed)"),
 )
 
 
 def seg_node_with_overrides(context):
-    """The node, its parameters from params_file and then from the launch arguments that were given."""
+    """The node, its parameters from params_file and then from the launch arguments that were given; and
+    RViz, configured for those topics, when asked for and installed. Checked before anything starts."""
     config = LaunchConfiguration
+    params_file = Path(config("params_file").perform(context))
+    if not params_file.is_file():
+        raise RuntimeError(f"params_file {params_file} does not exist; pass params_file:=<a seg_node .yaml>")
     overrides = parameter_overrides({name: config(name).perform(context) for name in LAUNCH_PARAMETERS})
-    return [Node(
+    use_sim_time = ParameterValue(config("use_sim_time"), value_type=bool)
+    actions = [Node(
         package="seg_node",
         executable="seg_node",
         name="seg_node",
         namespace=config("namespace"),
         output="screen",
         emulate_tty=True,
-        parameters=[
-            config("params_file"),
-            {**overrides, "use_sim_time": ParameterValue(config("use_sim_time"), value_type=bool)},
-        ],
+        parameters=[str(params_file), {**overrides, "use_sim_time": use_sim_time}],
     )]
+    if not truthy(config("rviz").perform(context)):
+        return actions
+    try:
+        get_package_share_directory("rviz2")
+    except PackageNotFoundError:
+        return [LogInfo(msg="WARNING: rviz:=true but the rviz2 package is not installed (apt install "
+                            "ros-$ROS_DISTRO-rviz2): starting seg_node without RViz"), *actions]
+    share = Path(get_package_share_directory("seg_node"))
+    rviz_file = Path(tempfile.mkstemp(prefix="seg_node_", suffix=".rviz")[1])
+    write_rviz_config(share / "config" / "seg_node.rviz", rviz_file, config("namespace").perform(context),
+                      params_file, overrides)
+    actions.append(Node(
+        package="rviz2",
+        executable="rviz2",
+        name="seg_node_rviz",
+        arguments=["-d", str(rviz_file)],
+        parameters=[{"use_sim_time": use_sim_time}],
+    ))
+    return actions
 
 
 def generate_launch_description():
     arguments = [DeclareLaunchArgument(name, default_value=default, description=description)
                  for name, default, description in ARGUMENTS]
-    config = LaunchConfiguration
-    rviz = Node(
-        package="rviz2",
-        executable="rviz2",
-        name="seg_node_rviz",
-        arguments=["-d", PathJoinSubstitution([FindPackageShare("seg_node"), "config", "seg_node.rviz"])],
-        parameters=[{"use_sim_time": ParameterValue(config("use_sim_time"), value_type=bool)}],
-        condition=IfCondition(config("rviz")),
-    )
-    return LaunchDescription([*arguments, OpaqueFunction(function=seg_node_with_overrides), rviz])
+    # The shipped Fast DDS profile (large images over shared memory); kept when the user already named one.
+    profile = PathJoinSubstitution([FindPackageShare("seg_node"), "config", "fastdds_large_images.xml"])
+    dds = SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE",
+                                 EnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", default_value=profile))
+    return LaunchDescription([*arguments, dds, OpaqueFunction(function=seg_node_with_overrides)])

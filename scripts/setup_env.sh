@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create or reuse the project's virtual environment (.venv) and install the pinned dependencies.
+# Create or reuse the project's virtual environment (.venv) and install the pinned dependencies: the runtime
+# (requirements.txt) and the offline toolchain (requirements-train.txt), which the demo and the tests need.
 # Sourced by scripts/demo and scripts/test; reinstalls only when requirements.txt or setup.py change.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,7 +20,10 @@ WANT="$(cat "$REPO"/requirements*.txt "$REPO/setup.py" | sha256sum | cut -d' ' -
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   echo "installing pinned dependencies into $VENV (first run: a few minutes)"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -r "$REPO/requirements.txt"
+  "$VENV/bin/python" -m pip install --quiet -r "$REPO/requirements.txt" -r "$REPO/requirements-train.txt"
+  # imagecorruptions-imaug declares opencv-python, which clashes with opencv-python-headless: its real
+  # dependencies (numba, scikit-image, scipy, Pillow) come from requirements-train.txt
+  "$VENV/bin/python" -m pip install --quiet --no-deps imagecorruptions-imaug==1.1.5
   "$VENV/bin/python" -m pip install --quiet --no-deps -e "$REPO"
   echo "$WANT" > "$STAMP"
 fi

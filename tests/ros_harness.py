@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,43 @@ class NodeProcess(SegNodeProcess):
         # ROS names allow letters, digits and single underscores
         name = "seg_" + re.sub(r"[^a-zA-Z0-9]+", "_", test_name)[-40:].strip("_") + f"_{os.getpid() % 1000}"
         super().__init__(name, parameters, params_file, log_dir)
+
+
+OUTPUTS = ("mask", "color_mask", "overlay", "latency")
+
+
+class Outputs:
+    """Inboxes on the node's outputs (`prefix`: one camera's of a multi-camera node), one attribute each."""
+
+    def __init__(self, ros, node, prefix: str = "", names=OUTPUTS):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from sensor_msgs.msg import Image
+        self.topics = [node.topic(prefix + name) for name in names]
+        for name, topic in zip(names, self.topics):
+            setattr(self, name, ros.subscribe(DiagnosticArray if name == "latency" else Image, topic))
+
+
+def wait_until_matched(ros, topics, publishers=(), timeout: float = 20.0) -> None:
+    """A graph wait instead of a sleep: each of our subscriptions on `topics` has matched a publisher and each of
+    `publishers` a subscription. The node publishes an output only to subscribers it has discovered, and DDS
+    matches the two ends of a pair in one discovery exchange."""
+    subscriptions = [s for s in ros.node.subscriptions if s.topic_name in topics]
+    deadline = time.time() + timeout
+    while (any(s.get_publisher_count() < 1 for s in subscriptions)
+           or any(p.get_subscription_count() < 1 for p in publishers)):
+        if time.time() > deadline:
+            raise TimeoutError(f"{topics} and {[p.topic_name for p in publishers]} not matched after {timeout} s")
+        time.sleep(0.02)
+
+
+def connect(ros, node, topic: str, msg_type=None, names=OUTPUTS):
+    """(Outputs, publisher): inboxes on the node's outputs `names` and a reliable publisher on its camera topic
+    `topic` (sensor_msgs/Image unless `msg_type`), returned once every pair of ends has matched."""
+    from sensor_msgs.msg import Image
+    outputs = Outputs(ros, node, names=names)
+    publisher = ros.publisher(msg_type or Image, topic)
+    wait_until_matched(ros, outputs.topics, [publisher])
+    return outputs, publisher
 
 
 def make_image_msg(pixels: np.ndarray, encoding: str, stamp_ns: int, frame_id: str = "camera",

@@ -279,7 +279,7 @@ def test_sweep_tabulates_ratios_precisions_the_given_model_and_the_unstructured_
 
 def test_the_shipped_default_is_a_pruned_model_with_half_the_macs_of_its_base_and_its_recorded_accuracy():
     """The claims the README makes of the default model, checked on the shipped files: MACs measured from the
-    weights, accuracy as recorded in the cards (the CAMVID_ROOT opt-in test re-measures those)."""
+    weights (its accuracy figures: tests/test_docs.py, re-measured by the CAMVID_ROOT opt-in test)."""
     default, default_path = resolve_model(None)
     fp32_path = models_dir() / f"{default.compression['source_model']}.json"
     pruned = ModelCard.load(fp32_path)
@@ -290,10 +290,6 @@ def test_the_shipped_default_is_a_pruned_model_with_half_the_macs_of_its_base_an
             for name, card, path in (("base", base, base_path), ("pruned", pruned, fp32_path))}
     assert macs["pruned"] <= 0.5 * macs["base"]
     assert (pruned.compression["macs"], pruned.compression["base_macs"]) == (macs["pruned"], macs["base"])
-    miou = {name: card.metrics["camvid_test"]["miou"] for name, card in
-            (("base", base), ("pruned", pruned), ("default", default))}
-    # README and models/README.md: the pruned model is 1.91 below its base, INT8 0.65 below the pruned fp32 model
-    assert miou["base"] - miou["pruned"] <= 1.95 and miou["pruned"] - miou["default"] <= 1.0, miou
     assert default.compression["precision"] == "int8"
     # class offsets: the base's gained on held-out halves of val and were applied, the pruned model's did not
     assert default.class_bias == pruned.class_bias and base.class_bias["applied"] and not pruned.class_bias["applied"]

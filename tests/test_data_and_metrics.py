@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import cv2
 import numpy as np
 import pytest
 from camvid_fixtures import striped_label, write_camvid11, write_camvid32
 
 from seg_node.toolchain.data import CAMVID_CLASSES, VOID_INDEX, CamVidLayoutError, open_dataset
+from seg_node.toolchain.data.camvid import dataset_identity
 from seg_node.toolchain.data.camvid_compact import main as compact_main
 from seg_node.toolchain.evaluation.metrics import ConfusionMatrix
 from seg_node.toolchain.training.augment import augment
@@ -59,6 +62,22 @@ def test_compact_copy_keeps_labels_exact_and_frames_close_in_the_11_class_layout
         with pytest.raises(SystemExit):
             compact_main([*bad, "--out", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_split_is_identified_by_name_and_the_checksum_sha256sum_gives_of_its_files(tmp_path):
+    """What cards record instead of the data folder's path: the same digest as `sha256sum test/* testannot/* |
+    LC_ALL=C sort -k2 | sha256sum` in the folder, whichever folder that is; a changed label changes it."""
+    root = write_camvid11(tmp_path / "somewhere", {"train": 2, "val": 2})
+    identity = dataset_identity(open_dataset(root, "val"))
+    files = sorted(f"{folder}/{p.name}" for folder in ("val", "valannot") for p in (root / folder).iterdir())
+    listing = "".join(f"{hashlib.sha256((root / name).read_bytes()).hexdigest()}  {name}\n" for name in files)
+    assert identity == {"name": "CamVid (11-class SegNet split)", "split": "val", "frames": 2,
+                        "sha256": hashlib.sha256(listing.encode()).hexdigest()}
+    moved = root.rename(tmp_path / "elsewhere")
+    assert dataset_identity(open_dataset(moved, "val")) == identity != dataset_identity(open_dataset(moved, "train"))
+    label = next((moved / "valannot").iterdir())
+    cv2.imwrite(str(label), np.zeros((48, 64), np.uint8))
+    assert dataset_identity(open_dataset(moved, "val"))["sha256"] != identity["sha256"]
 
 
 def test_wrong_layouts_name_what_is_missing(tmp_path, monkeypatch):

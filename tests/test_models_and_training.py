@@ -270,7 +270,8 @@ def test_training_runs_distributed_with_torchrun(tmp_path):
     out = tmp_path / "ddp"
     torchrun = Path(sys.executable).parent / "torchrun"
     result = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "seg_node.toolchain.training.train", "--data", str(data),
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "seg_node.toolchain.training.train",
+         "--data", str(data),
          "--arch", '{"name": "unet", "base_width": 4, "depth": 2}', "--batch-size", "2", "--crop", "32", "48",
          "--input-size", "48", "64", "--epochs", "2", "--threads", "1", "--out", str(out)],
         capture_output=True, text=True, timeout=300)

@@ -73,7 +73,8 @@ def test_colcon_builds_the_package_as_ament_python(tmp_path):
     site_packages = next(install.glob("lib/python3*/site-packages"))
     where = subprocess.run(
         [sys.executable, "-c", "from seg_node.ros_tools.node_process import PARAMS_FILE, executable; "
-                               "from seg_node.ros_tools.benchmark import CLIP; from seg_node.core.model_files import models_dir; "
+                               "from seg_node.ros_tools.benchmark import CLIP; "
+                               "from seg_node.core.model_files import models_dir; "
                                "print(PARAMS_FILE, CLIP, models_dir(), executable('seg-demo'), sep='\\n')"],
         cwd=tmp_path, capture_output=True, text=True, check=True,
         env={**os.environ, "PYTHONPATH": str(site_packages), "AMENT_PREFIX_PATH": str(install),
@@ -200,11 +201,3 @@ def test_ros_workspace_requirements_keep_the_distro_numpy_and_opencv():
     assert re.search(r"^numpy>=[\d.]+,<2\b", ros, re.M), ros
     assert not re.search(r"^(opencv|numpy==2)", ros, re.M | re.I), ros
     assert "-r requirements-base.txt" in (REPO / "requirements.txt").read_text()
-
-
-def test_readme_documents_every_parameter_and_console_script():
-    readme = (REPO / "README.md").read_text()
-    for name in params.PARAMETERS:
-        assert f"`{name}`" in readme, name
-    for script in console_scripts():
-        assert script in readme, script

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 
 import numpy as np
 import onnxruntime
@@ -77,6 +76,25 @@ def test_a_flip_averaged_card_averages_the_logits_of_the_image_and_its_mirror_im
     assert (single.segment(image).mask != mask).any()
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_logit_offsets_in_a_card_are_added_to_its_networks_logits_after_flip_averaging(random_model, tmp_path,
+                                                                                       backend):
+    """A card that names another model's files and carries logit_offsets (how camvid_mobile_unet_flip uses
+    camvid_mobile_unet's weights): its logits are the other card's plus one offset per class, and they move
+    the masks."""
+    offsets = np.linspace(-3, 3, 11).astype(np.float32)
+    flipped_card = flip_averaged_card(random_model, tmp_path)
+    shifted_card = tmp_path / "shifted.json"
+    shifted_card.write_text(json.dumps({**json.loads(flipped_card.read_text()), "name": "shifted",
+                                        "logit_offsets": offsets.tolist()}))
+    averaged, shifted = (SegmentationPipeline.from_model(card, backend=backend, device="cpu")
+                         for card in (flipped_card, shifted_card))
+    image = scene(4, *averaged.network_input.shape[2:])
+    np.testing.assert_allclose(shifted.logits(image), averaged.logits(image) + offsets[:, None, None],
+                               rtol=1e-5, atol=1e-5)
+    assert (shifted.segment(image).mask != averaged.segment(image).mask).mean() > 0.05
+
+
 def test_benchmark_reports_every_stage_of_a_model_and_its_baseline_in_one_run(random_model, tmp_path, capsys):
     """Two turns of the pipelines (a full block of frames and a part of one), every stage summarized."""
     figures = tmp_path / "latency.json"
@@ -137,6 +155,8 @@ def card_dict(random_model, stem=None):
     (lambda c: c.update(files=["m.onnx"]), "files"),
     (lambda c: c.update(architecture={"name": 3}), "architecture"),
     (lambda c: c.update(flip_average="yes"), "flip_average"),
+    (lambda c: c.update(logit_offsets=[0.5] * 3), "logit_offsets needs one finite number per class"),
+    (lambda c: c.update(logit_offsets=[float("nan")] * 11), "logit_offsets"),
 ])
 def test_bad_model_cards_are_refused_naming_the_field(random_model, change, message):
     card = card_dict(random_model)
@@ -175,22 +195,14 @@ def test_card_that_disagrees_with_the_model_is_refused(random_model, tmp_path):
         SegmentationPipeline.from_model(tmp_path / "m.onnx", backend="onnxruntime", device="cpu")
 
 
-class Boom:
-    def __reduce__(self):
-        return (exec, ("open('/tmp/seg_node_pwned', 'w').write('pwned')",))
-
-
-def test_a_crafted_pickle_in_place_of_weights_is_refused_without_running(random_model, tmp_path):
-    import os
-    marker = "/tmp/seg_node_pwned"
-    if os.path.exists(marker):
-        os.remove(marker)
+def test_a_crafted_pickle_in_place_of_weights_is_refused_without_running(random_model, tmp_path, crafted_pickle):
+    payload, marker = crafted_pickle
     (tmp_path / "m.onnx").write_bytes(random_model.read_bytes())
     (tmp_path / "m.json").write_text(json.dumps(card_dict(random_model, "m")))
-    (tmp_path / "m.safetensors").write_bytes(pickle.dumps(Boom()))
+    (tmp_path / "m.safetensors").write_bytes(payload)
     with pytest.raises(WeightsError, match="not a readable safetensors"):
         SegmentationPipeline.from_model(tmp_path / "m.onnx", backend="torch", device="cpu")
-    assert not os.path.exists(marker)
+    assert not marker.exists()
 
 
 def test_every_architecture_runs_through_both_backends(tmp_path):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import json
-import pickle
 import time
 from collections import Counter
 
@@ -20,7 +19,7 @@ import pytest
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from onnx import helper, numpy_helper
-from ros_harness import REPO, make_image_msg
+from ros_harness import REPO, connect, make_image_msg
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image
 from test_node import as_encoding, scene
@@ -41,22 +40,6 @@ from seg_node.ros_tools.stress import StatusRecorder, StressLink, calibrate, ove
 
 NS_PER_S = 1_000_000_000
 MAX_RSS_GROWTH_MB = 50.0
-
-
-@pytest.fixture
-def pipeline(random_model):
-    return SegmentationPipeline.from_model(random_model, backend="onnxruntime", device="cpu")
-
-
-def connect(ros, node, msg_type, topic):
-    """Publisher to the node's camera topic, its mask inbox and its /diagnostics, once both ends match."""
-    publisher = ros.publisher(msg_type, topic)
-    masks = ros.subscribe(Image, node.topic("mask"))
-    statuses = StatusRecorder(ros, node.name)
-    ros.wait_for_subscribers(publisher)
-    ros.wait_for_publishers(node.topic("mask"))
-    time.sleep(0.5)  # let the node see the mask subscription too
-    return publisher, masks, statuses
 
 
 def stamped(msg, ns: int):
@@ -201,7 +184,9 @@ def fuzz(ros, node, msg_type, topic, valid, malformed, verdict, expected, count,
     A message that passes the callback's check but not the decoder is parked for the worker, where the next
     good-looking message would replace it (a drop, not a rejection): before publishing such a message, wait
     until /diagnostics has counted every rejection so far."""
-    publisher, masks, statuses = connect(ros, node, msg_type, topic)
+    statuses = StatusRecorder(ros, node.name)
+    outputs, publisher = connect(ros, node, topic, msg_type, names=("mask",))
+    masks = outputs.mask
     rejected, answered, rss = Counter(), 0, []
     worker_pending = False
 
@@ -356,7 +341,9 @@ def test_backend_failure_is_logged_counted_error_while_it_lasts_then_recovers(ro
         SegmentationPipeline.from_model(model, backend="onnxruntime", device="cpu").segment(bright)
     node = seg_node(model=str(model), input_topics=["/failing_cam/image_raw"], qos_reliability="reliable",
                     diagnostics_period=0.2, latency_budget_ms=5000.0)
-    publisher, masks, statuses = connect(ros, node, Image, "/failing_cam/image_raw")
+    statuses = StatusRecorder(ros, node.name)
+    outputs, publisher = connect(ros, node, "/failing_cam/image_raw", names=("mask",))
+    masks = outputs.mask
 
     publisher.publish(make_image_msg(scene(1), "rgb8", 1))
     np.testing.assert_array_equal(wait_mask(masks, 1), pipeline.segment(scene(1)).mask)
@@ -385,10 +372,80 @@ def test_backend_failure_is_logged_counted_error_while_it_lasts_then_recovers(ro
     assert "frame failed" in node.output() and "bright_image_guard" in node.output()
 
 
+def hanging_model(random_model, folder):
+    """The random model behind an ONNX Loop that, on a very bright image, runs 10^15 identity iterations before
+    it answers: a real backend that hangs inside session.run (it can only be stopped by cancelling the run)."""
+    model = onnx.load(str(random_model))
+    graph = model.graph
+    output = graph.output[0].name
+    for node in graph.node:
+        for index, name in enumerate(node.output):
+            if name == output:
+                node.output[index] = "unguarded_logits"
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Identity", ["carried_in"], ["carried_out"])], "spin",
+        [helper.make_tensor_value_info("iteration", onnx.TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", onnx.TensorProto.BOOL, []),
+         helper.make_tensor_value_info("carried_in", onnx.TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("cond_out", onnx.TensorProto.BOOL, []),
+         helper.make_tensor_value_info("carried_out", onnx.TensorProto.FLOAT, None)])
+    graph.initializer.extend([
+        numpy_helper.from_array(np.array(0.9, np.float32), "hang_threshold"),  # normalized: pixel ~242
+        numpy_helper.from_array(np.array(10**15, np.int64), "hang_iterations"),
+        numpy_helper.from_array(np.array(True), "hang_true"),
+    ])
+    graph.node.extend([
+        helper.make_node("ReduceMin", [graph.input[0].name], ["hang_darkest"], keepdims=0),
+        helper.make_node("Greater", ["hang_darkest", "hang_threshold"], ["hang_all_bright"]),
+        helper.make_node("Cast", ["hang_all_bright"], ["hang_bright"], to=onnx.TensorProto.INT64),
+        helper.make_node("Mul", ["hang_bright", "hang_iterations"], ["hang_trips"]),
+        helper.make_node("Loop", ["hang_trips", "hang_true", "unguarded_logits"], [output], body=body,
+                         name="bright_image_hang"),
+    ])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(folder / "hanging.onnx"))
+    card = json.loads(random_model.with_suffix(".json").read_text())
+    card["files"] = {"onnx": "hanging.onnx"}
+    (folder / "hanging.json").write_text(json.dumps(card))
+    return folder / "hanging.onnx"
+
+
+def test_a_hung_backend_turns_diagnostics_error_and_ctrl_c_still_exits_cleanly(ros, seg_node, random_model,
+                                                                             pipeline, tmp_path):
+    """Before the fix the level stayed OK (p95 of no frames is NaN, and NaN > budget is false)."""
+    node = seg_node(model=str(hanging_model(random_model, tmp_path)), input_topics=["/hung_cam/image_raw"],
+                    qos_reliability="reliable", diagnostics_period=0.2, output_timeout=1.0, latency_budget_ms=5000.0)
+    statuses = StatusRecorder(ros, node.name)
+    outputs, publisher = connect(ros, node, "/hung_cam/image_raw", names=("mask",))
+    masks = outputs.mask
+    publisher.publish(make_image_msg(scene(1), "rgb8", 1))
+    np.testing.assert_array_equal(wait_mask(masks, 1), pipeline.segment(scene(1)).mask)
+    assert statuses.first(lambda s: s.values["frames_processed"] == "1").level == OK
+
+    hung_from = time.perf_counter()
+    bright = np.full((60, 80, 3), 250, np.uint8)
+    for index in range(2, 8):  # the camera keeps sending; the worker hangs on the first it takes
+        publisher.publish(make_image_msg(bright, "rgb8", index))
+        statuses.first(lambda s: s.values["frames_received"] == str(index))
+    error = statuses.first(lambda s: s.level == ERROR, since=hung_from)
+    assert "inference stalled" in error.message and error.values["frames_processed"] == "1", error.message
+    assert float(error.values["seconds_since_last_mask"]) > 1.0 and error.values["worker_alive"] == "true"
+    assert int(error.values["frames_waiting"]) >= 1 and error.values["frames_failed"] == "0"
+    assert not [m for m in masks.messages if stamp_ns(m.header.stamp) > 1]
+
+    status = node.stop()  # the backend is mid-call: cancelled, joined, exit 0
+    log = node.log_path.read_text()
+    assert status == 0 and "Traceback" not in log and "frame failed" not in log, log
+    assert "cancelling it" in log
+
+
 def test_a_camera_that_stops_goes_stale_after_the_timeout_and_recovers_when_it_resumes(ros, seg_node):
     node = seg_node(input_topics=["/pausing_cam/image_raw"], qos_reliability="reliable", camera_timeout=0.5,
                     diagnostics_period=0.2, latency_budget_ms=5000.0)
-    publisher, masks, statuses = connect(ros, node, Image, "/pausing_cam/image_raw")
+    statuses = StatusRecorder(ros, node.name)
+    outputs, publisher = connect(ros, node, "/pausing_cam/image_raw", names=("mask",))
+    masks = outputs.mask
 
     def send(stamps):
         for ns in stamps:
@@ -415,7 +472,9 @@ def test_with_sim_time_ages_rates_and_stamps_follow_the_bag_clock(ros, seg_node)
     and stay sane when the bag loops back to its start."""
     node = seg_node(input_topics=["/replay_cam/image_raw"], qos_reliability="reliable", use_sim_time=True,
                     diagnostics_period=1.0, camera_timeout=5.0, latency_budget_ms=5000.0)
-    publisher, masks, statuses = connect(ros, node, Image, "/replay_cam/image_raw")
+    statuses = StatusRecorder(ros, node.name)
+    outputs, publisher = connect(ros, node, "/replay_cam/image_raw", names=("mask",))
+    masks = outputs.mask
     latency = ros.subscribe(DiagnosticArray, node.topic("latency"))
     clock = ros.publisher(Clock, "/clock")
     ros.wait_for_subscribers(clock)
@@ -468,22 +527,12 @@ def test_with_sim_time_ages_rates_and_stamps_follow_the_bag_clock(ros, seg_node)
 
 
 # --- 5. file safety ---------------------------------------------------------------------------------------
-class Boom:
-    """Unpickling this runs code: it writes the file named in `marker`."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
-
-
 @pytest.mark.parametrize("backend, replaced", [("onnxruntime", "onnx"), ("torch", "safetensors")])
 def test_a_crafted_pickle_in_place_of_the_model_stops_the_node_without_running(
-        seg_node, random_model, tmp_path, backend, replaced):
-    marker = tmp_path / "pwned"
+        seg_node, random_model, tmp_path, crafted_pickle, backend, replaced):
+    payload, marker = crafted_pickle
     for suffix in ("onnx", "safetensors"):
-        data = pickle.dumps(Boom(marker)) if suffix == replaced else random_model.with_suffix(f".{suffix}").read_bytes()
+        data = payload if suffix == replaced else random_model.with_suffix(f".{suffix}").read_bytes()
         (tmp_path / f"m.{suffix}").write_bytes(data)
     card = json.loads(random_model.with_suffix(".json").read_text())
     card["files"] = {"onnx": "m.onnx", "torch": "m.safetensors"}

@@ -7,6 +7,7 @@ field, instead of producing garbage masks later.
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import sys
 from dataclasses import asdict, dataclass, field
@@ -67,6 +68,9 @@ class ModelCard:
     #: run the network on the image and on its mirror image and average the logits: twice the cost, for
     #: accuracy (the offsets in class_bias are then fitted to the averaged logits)
     flip_average: bool = False
+    #: one number per class that the pipeline adds to the network's logits (after flip averaging), so a card can
+    #: name another model's files and differ from it only in offsets instead of shipping a copy of its weights
+    logit_offsets: list[float] = field(default_factory=list)
     notes: str = ""
     format: str = CARD_FORMAT
 
@@ -94,6 +98,10 @@ class ModelCard:
             raise ModelCardError(f"{where}: files must map at least one format (onnx or torch) to a file name")
         if not isinstance(self.flip_average, bool):
             raise ModelCardError(f"{where}: flip_average must be true or false, got {self.flip_average!r}")
+        if self.logit_offsets != [] and not (is_numbers(self.logit_offsets, len(self.classes))
+                                             and all(math.isfinite(v) for v in self.logit_offsets)):
+            raise ModelCardError(f"{where}: logit_offsets needs one finite number per class ({len(self.classes)}) "
+                                 f"or none, got {self.logit_offsets!r}")
         self.input.validate(where)
 
     def to_json(self) -> str:
@@ -139,6 +147,16 @@ def card_path_for(model_path: str | Path) -> Path:
     return Path(model_path).with_suffix(".json")
 
 
+DATA_PLACEHOLDER = "$CAMVID_ROOT"
+
+
 def command_line(program: str, argv: list[str] | None) -> str:
-    """The command as typed (argv, or this process's arguments), for the card's record of how it was made."""
-    return f"{program} {shlex.join(sys.argv[1:] if argv is None else argv)}"
+    """The command as typed (argv, or this process's arguments), for the card's record of how it was made; the
+    --data folder reads $CAMVID_ROOT there, since a card names its data set by checksum, not by a machine's path."""
+    words = [shlex.quote(word) for word in (sys.argv[1:] if argv is None else argv)]
+    for i, word in enumerate(words):
+        if word == "--data" and i + 1 < len(words):
+            words[i + 1] = DATA_PLACEHOLDER
+        elif word.startswith("--data="):
+            words[i] = f"--data={DATA_PLACEHOLDER}"
+    return " ".join([program, *words])

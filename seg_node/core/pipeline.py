@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import Backend, create_backend
+from .backends import Backend, TensorRTOptions, create_backend
 from .model_card import ModelCard
 from .model_files import resolve_model
 from .postprocess import colorize, logits_to_mask, overlay, palette_lut
@@ -26,20 +26,23 @@ class SegmentationResult:
 
 
 class SegmentationPipeline:
-    def __init__(self, backend: Backend, card: ModelCard, upsampling: str = "logits"):
+    def __init__(self, backend: Backend, card: ModelCard, upsampling: str = "boundaries"):
         self.backend = backend
         self.card = card
         self.upsampling = upsampling
         self.lut = palette_lut(card.palette)
         self.network_input = np.empty((1, 3, card.input.height, card.input.width), np.float32)
         self.mirrored_input = np.empty_like(self.network_input) if card.flip_average else None
+        self.logit_offsets = (np.asarray(card.logit_offsets, np.float32).reshape(1, -1, 1, 1)
+                              if card.logit_offsets else None)
 
     @classmethod
     def from_model(cls, model: str | Path | None, backend: str = "onnxruntime", device: str = "auto",
-                   precision: str = "auto", threads: int = 0, upsampling: str = "logits") -> "SegmentationPipeline":
+                   precision: str = "auto", threads: int = 0, upsampling: str = "boundaries",
+                   tensorrt: TensorRTOptions = TensorRTOptions()) -> "SegmentationPipeline":
         """Load a model (its card, or any file beside the card; None: the packaged default)."""
         card, card_path = resolve_model(model)
-        return cls(create_backend(backend, card, card_path, device, precision, threads), card, upsampling)
+        return cls(create_backend(backend, card, card_path, device, precision, threads, tensorrt), card, upsampling)
 
     def prepare(self, image: np.ndarray, channel_order: str = "rgb") -> np.ndarray:
         """Resize and normalize into the reused 1 x 3 x h x w network-input buffer."""
@@ -48,13 +51,14 @@ class SegmentationPipeline:
 
     def run_network(self, network_input: np.ndarray) -> np.ndarray:
         """1 x C x h x w logits; for a flip-averaged model the mean of the network's logits on the input and,
-        mirrored back, on its mirror image (two passes)."""
+        mirrored back, on its mirror image (two passes); plus the card's logit_offsets, if it has any."""
         logits = self.backend.infer(network_input)
-        if self.mirrored_input is None:
-            return logits
-        np.copyto(self.mirrored_input, network_input[..., ::-1])
-        logits += self.backend.infer(self.mirrored_input)[..., ::-1]
-        logits *= 0.5
+        if self.mirrored_input is not None:
+            np.copyto(self.mirrored_input, network_input[..., ::-1])
+            logits += self.backend.infer(self.mirrored_input)[..., ::-1]
+            logits *= 0.5
+        if self.logit_offsets is not None:
+            logits += self.logit_offsets
         return logits
 
     def logits(self, image: np.ndarray, channel_order: str = "rgb") -> np.ndarray:

@@ -16,6 +16,7 @@ from ..core.latency_stats import latency_summary
 
 OK, WARN, ERROR, STALE = 0, 1, 2, 3
 LATENCY_WINDOW = 1000  # frames kept for percentiles between reports
+OUTCOMES = ("processed", "dropped", "rejected", "failed")  # every received frame ends in one of these
 
 
 @dataclass
@@ -23,6 +24,7 @@ class HealthThresholds:
     latency_budget_ms: float = 100.0
     error_rate_threshold: float = 0.5
     camera_timeout: float = 3.0
+    output_timeout: float = 2.0
 
 
 @dataclass
@@ -32,8 +34,18 @@ class HealthReport:
     values: dict[str, str] = field(default_factory=dict)
 
 
+def budget_text(ms: float) -> str:
+    """A budget as the user set it: 0.1 reads "0.1", 100.0 reads "100" (not rounded to whole ms)."""
+    return f"{ms:.10g}"
+
+
 class CameraHealth:
-    """Thread-safe: callbacks count arrivals and drops, the inference worker counts results."""
+    """Thread-safe: callbacks count arrivals and drops, the inference worker counts results.
+
+    A frame is outstanding from its arrival until it is processed, dropped, rejected or failed. While frames
+    are outstanding, `_waiting_since` is the time of the worker's last progress (or of the arrival that made
+    it wait): a hung backend leaves it fixed, which is how the report sees that output has stopped.
+    """
 
     def __init__(self, started_at: float):
         self._lock = threading.Lock()
@@ -42,14 +54,24 @@ class CameraHealth:
         self.rejected_by_reason = Counter()
         self._period = Counter()
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._queue: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._ages: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.last_received_at: float | None = None
+        self.last_mask_at: float | None = None
+        self._waiting_since: float | None = None
         self.last_error = ""
         self._period_started_at = started_at
 
     def _count(self, key: str, n: int = 1) -> None:
         self.totals[key] += n
         self._period[key] += n
+
+    def _outstanding(self) -> int:
+        return self.totals["received"] - sum(self.totals[key] for key in OUTCOMES)
+
+    def _progressed(self, now: float) -> None:
+        """The worker answered a frame: the output clock restarts if others still wait, else stops."""
+        self._waiting_since = now if self._outstanding() > 0 else None
 
     def restart_clock(self, now: float) -> None:
         """The node's clock started or went back (sim time: the first /clock, a replayed bag that loops).
@@ -59,55 +81,80 @@ class CameraHealth:
         """
         with self._lock:
             self.started_at = self._period_started_at = now
-            self.last_received_at = None
+            self.last_received_at = self.last_mask_at = None
+            self._progressed(now)
             self._period = Counter()
             self._latencies.clear()
+            self._queue.clear()
             self._ages.clear()
 
     def received(self, now: float) -> None:
         with self._lock:
+            if self._outstanding() == 0:
+                self._waiting_since = now
             self._count("received")
             self.last_received_at = now
 
     def dropped(self) -> None:
+        """A newer frame replaced one that waited: not progress, the output clock keeps running."""
         with self._lock:
             self._count("dropped")
 
-    def rejected(self, reason: str) -> None:
+    def rejected(self, reason: str, now: float) -> None:
         with self._lock:
             self._count("rejected")
             self.rejected_by_reason[reason] += 1
+            self._progressed(now)
 
-    def failed(self, error: str) -> None:
+    def failed(self, error: str, now: float) -> None:
         with self._lock:
             self._count("failed")
             self.last_error = error
+            self._progressed(now)
 
-    def processed(self, total_ms: float, age_ms: float) -> None:
+    def processed(self, now: float, queue_ms: float, processing_ms: float, age_ms: float) -> None:
+        """A mask was published; its latency is what the frame saw: waiting in the queue, then processing."""
         with self._lock:
             self._count("processed")
-            self._latencies.append(total_ms)
+            self._latencies.append(queue_ms + processing_ms)
+            self._queue.append(queue_ms)
             self._ages.append(age_ms)
+            self.last_mask_at = now
+            self._progressed(now)
 
-    def report(self, now: float, thresholds: HealthThresholds) -> HealthReport:
-        """Summarize the period since the last report and start a new one."""
+    def report(self, now: float, thresholds: HealthThresholds, worker_alive: bool = True) -> HealthReport:
+        """Summarize the period since the last report and start a new one.
+
+        Precedence, worst first: the worker is gone, output stalled while frames wait (both ERROR: the node
+        itself is broken), no image (STALE), frames failed or too many bad (ERROR), some malformed (WARN),
+        latency over budget (WARN), OK.
+        """
         with self._lock:
             period, self._period = self._period, Counter()
-            latencies, ages = np.array(self._latencies), np.array(self._ages)
+            latencies, queue, ages = np.array(self._latencies), np.array(self._queue), np.array(self._ages)
             self._latencies.clear()
+            self._queue.clear()
             self._ages.clear()
             elapsed = max(now - self._period_started_at, 1e-9)
             self._period_started_at = now
             totals, by_reason = Counter(self.totals), Counter(self.rejected_by_reason)
-            last_received_at, last_error = self.last_received_at, self.last_error
+            last_received_at, last_mask_at, last_error = self.last_received_at, self.last_mask_at, self.last_error
+            waiting_since, outstanding = self._waiting_since, self._outstanding()
 
         latency = latency_summary(latencies)
         bad = period["rejected"] + period["failed"]
         error_rate = bad / period["received"] if period["received"] else (1.0 if bad else 0.0)
         silent_for = now - (last_received_at if last_received_at is not None else self.started_at)
+        stalled_for = now - waiting_since if waiting_since is not None else 0.0
         p95 = latency["p95"]
+        budget = thresholds.latency_budget_ms
 
-        if silent_for > thresholds.camera_timeout:
+        if not worker_alive:
+            level, message = ERROR, "the inference worker thread has stopped: no frame will be processed"
+        elif stalled_for > thresholds.output_timeout:
+            level, message = ERROR, (f"no frame processed for {stalled_for:.1f} s while {outstanding} wait(s) "
+                                     "(inference stalled)")
+        elif silent_for > thresholds.camera_timeout:
             level, message = STALE, f"no image for {silent_for:.1f} s"
         elif period["failed"]:
             level, message = ERROR, f"{period['failed']} frame(s) failed: {last_error}"
@@ -115,8 +162,9 @@ class CameraHealth:
             level, message = ERROR, f"{100 * error_rate:.0f}% of frames rejected or failed"
         elif period["rejected"]:
             level, message = WARN, f"{period['rejected']} malformed frame(s) rejected"
-        elif p95 > thresholds.latency_budget_ms:
-            level, message = WARN, f"p95 latency {p95:.1f} ms over the {thresholds.latency_budget_ms:.0f} ms budget"
+        elif p95 > budget:
+            level, message = WARN, (f"p95 latency {p95:.1f} ms (queue + processing) over the "
+                                    f"{budget_text(budget)} ms budget")
         else:
             level, message = OK, "ok"
 
@@ -126,14 +174,17 @@ class CameraHealth:
         values = {
             "latency_p50_ms": ms(latency["median"]), "latency_p95_ms": ms(p95),
             "latency_p99_ms": ms(latency["p99"]), "latency_max_ms": ms(latency["max"]),
+            "queue_p95_ms": ms(latency_summary(queue)["p95"]),
             "age_p50_ms": ms(latency_summary(ages)["median"]),
             "input_rate_hz": f"{period['received'] / elapsed:.2f}",
             "output_rate_hz": f"{period['processed'] / elapsed:.2f}",
             "drop_rate": f"{period['dropped'] / period['received']:.3f}" if period["received"] else "0.000",
             "frames_received": str(totals["received"]), "frames_processed": str(totals["processed"]),
             "frames_dropped": str(totals["dropped"]), "frames_rejected": str(totals["rejected"]),
-            "frames_failed": str(totals["failed"]),
+            "frames_failed": str(totals["failed"]), "frames_waiting": str(outstanding),
             "seconds_since_last_image": f"{silent_for:.2f}",
+            "seconds_since_last_mask": f"{now - last_mask_at:.2f}" if last_mask_at is not None else "nan",
+            "worker_alive": str(worker_alive).lower(),
         }
         values.update({f"rejected_{reason}": str(count) for reason, count in sorted(by_reason.items())})
         return HealthReport(level, message, values)

@@ -22,3 +22,11 @@ def parameter_overrides(arguments: dict[str, str]) -> dict[str, str | list[str]]
     if "input_topics" in overrides:
         overrides["input_topics"] = [topic.strip() for topic in overrides["input_topics"].split(",") if topic.strip()]
     return overrides
+
+
+def truthy(value: str) -> bool:
+    """A boolean launch argument as launch's IfCondition reads it: true/1 or false/0, any case."""
+    text = value.strip().lower()
+    if text not in ("true", "1", "false", "0"):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return text in ("true", "1")

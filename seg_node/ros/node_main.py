@@ -1,7 +1,15 @@
-"""The shared `main()` of this package's rclpy nodes: start-up errors exit 1 with a message, Ctrl-C exits 0."""
+"""The shared `main()` of this package's rclpy nodes: start-up errors exit 1 with a message, Ctrl-C exits 0.
+
+Under `ros2 launch`, a terminal Ctrl-C reaches a node twice (the terminal's SIGINT, then launch's forwarded
+one), often while it is cleaning up. rclpy's own signal handler (installed by rclpy.init) shuts the context
+down on the first; this module's Python handler turns that first signal into KeyboardInterrupt and ignores
+every later SIGINT or SIGTERM, so cleanup (joining the inference worker, destroying the node) is never
+interrupted and no traceback is printed.
+"""
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Callable
 
@@ -9,9 +17,24 @@ import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def ignore_stop_signals() -> None:
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def _stop(signum, frame) -> None:
+    """The first stop signal: shutdown begins; later ones must not interrupt it."""
+    ignore_stop_signals()
+    raise KeyboardInterrupt
+
 
 def spin_node(make_node: Callable[[], Node], args: list[str] | None, label: str,
               startup_errors: tuple[type[Exception], ...]) -> int:
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _stop)
     rclpy.init(args=args)
     node = None
     try:
@@ -22,7 +45,12 @@ def spin_node(make_node: Callable[[], Node], args: list[str] | None, label: str,
         return 1
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise  # a defect while running: show it
+        # else a callback was mid-call (publishing) when the signal shut the context down: that is shutdown
     finally:
+        ignore_stop_signals()
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()

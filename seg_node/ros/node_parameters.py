@@ -52,10 +52,14 @@ PARAMETERS: dict[str, ParamSpec] = {
                         device_check),
     "model": ParamSpec("", "model card (.json) or a model file beside its card; empty: the packaged default"),
     "threads": ParamSpec(2, "CPU threads for inference (0: the library's default, all cores)", in_range(0, 256)),
+    "tensorrt_fp16": ParamSpec(False, "device tensorrt: let TensorRT use FP16 kernels (trt_fp16_enable)"),
+    "tensorrt_engine_cache_dir": ParamSpec("", "device tensorrt: folder where built engines are kept across "
+                                               "starts (empty: rebuild at every start, which can take minutes)"),
     "precision": ParamSpec("auto", f"{list(PRECISIONS)}; fp16 needs CUDA with torch, with onnxruntime the "
                                    "model file sets it", one_of(PRECISIONS)),
-    "upsampling": ParamSpec("logits", "logits: resize logits to the image then argmax; labels: argmax at "
-                                      "network size then nearest resize (cheaper for large images)",
+    "upsampling": ParamSpec("boundaries", "boundaries: the mask of bilinear logits, evaluated only where classes "
+                                          "change (fast); logits: resize all logits to the image then argmax "
+                                          "(slow at HD); labels: argmax at network size, nearest resize (blocky)",
                             one_of(UPSAMPLING_MODES), dynamic=True),
     "input_topics": ParamSpec(["/camera/image_raw"], "camera image topics (base names for compressed)",
                               topics_check),
@@ -67,6 +71,8 @@ PARAMETERS: dict[str, ParamSpec] = {
                                  one_of(RELIABILITIES)),
     "qos_depth": ParamSpec(5, "camera subscription queue depth", in_range(1, 1000)),
     "overlay_alpha": ParamSpec(0.5, "weight of the class colours in ~/overlay", in_range(0.0, 1.0), dynamic=True),
+    "visualization_scale": ParamSpec(1.0, "size of ~/color_mask and ~/overlay relative to the image (they are for "
+                                          "eyes; ~/mask stays full size)", in_range(0.05, 1.0), dynamic=True),
     "publish_mask": ParamSpec(True, "publish ~/mask (mono8 class ids)", dynamic=True),
     "publish_color_mask": ParamSpec(True, "publish ~/color_mask (rgb8)", dynamic=True),
     "publish_overlay": ParamSpec(True, "publish ~/overlay (rgb8)", dynamic=True),
@@ -76,6 +82,8 @@ PARAMETERS: dict[str, ParamSpec] = {
                                            "are ERROR", in_range(0.0, 1.0), dynamic=True),
     "camera_timeout": ParamSpec(3.0, "seconds without an image before a camera's diagnostics go STALE",
                                 in_range(0.01, 3600.0), dynamic=True),
+    "output_timeout": ParamSpec(2.0, "seconds with frames waiting and none processed (a hung backend) before "
+                                     "a camera's diagnostics go ERROR", in_range(0.01, 3600.0), dynamic=True),
     "diagnostics_period": ParamSpec(1.0, "seconds between /diagnostics summaries", in_range(0.01, 3600.0)),
     "max_image_pixels": ParamSpec(4096 * 4096, "larger images are rejected before decoding",
                                   in_range(1, 1 << 31)),

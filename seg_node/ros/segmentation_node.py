@@ -18,9 +18,11 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 
+from ..core.backends import TensorRTOptions
 from ..core.errors import UserError
 from ..core.image_codec import DecodedImage, ImageRejected, check_compressed, decode_compressed, decode_raw, raw_pixels
 from ..core.pipeline import SegmentationPipeline
+from ..core.postprocess import for_display
 from . import node_parameters
 from .camera_health import CameraHealth, HealthThresholds
 from .image_messages import image_message, stamp_ns
@@ -96,7 +98,7 @@ class SegNode(Node):
     def _apply_dynamic(self, values: dict) -> None:
         """Run-time settings: read by the worker on each frame (plain attribute writes are atomic)."""
         for name, value in values.items():
-            if name in ("latency_budget_ms", "error_rate_threshold", "camera_timeout"):
+            if name in ("latency_budget_ms", "error_rate_threshold", "camera_timeout", "output_timeout"):
                 setattr(self.thresholds, name, float(value))
             elif name == "upsampling":
                 self.pipeline.upsampling = value
@@ -105,12 +107,19 @@ class SegNode(Node):
 
     def _load_pipeline(self) -> SegmentationPipeline:
         get = lambda name: self.get_parameter(name).value  # noqa: E731
+        tensorrt = TensorRTOptions(fp16=get("tensorrt_fp16"), engine_cache_dir=get("tensorrt_engine_cache_dir"))
         try:
-            return SegmentationPipeline.from_model(
+            pipeline = SegmentationPipeline.from_model(
                 get("model") or None, backend=get("backend"), device=get("device"), precision=get("precision"),
-                threads=get("threads"), upsampling=get("upsampling"))
+                threads=get("threads"), upsampling=get("upsampling"), tensorrt=tensorrt)
         except UserError as exc:
             raise StartupError(f"cannot load the model: {exc}") from exc
+        try:
+            seconds = pipeline.backend.warm_up()
+        except Exception as exc:  # an engine that loads but cannot run (TensorRT build, out of GPU memory)
+            raise StartupError(f"the model loaded but its warm-up inference failed: {exc}") from exc
+        self.get_logger().info(f"warm-up inference ({pipeline.backend.describe()}): {1e3 * seconds:.1f} ms")
+        return pipeline
 
     # --- topics -----------------------------------------------------------------------------------
     def _create_cameras(self) -> list[Camera]:
@@ -157,7 +166,7 @@ class SegNode(Node):
             self._wakeup.notify()
 
     def _reject(self, camera: Camera, exc: ImageRejected) -> None:
-        camera.health.rejected(exc.reason)
+        camera.health.rejected(exc.reason, self._now())
         self.get_logger().error(f"{camera.topic}: rejected image: {exc}", throttle_duration_sec=1.0)
 
     def _check(self, msg) -> None:
@@ -185,7 +194,9 @@ class SegNode(Node):
             try:
                 self._process(*job)
             except Exception as exc:  # one frame's failure, in inference or in publishing, must not stop the worker
-                camera.health.failed(f"{type(exc).__name__}: {exc}")
+                if not (self._running and self.context.ok()):
+                    return  # shutdown began mid-frame (ROS context gone, backend cancelled): not a frame failure
+                camera.health.failed(f"{type(exc).__name__}: {exc}", self._now())
                 self.get_logger().error(f"{camera.topic}: frame failed: {exc}", throttle_duration_sec=1.0)
 
     def _decode(self, msg) -> DecodedImage:
@@ -210,7 +221,7 @@ class SegNode(Node):
                    "publish": 1e3 * (finished - decoded) - result.timings_ms["total"]}
         timings["total"] = 1e3 * (finished - started)
         timings["age"] = age_ms
-        camera.health.processed(timings["total"], age_ms)
+        camera.health.processed(now, timings["queue"], timings["total"], age_ms)
         self._publish_latency(camera, msg.header, timings)
 
     def _publish_outputs(self, camera: Camera, header, image: DecodedImage, mask) -> None:
@@ -220,11 +231,13 @@ class SegNode(Node):
         if wanted["mask"]:
             pubs["mask"].publish(image_message(mask, "mono8", header))
         if wanted["color_mask"] or wanted["overlay"]:
-            colors = self.pipeline.colorize(mask)
+            pixels, labels = for_display(image.pixels, mask, self.visualization_scale)
+            colors = self.pipeline.colorize(labels)
             if wanted["color_mask"]:
                 pubs["color_mask"].publish(image_message(colors, "rgb8", header))
             if wanted["overlay"]:
-                blended = self.pipeline.overlay(image.as_rgb(), colors, self.overlay_alpha)
+                shown = DecodedImage(pixels, image.channel_order).as_rgb()
+                blended = self.pipeline.overlay(shown, colors, self.overlay_alpha)
                 pubs["overlay"].publish(image_message(blended, "rgb8", header))
 
     def _publish_latency(self, camera: Camera, header, timings: dict) -> None:
@@ -244,7 +257,7 @@ class SegNode(Node):
         backend, card = self.pipeline.backend, self.pipeline.card
         statuses = []
         for camera in self.cameras:
-            report = camera.health.report(now, self.thresholds)
+            report = camera.health.report(now, self.thresholds, self._worker.is_alive())
             values = {"input_topic": camera.topic, "backend": backend.name, "device": backend.device,
                       "precision": backend.precision, "model": card.name, **report.values,
                       "latency_budget_ms": f"{self.thresholds.latency_budget_ms:.1f}"}
@@ -256,11 +269,21 @@ class SegNode(Node):
         array.header.stamp = self.get_clock().now().to_msg()
         self.diagnostics_publisher.publish(array)
 
-    def destroy_node(self) -> None:
+    def stop_worker(self, grace: float = 1.0) -> None:
+        """Let the frame in progress finish, then join the worker; a backend still inside one call after
+        `grace` seconds (hung) is cancelled where the library can, so that the node is never destroyed under
+        a running worker."""
         with self._wakeup:
             self._running = False
             self._wakeup.notify_all()
-        self._worker.join(timeout=5.0)
+        self._worker.join(grace)
+        if self._worker.is_alive():
+            self.get_logger().warn(f"inference still running {grace:.0f} s after shutdown began: cancelling it")
+            self.pipeline.backend.cancel()
+            self._worker.join(5.0)
+
+    def destroy_node(self) -> None:
+        self.stop_worker()
         super().destroy_node()
 
 

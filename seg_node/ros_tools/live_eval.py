@@ -109,10 +109,11 @@ def live_evaluate(bag: str | Path, out: str | Path, *, model: str | None = None,
     from sensor_msgs.msg import Image
 
     from .bag_replay import BagReplayer
-    from .node_process import SegNodeProcess
+    from .node_process import SegNodeProcess, use_dds_profile
     from .ros_peer import RosPeer
 
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    use_dds_profile()
     bag, out = Path(bag), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     topic, msgtype, images, labels = read_bag_images(bag, image_topic, label_topic)

@@ -17,6 +17,27 @@ from pathlib import Path
 from ..core.model_files import PACKAGE_NAME, installed_prefix, package_path
 
 PARAMS_FILE = package_path("config", "seg_node.yaml")
+DDS_PROFILE = package_path("config", "fastdds_large_images.xml")
+PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")  # the second: deprecated
+
+
+def with_dds_profile(environ: dict | None = None, profile: Path | None = DDS_PROFILE) -> dict:
+    """A copy of `environ` (default os.environ) whose Fast DDS participants load `profile` (default: the shipped
+    one, which carries HD images best effort), unless the user named a profiles file already; profile=None
+    removes the shipped one (to measure without it)."""
+    environ = dict(os.environ if environ is None else environ)
+    if profile is None:
+        if environ.get(PROFILE_VARIABLES[0]) == str(DDS_PROFILE):
+            del environ[PROFILE_VARIABLES[0]]
+    elif not any(environ.get(name) for name in PROFILE_VARIABLES):
+        environ[PROFILE_VARIABLES[0]] = str(profile)
+    return environ
+
+
+def use_dds_profile() -> None:
+    """Give this process the shipped profile (see with_dds_profile); call it before rclpy creates a participant,
+    since Fast DDS reads the file once per process."""
+    os.environ.update(with_dds_profile())
 
 
 def executable(name: str = "seg_node") -> str:
@@ -40,10 +61,11 @@ def ros_value(value) -> str:
 
 
 class SegNodeProcess:
-    """`seg_node --ros-args --params-file FILE -r __node:=NAME -p key:=value ...`, output in a log file."""
+    """`seg_node --ros-args --params-file FILE -r __node:=NAME -p key:=value ...`, output in a log file; its DDS
+    participant loads `dds_profile` unless the environment names a profiles file (None: Fast DDS's defaults)."""
 
     def __init__(self, name: str, parameters: dict, params_file: Path | None = PARAMS_FILE,
-                 log_dir: str | Path | None = None):
+                 log_dir: str | Path | None = None, dds_profile: Path | None = DDS_PROFILE):
         self.name = name
         args = [executable(), "--ros-args", "-r", f"__node:={name}"]
         if params_file is not None:
@@ -52,7 +74,8 @@ class SegNodeProcess:
             args += ["-p", f"{key}:={ros_value(value)}"]
         self.log_path = Path(log_dir or tempfile.gettempdir()) / f"{name}.log"
         self._log = open(self.log_path, "w")
-        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
+                                        env=with_dds_profile(profile=dds_profile))
 
     def output(self) -> str:
         self._log.flush()

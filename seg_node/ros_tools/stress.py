@@ -308,7 +308,7 @@ def report_soak(link: StressLink, run: SoakRun, window: int) -> list[tuple[str, 
 def main(argv: list[str] | None = None) -> None:
     from ..core.model_files import resolve_model
     from .benchmark import load_frames
-    from .node_process import SegNodeProcess
+    from .node_process import SegNodeProcess, use_dds_profile
     from .ros_peer import RosPeer
 
     common = argparse.ArgumentParser(add_help=False)
@@ -341,6 +341,7 @@ def main(argv: list[str] | None = None) -> None:
         except ModelCardError as exc:
             parser.exit(2, f"seg-stress: {exc}\n(pass --model PATH, or --random-model for a small random model)\n")
         os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+        use_dds_profile()
         frames = load_frames(args.data, "test", 24)
         name = f"seg_stress_{os.getpid()}"
         topic = f"/{name}_camera/image_raw"

@@ -17,6 +17,33 @@ PROVIDERS = {
 }
 
 
+def provider_fallback(asked: list[str], used: list[str]) -> str | None:
+    """Why the session does not run on the provider asked for, or None.
+
+    ONNX Runtime does not fail when a GPU provider cannot start (no libcudnn, a driver too old, an unknown
+    provider): it logs and runs on the next one in the list, usually the CPU. `used` is what
+    session.get_providers() reports, in priority order."""
+    if used and used[0] == asked[0]:
+        return None
+    return (f"ONNX Runtime was asked for {asked[0]} but runs on {used[0] if used else 'nothing'} (providers in use: "
+            f"{used}): the provider failed to start; its error is in ONNX Runtime's log above (CUDA, cuDNN or "
+            f"TensorRT libraries missing or not matching onnxruntime-gpu {ort.__version__}); fix that or use "
+            f"device 'cpu'")
+
+
+def open_session(path: Path, options: ort.SessionOptions, providers: list[str],
+                 provider_options: list[dict] | None = None) -> ort.InferenceSession:
+    """An InferenceSession that runs on providers[0], or a BackendError that says why not."""
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers, provider_options=provider_options)
+    except Exception as exc:  # onnxruntime raises its own exception types for bad files
+        raise BackendError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+    problem = provider_fallback(providers, session.get_providers())
+    if problem:
+        raise BackendError(problem)
+    return session
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     file_key = "onnx"
@@ -31,24 +58,33 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError(f"device {self.device!r} needs ONNX Runtime's {wanted[0]}, but this onnxruntime "
                                f"has only {available}; install onnxruntime-gpu or use device 'cpu'")
         providers = [p for p in wanted if p in available]
-        if device != "cpu" and ":" in self.device:
-            index = int(self.device.split(":")[1])
-            providers = [(p, {"device_id": index}) if p != "CPUExecutionProvider" else p for p in providers]
         path = model_file(self.card, card_path, self.file_key)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            raise BackendError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+        self.session = open_session(path, options, providers, self.provider_options(providers))
         self._check_io(path)
+        self.run_options = ort.RunOptions()
         self.device = self.session.get_providers()[0].replace("ExecutionProvider", "").lower()
         file_precision = self.card.compression.get("precision", "fp32")
         if self.precision not in ("auto", file_precision):
             raise BackendError(f"precision {self.precision!r} asked for, but {path.name} is a {file_precision} "
                                "model: with onnxruntime the file sets the precision; pick that model's file")
         self.precision = file_precision
+
+    def provider_options(self, providers: list[str]) -> list[dict]:
+        """Per provider: the GPU index of cuda:N, and the TensorRT settings (FP16, engine cache)."""
+        index = self.device.partition(":")[2]
+        options = []
+        for provider in providers:
+            option = {"device_id": index} if index and provider != "CPUExecutionProvider" else {}
+            if provider == "TensorrtExecutionProvider":
+                option["trt_fp16_enable"] = self.tensorrt.fp16
+                if self.tensorrt.engine_cache_dir:
+                    option["trt_engine_cache_enable"] = True
+                    option["trt_engine_cache_path"] = self.tensorrt.engine_cache_dir
+            options.append(option)
+        return options
 
     def _check_io(self, path: Path) -> None:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
@@ -68,4 +104,10 @@ class OnnxRuntimeBackend(Backend):
                                f"{spec.height}x{spec.width}")
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: batch})[0]
+        return self.session.run([self.output_name], {self.input_name: batch}, self.run_options)[0]
+
+    def cancel(self) -> None:
+        """ONNX Runtime stops a run that uses these run options between two operators (run() then raises);
+        the run's own error log about it is silenced: stopping at shutdown is not an error."""
+        self.run_options.log_severity_level = 4  # fatal only
+        self.run_options.terminate = True

@@ -24,9 +24,9 @@ from ...core.model_files import model_file, resolve_model
 from ...core.preprocess import normalize
 from ..data import open_dataset
 from ..export import export_model, parity_frames
-from ..training.augment import augment
+from ..training.augment import augment, parse_corruption
 from ..training.losses import CLASS_WEIGHTINGS, LOSSES, build_loss
-from ..training.train import DEFAULT_CROP, DEFAULT_SCALE_RANGE, distillation_problem, parse_corruption, train
+from ..training.train import DEFAULT_CROP, DEFAULT_SCALE_RANGE, distillation_problem, train
 
 IMPORTANCE_CRITERIA = {
     "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),

@@ -25,6 +25,7 @@ from ...core.model_files import model_file, resolve_model
 from ...core.preprocess import normalize, resize_for_network
 from ..data import open_dataset
 from ..export import INPUT_NAME
+from ..training.augment import corruption_transform, parse_corruption
 
 ACTIVATION_TYPES = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
 PRECISIONS = ("int8", "fp16")
@@ -51,12 +52,19 @@ class FrameReader(CalibrationDataReader):
         self._next, self._end = start_index, min(end_index, len(self.inputs))
 
 
-def calibration_inputs(data: str | None, count: int, card: ModelCard) -> np.ndarray:
-    """`count` frames spread over the CamVid *training* split, through the node's own preprocessing."""
+def calibration_inputs(data: str | None, count: int, card: ModelCard, corruption: str = "",
+                       seed: int = 0) -> np.ndarray:
+    """`count` frames spread over the CamVid *training* split, through the node's own preprocessing; with a
+    corruption recipe (seg-train's --corruption) every other frame goes through it, so activation ranges
+    cover noisy and blurred inputs as well as clean ones (MinMax ranges from clean frames clip noise)."""
     dataset = open_dataset(data, "train")
     samples = dataset.items()
     picks = np.linspace(0, len(samples) - 1, min(count, len(samples))).astype(int)
     images = [dataset.load(samples[i])[0] for i in picks]
+    recipe = parse_corruption(corruption)
+    if recipe:
+        transform = corruption_transform(recipe, seed)
+        images = [transform(image=image)["image"] if i % 2 else image for i, image in enumerate(images)]
     return np.stack([normalize(resize_for_network(image, card.input), card.input, "rgb") for image in images])
 
 
@@ -88,7 +96,7 @@ def quantized_card(card: ModelCard, out_path: Path, precision: str, details: dic
                      training=card.training,
                      compression={**card.compression, "precision": precision, "quantization": details,
                                   "source_model": card.name},
-                     class_bias=card.class_bias, flip_average=card.flip_average,
+                     class_bias=card.class_bias, flip_average=card.flip_average, logit_offsets=card.logit_offsets,
                      notes=f"{card.name} converted to {precision}")
 
 
@@ -99,6 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", default="int8", choices=PRECISIONS)
     parser.add_argument("--activation-type", default="u8", choices=sorted(ACTIVATION_TYPES))
     parser.add_argument("--calibration-frames", type=int, default=64)
+    parser.add_argument("--calibration-corruption", default="",
+                        help="every other calibration frame through this corruption recipe (seg-train's "
+                             "--corruption: 'default' or JSON; empty: clean frames only)")
     parser.add_argument("--data", help="CamVid folder for calibration frames (train split; default $CAMVID_ROOT)")
     parser.add_argument("--out", required=True, help="output stem, e.g. models/camvid_mobile_unet_pruned_int8")
     args = parser.parse_args(argv)
@@ -109,11 +120,17 @@ def main(argv: list[str] | None = None) -> None:
     out_path = Path(args.out).with_suffix(".onnx")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if args.precision == "int8":
-        inputs = calibration_inputs(args.data, args.calibration_frames, card)
+        try:
+            inputs = calibration_inputs(args.data, args.calibration_frames, card, args.calibration_corruption)
+        except ValueError as exc:
+            parser.error(f"--calibration-corruption: {exc}")
         quantize_int8(source, out_path, inputs, args.activation_type)
         details = {"method": "onnxruntime static QDQ, per-channel weights, MinMax calibration",
                    "activation_type": args.activation_type, "weight_type": "s8",
-                   "calibration": f"{len(inputs)} CamVid train frames"}
+                   "calibration": f"{len(inputs)} CamVid train frames"
+                                  + (", every other one corrupted" if args.calibration_corruption else ""),
+                   **({"calibration_corruption": parse_corruption(args.calibration_corruption).to_dict()}
+                      if args.calibration_corruption else {})}
     else:
         convert_fp16(source, out_path)
         details = {"method": "onnxruntime.transformers.float16, keep_io_types"}

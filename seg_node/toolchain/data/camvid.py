@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,21 +72,28 @@ def frames_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def labelled_frames(kind: str, image_dir: Path, label_dir: Path, label_suffix: str, *files: Path) -> list[Sample]:
+    """The frames of `image_dir`, each with its label `label_dir/<stem><label_suffix>`; a missing folder, file or
+    label is a CamVidLayoutError that names it (`kind`: the layout, for the message)."""
+    missing = [str(d) for d in (image_dir, label_dir) if not d.is_dir()] + [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise CamVidLayoutError(f"not the {kind} CamVid layout: missing {', '.join(missing)}")
+    samples = [Sample(p.stem, p, label_dir / f"{p.stem}{label_suffix}") for p in frames_in(image_dir)]
+    unlabelled = [s.name for s in samples if not s.label_path.is_file()]
+    if not samples or unlabelled:
+        raise CamVidLayoutError(f"{image_dir}: {len(samples)} frames, labels missing for {unlabelled[:5]}")
+    return samples
+
+
 class CamVid11:
     """SegNet layout: <split>/X.png (or .jpg) with <split>annot/X.png holding class ids 0..10 and 11 = void."""
 
     layout = "camvid11"
+    title = "CamVid (11-class SegNet split)"
 
     def __init__(self, root: str | os.PathLike, split: str):
         self.root, self.split = Path(root), split
-        image_dir, label_dir = self.root / split, self.root / f"{split}annot"
-        missing = [str(d) for d in (image_dir, label_dir) if not d.is_dir()]
-        if missing:
-            raise CamVidLayoutError(f"not the 11-class CamVid layout: missing {', '.join(missing)}")
-        self._samples = [Sample(p.stem, p, label_dir / f"{p.stem}.png") for p in frames_in(image_dir)]
-        unlabelled = [s.name for s in self._samples if not s.label_path.is_file()]
-        if not self._samples or unlabelled:
-            raise CamVidLayoutError(f"{image_dir}: {len(self._samples)} frames, labels missing for {unlabelled[:5]}")
+        self._samples = labelled_frames("11-class", self.root / split, self.root / f"{split}annot", ".png")
 
     def items(self) -> list[Sample]:
         return list(self._samples)
@@ -102,19 +110,14 @@ class CamVid32:
     """Kaggle layout: <split>/X.png, <split>_labels/X_L.png coloured per class_dict.csv (name,r,g,b)."""
 
     layout = "camvid32"
+    title = "CamVid (32-class release, mapped to 11 classes)"
 
     def __init__(self, root: str | os.PathLike, split: str):
         self.root, self.split = Path(root), split
-        image_dir, label_dir = self.root / split, self.root / f"{split}_labels"
         class_dict = self.root / "class_dict.csv"
-        missing = [str(p) for p in (image_dir, label_dir, class_dict) if not p.exists()]
-        if missing:
-            raise CamVidLayoutError(f"not the 32-class CamVid layout: missing {', '.join(missing)}")
+        self._samples = labelled_frames("32-class", self.root / split, self.root / f"{split}_labels", "_L.png",
+                                        class_dict)
         self._lut = self._colour_lut(class_dict)
-        self._samples = [Sample(p.stem, p, label_dir / f"{p.stem}_L.png") for p in frames_in(image_dir)]
-        unlabelled = [s.name for s in self._samples if not s.label_path.is_file()]
-        if not self._samples or unlabelled:
-            raise CamVidLayoutError(f"{image_dir}: {len(self._samples)} frames, labels missing for {unlabelled[:5]}")
 
     @staticmethod
     def _colour_lut(class_dict: Path) -> dict[int, int]:
@@ -161,3 +164,14 @@ def open_dataset(root: str | os.PathLike | None, split: str, layout: str = "auto
         except CamVidLayoutError as exc:
             errors.append(str(exc))
     raise CamVidLayoutError(f"{root} holds no CamVid split {split!r}: " + "; ".join(errors))
+
+
+def dataset_identity(dataset: CamVid11 | CamVid32) -> dict:
+    """What a model card records of the data a tool used, instead of a path that exists on one machine: the data
+    set's name, the split, its frame count and a SHA-256 over its image and label files, the same as
+    `cd $CAMVID_ROOT && sha256sum test/* testannot/* | LC_ALL=C sort -k2 | sha256sum` for the SegNet test split."""
+    files = sorted((path.relative_to(dataset.root).as_posix(), path)
+                   for sample in dataset.items() for path in (sample.image_path, sample.label_path))
+    listing = "".join(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {name}\n" for name, path in files)
+    return {"name": dataset.title, "split": dataset.split, "frames": len(dataset.items()),
+            "sha256": hashlib.sha256(listing.encode()).hexdigest()}

@@ -9,6 +9,7 @@ deterministic for a given seed. Labels never move (as in Cityscapes-C, also for 
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import cv2
@@ -32,9 +33,12 @@ LOW_LIGHT = ((0.6, 0.5, 2.0), (0.45, 0.75, 3.0), (0.3, 1.0, 4.0), (0.2, 1.5, 6.0
 
 def imagenet_c(name: str) -> Callable[[np.ndarray, int, int], np.ndarray]:
     def corrupt_with(image: np.ndarray, severity: int, seed: int) -> np.ndarray:
-        from imagecorruptions import corrupt  # numba/skimage load on first use, not at import
-        np.random.seed(seed % 2**32)  # imagecorruptions draws from numpy's global generator
-        return np.ascontiguousarray(corrupt(image, severity=severity, corruption_name=name), dtype=np.uint8)
+        from imagecorruptions import corrupt, corruption_dict  # numba/skimage load on first use, not at import
+        np.random.seed(seed % 2**32)  # imagecorruptions draws from numpy's global generator, ...
+        # ... except impulse noise (skimage's random_noise, a fresh generator per call unless given a seed)
+        seeded = {"seed": seed} if "seed" in inspect.signature(corruption_dict[name]).parameters else {}
+        return np.ascontiguousarray(corrupt(image, severity=severity, corruption_name=name, **seeded),
+                                    dtype=np.uint8)
     corrupt_with.__name__ = name
     return corrupt_with
 

@@ -1,4 +1,4 @@
-"""PNG figures people would rather look at than numbers: confusion matrices and prediction grids."""
+"""PNG figures people would rather look at than numbers: confusion matrices, prediction grids, robustness curves."""
 
 from __future__ import annotations
 
@@ -52,3 +52,28 @@ def save_prediction_grid(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarra
     for index, text in enumerate(("input", "ground truth", "prediction")):
         cv2.putText(header, text, (index * width + 8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1)
     cv2.imwrite(str(path), cv2.cvtColor(np.concatenate([header, *tiles]), cv2.COLOR_RGB2BGR))
+
+
+def save_robustness_curves(summaries: dict[str, dict], unseen, path: str | Path, title: str) -> None:
+    """mIoU against severity (0: clean), one curve per corruption (dashed: unseen in training), one panel per
+    model on a shared y axis; `summaries` maps a model's label to seg-robustness's summary of it."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(summaries), figsize=(4.2 * len(summaries) + 2.2, 4.6), sharey=True,
+                             squeeze=False)
+    colours = plt.get_cmap("tab20").colors[0::2] + plt.get_cmap("tab20").colors[1::2]  # neighbours apart
+    for ax, (label, summary) in zip(axes[0], summaries.items()):
+        for index, (name, by_severity) in enumerate(summary["miou"].items()):
+            severities = [int(s) for s in by_severity]
+            ax.plot([0, *severities], [summary["clean"], *by_severity.values()], marker="o", markersize=3,
+                    color=colours[index % len(colours)], linestyle="--" if name in unseen else "-", label=name)
+        ax.set_title(f"{label}\nclean {summary['clean']:.1f}, mPC {summary['mpc']:.1f}, rPC {summary['rpc']:.0f}%",
+                     fontsize=9)
+        ax.set_xticks(range(0, 6), ["clean", "1", "2", "3", "4", "5"])
+        ax.set_xlabel("severity")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("mIoU (%)")
+    axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7, title="dashed: unseen")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

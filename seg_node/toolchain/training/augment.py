@@ -56,6 +56,14 @@ class CorruptionRecipe:
         return recipe
 
 
+def parse_corruption(text: str) -> CorruptionRecipe | None:
+    """The command-line form: '' (off), 'default', or JSON overriding the defaults."""
+    text = text.strip()
+    if not text:
+        return None
+    return CorruptionRecipe() if text == "default" else CorruptionRecipe.parse(text)
+
+
 def corruption_transform(recipe: CorruptionRecipe, seed: int):
     """The albumentations pipeline of a recipe (photometric only: labels never change)."""
     import albumentations as A  # the offline toolchain's dependency, loaded when training asks for it
@@ -78,7 +86,8 @@ def corruption_transform(recipe: CorruptionRecipe, seed: int):
         ], p=recipe.photometric),
         A.OneOf([
             A.GaussianBlur(blur_limit=(3, 2 * round(4 * s) + 1), sigma_limit=(0.5, 3.0 * s)),
-            A.MotionBlur(blur_limit=(3, 2 * round(7 * s) + 1)),
+            # centred kernels: a shifted one would move the frame against its labels
+            A.MotionBlur(blur_limit=(3, 2 * round(7 * s) + 1), allow_shifted=False, direction_range=(0.0, 0.0)),
             A.Defocus(radius=(1, max(2, round(6 * s))), alias_blur=(0.1, 0.5)),
         ], p=recipe.blur),
         A.OneOf([

@@ -21,12 +21,16 @@ earlier offsets out, for offsets fitted anew rather than on top of ones fitted t
 An fp32 model gets the offsets in its torch weights and a fresh ONNX export; an INT8 or FP16 model (whose
 quantization moved its logits) gets them fitted on its own outputs and written into its ONNX graph: the
 classifier's bias initializer, or for INT8 QDQ its int32 quantized bias, in steps of that bias's scale.
+`--offsets-in-card` writes no model file: the new card names the model's own files and holds the offsets as
+`logit_offsets`, which the pipeline adds to the logits: camvid_mobile_unet_flip holds its offsets so, 11 numbers
+instead of a 30 MB copy of camvid_mobile_unet's weights.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from pathlib import Path
 
 import cv2
@@ -44,6 +48,7 @@ from ...core.model_card import command_line
 from ...core.model_files import model_file, resolve_model
 from ...core.pipeline import SegmentationPipeline
 from ..data import open_dataset
+from ..data.camvid import dataset_identity
 from ..evaluation.metrics import ConfusionMatrix, mean_iou_of
 from ..export import export_model, parity_frames
 
@@ -217,6 +222,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--refit", action="store_true",
                         help="take the card's earlier offsets out and fit from the bare network (default: fit "
                              "further offsets on top of them)")
+    parser.add_argument("--offsets-in-card", action="store_true",
+                        help="write only a card that names the model's files and holds the offsets (logit_offsets), "
+                             "not a copy of the weights with the offsets folded in")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", required=True,
                         help="output stem; the model's own stem rewrites it in place (its metrics are cleared)")
@@ -240,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
               "applied": applied,
               **({} if applied else {"fitted_offsets": {name: round(float(value), 4)
                                                         for name, value in zip(card.classes, fitted)}}),
-              "fitted_on": f"CamVid {args.split} ({len(dataset.items())} frames)",
+              "fitted_on": f"CamVid {args.split} ({len(dataset.items())} frames)", "data": dataset_identity(dataset),
               f"{args.split}_miou_before": round(before, 2), f"{args.split}_miou_after": round(after, 2),
               "held_out": {"method": f"offsets fitted on one contiguous half of {args.split}, scored on the other, "
                                      f"both ways, averaged", "miou_before": round(held_without, 2),
@@ -250,9 +258,17 @@ def main(argv: list[str] | None = None) -> None:
     notes = "; ".join(filter(None, [card.notes, "run flip-averaged" if args.flip_average else "",
                                     f"per-class logit offsets {'refitted' if args.refit else 'fitted'} on {args.split}"
                                     + ("" if applied else ", not applied (too little held-out gain)")]))
-    if precision == "fp32":
+    in_card = np.asarray(card.logit_offsets or np.zeros_like(change), np.float32)
+    if args.offsets_in_card:
+        out_path = Path(args.out).with_suffix(".json")
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        files = {key: Path(os.path.relpath(model_file(card, card_path, key), out_path.parent)).as_posix()
+                 for key in card.files}
+        dataclasses.replace(card, name=out_path.stem, files=files, metrics={}, class_bias=record,
+                            logit_offsets=[float(v) for v in in_card + change], notes=notes).save(out_path)
+    elif precision == "fp32":
         model = build_for_inference(card, model_file(card, card_path, "torch")).float()
-        fold_into_classifier(model, change)
+        fold_into_classifier(model, in_card + change)
         export_model(model, args.out, name=Path(args.out).name, architecture=card.architecture,
                      classes=card.classes, palette=card.palette, spec=card.input,
                      parity_inputs=parity_frames(args.data, 8, card.input), training=card.training,
@@ -261,15 +277,15 @@ def main(argv: list[str] | None = None) -> None:
     else:
         out_path = Path(args.out).with_suffix(".onnx")
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        fold_into_onnx(model_file(card, card_path, "onnx"), out_path, change)
+        fold_into_onnx(model_file(card, card_path, "onnx"), out_path, in_card + change)
         dataclasses.replace(card, name=out_path.stem, files={"onnx": out_path.name}, metrics={},
-                            class_bias=record, notes=notes).save(out_path.with_suffix(".json"))
+                            class_bias=record, logit_offsets=[], notes=notes).save(out_path.with_suffix(".json"))
+    written = "json" if args.offsets_in_card else f"{{{'onnx,safetensors' if precision == 'fp32' else 'onnx'},json}}"
     print(f"{card.name}: {args.split} mIoU {before:.2f} -> {after:.2f} with offsets (on held-out halves "
           f"{held_without:.2f} -> {held_with:.2f}, {'applied' if applied else 'NOT applied'}: held-out gain "
           f"{held_with - held_without:+.2f}, at least {args.min_held_out_gain:g} required): "
           + ", ".join(f"{name} {value:+.3f}" for name, value in zip(card.classes, fitted))
-          + f"; wrote {args.out}.{{{'onnx,safetensors' if precision == 'fp32' else 'onnx'},json}}: measure it with "
-            f"seg-eval --split test --update-card")
+          + f"; wrote {args.out}.{written}: measure it with seg-eval --split test --update-card")
 
 
 if __name__ == "__main__":

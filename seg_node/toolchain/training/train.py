@@ -24,14 +24,15 @@ from tqdm import tqdm
 
 from ...core.backends.torch_backend import build_for_inference
 from ...core.command_line import reports_user_errors
-from ...core.model_card import InputSpec
+from ...core.model_card import DATA_PLACEHOLDER, InputSpec
 from ...core.model_files import model_file, resolve_model
 from ...core.preprocess import normalize, resize_for_network
 from ..data import CAMVID_CLASSES, open_dataset
+from ..data.camvid import dataset_identity
 from ..evaluation.metrics import ConfusionMatrix
 from ..models import build_model
 from ..models.weights import load_weights
-from .augment import CorruptionRecipe, augment, corruption_transform
+from .augment import CorruptionRecipe, augment, corruption_transform, parse_corruption
 from .losses import CLASS_WEIGHTINGS, LOSSES, build_loss, distillation_loss, median_frequency_weights
 
 OPTIMIZERS = {
@@ -123,13 +124,6 @@ def distillation_problem(teacher: str | os.PathLike | None, weight: float, tempe
     return None
 
 
-def parse_corruption(text: str) -> CorruptionRecipe | None:
-    text = text.strip()
-    if not text:
-        return None
-    return CorruptionRecipe() if text == "default" else CorruptionRecipe.parse(text)
-
-
 def parse_arch(text: str) -> dict:
     text = text.strip()
     return json.loads(text) if text.startswith("{") else {"name": text}
@@ -144,9 +138,10 @@ def corrupted_copies(images: list[np.ndarray], severity: int) -> list[np.ndarray
 
 
 def load_split(root, split, layout, desc):
+    """(images, labels, the split's identity for the card: name and checksum, not a path)."""
     dataset = open_dataset(root, split, layout)
     pairs = [dataset.load(s) for s in tqdm(dataset.items(), desc=f"loading {desc}", leave=False)]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
+    return [p[0] for p in pairs], [p[1] for p in pairs], dataset_identity(dataset)
 
 
 def make_batch(images, labels, indices, rng, args, spec, corruption=None):
@@ -235,7 +230,8 @@ def plot_curves(log_path: Path, png_path: Path) -> None:
         val = [(int(r["epoch"]), float(r[column])) for r in rows if r.get(column)]
         if val:
             ax_miou.plot(*zip(*val), marker="o", label=label)
-    ax_miou.legend()
+    if ax_miou.lines:
+        ax_miou.legend()
     ax_miou.set(xlabel="epoch", ylabel="val mIoU (%)", title="validation mIoU")
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
@@ -281,8 +277,9 @@ def train(argv: list[str] | None = None, model: torch.nn.Module | None = None) -
     arch = parse_arch(args.arch)
     spec = InputSpec(height=args.input_size[0], width=args.input_size[1])
     num_classes = len(CAMVID_CLASSES)
-    train_images, train_labels = load_split(args.data, "train", args.layout, "train")
-    val_images, val_labels = load_split(args.data, "val", args.layout, "val") if rank == 0 else ([], [])
+    train_images, train_labels, train_identity = load_split(args.data, "train", args.layout, "train")
+    val_images, val_labels, val_identity = (load_split(args.data, "val", args.layout, "val") if rank == 0
+                                            else ([], [], None))
     val_corrupted = corrupted_copies(val_images, args.val_corrupted) if args.val_corrupted else None
     weights = (torch.from_numpy(median_frequency_weights(train_labels, num_classes))
                if args.class_weights == "median_frequency" else None)
@@ -310,7 +307,9 @@ def train(argv: list[str] | None = None, model: torch.nn.Module | None = None) -
     averaged = torch.optim.swa_utils.AveragedModel(model) if args.average_from else None
     recipe = args.corruption_recipe
     corruption = corruption_transform(recipe, args.seed) if recipe else None
-    run_info = {"arch": arch, "args": {k: v for k, v in vars(args).items() if k != "corruption_recipe"},
+    run_info = {"arch": arch, "args": {**{k: v for k, v in vars(args).items() if k != "corruption_recipe"},
+                                       "data": DATA_PLACEHOLDER},
+                "data": [train_identity, val_identity],
                 "corruption": recipe.to_dict() if recipe else None,
                 "world_size": world, "hardware": describe_hardware(device),
                 "class_weights": None if weights is None else [round(float(w), 4) for w in weights]}

@@ -1,0 +1,282 @@
+"""Corruption benchmark: CamVid frames through the camera corruptions at severities 1-5, through the node's pipeline.
+
+    seg-robustness --model models/camvid_mobile_unet.json --model models/camvid_mobile_unet_pruned_int8.json \\
+        --data $CAMVID_ROOT --split test --out results/robustness
+
+Each frame is corrupted once per (corruption, severity), seeded by its index in the split, the corruption and the
+severity, and the same corrupted frame goes to every model, so models are compared on identical inputs (and a
+--frames subset sees the frames of the full run). One confusion matrix per (model, corruption, severity) over the
+frames, void excluded, as seg-eval's mIoU. Summaries in Michaelis et al. 2019's terms: mPC, the mean over
+corruptions of the mean over severities of mIoU, and rPC = mPC / clean mIoU; rPC and every other relative figure
+are percentages of the clean mIoU. The corruptions kept out of training (UNSEEN_FAMILIES) are summarised apart.
+Writes robustness.json, robustness.md (tables), robustness.png (mIoU against severity) and, with --per-frame,
+robustness_per_frame.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ...core.command_line import reports_user_errors
+from ...core.errors import UserError
+from ...core.model_card import ModelCard, command_line
+from ...core.model_files import resolve_model
+from ...core.pipeline import SegmentationPipeline
+from ..data import open_dataset
+from ..training.augment import UNSEEN_FAMILIES
+from .corruptions import CORRUPTIONS, FAMILY, SEVERITIES, corrupt
+from .metrics import ConfusionMatrix, mean_iou_of
+from .plots import save_robustness_curves
+
+MILD = (1, 2, 3)  # the severities of the "rPC sev 1-3" figure
+
+
+def frame_seed(index: int, corruption: str, severity: int) -> int:
+    """The corruption's seed for frame `index` of the split: stable across runs, processes and subsets."""
+    return zlib.crc32(f"{index}/{corruption}/{severity}".encode())
+
+
+def spaced(count: int, frames: int | None) -> list[int]:
+    """Indices of `frames` frames evenly spaced over `count` (all of them for None)."""
+    if frames is None or frames >= count:
+        return list(range(count))
+    return sorted(set(np.linspace(0, count - 1, frames).round().astype(int).tolist()))
+
+
+def mpc_of(miou: dict[str, dict[int, float]], corruptions, severities) -> float | None:
+    """Mean over corruptions of the mean over severities (Michaelis et al.), None when nothing is selected."""
+    rows = [[miou[c][s] for s in severities if s in miou[c]] for c in corruptions]
+    rows = [row for row in rows if row]
+    return float(np.mean([np.mean(row) for row in rows])) if rows else None
+
+
+def summarize(clean: np.ndarray, corrupted: dict[str, dict[int, np.ndarray]]) -> dict:
+    """Clean mIoU, mIoU per corruption and severity, and the robustness summaries, from confusion matrices
+    (clean: C x C; corrupted[name][severity]: C x C), in percent rounded to 0.01."""
+    clean_miou = 100 * float(mean_iou_of(clean))
+    miou = {name: {s: 100 * float(mean_iou_of(m)) for s, m in by_severity.items()}
+            for name, by_severity in corrupted.items()}
+    severities = sorted({s for by_severity in miou.values() for s in by_severity})
+    mild = [s for s in severities if s in MILD]
+
+    def relative(value: float | None) -> float | None:
+        return None if value is None else round(100 * value / clean_miou, 2)
+
+    def group(names: list[str]) -> dict | None:
+        if not names:
+            return None
+        mpc, mpc_mild = mpc_of(miou, names, severities), mpc_of(miou, names, mild)
+        return {"corruptions": names, "mpc": round(mpc, 2), "rpc": relative(mpc),
+                "mpc_sev1_3": None if mpc_mild is None else round(mpc_mild, 2), "rpc_sev1_3": relative(mpc_mild)}
+
+    names = list(miou)
+    everything = group(names)
+    worst = min(names, key=lambda n: miou[n][1]) if 1 in severities else None
+    return {
+        "clean": round(clean_miou, 2),
+        **{k: everything[k] for k in ("mpc", "rpc", "mpc_sev1_3", "rpc_sev1_3")},
+        "worst_sev1": None if worst is None else {"corruption": worst, "miou": round(miou[worst][1], 2),
+                                                  "relative": relative(miou[worst][1])},
+        "unseen": group([n for n in names if n in UNSEEN_FAMILIES]),
+        "seen": group([n for n in names if n not in UNSEEN_FAMILIES]),
+        "families": {family: group([n for n in names if FAMILY[n] == family])
+                     for family in dict.fromkeys(FAMILY[n] for n in names)},
+        "miou": {name: {str(s): round(v, 2) for s, v in by_severity.items()} for name, by_severity in miou.items()},
+    }
+
+
+def benchmark(pipelines: list[SegmentationPipeline], dataset, indices: list[int], corruptions: list[str],
+              severities: list[int], progress: bool = True) -> tuple[list[dict], list[dict], dict]:
+    """Run every selected frame, clean and through every (corruption, severity), through every pipeline.
+
+    Returns, per pipeline, the confusion matrices ({"clean": C x C, name: {severity: C x C}}) and the per-frame
+    mIoU in percent (same keys, lists in frame order); and the mean cost of a frame in ms, of each corruption
+    (over its severities) and of each pipeline's segment(), so a --frames run says what a whole split costs."""
+    samples = dataset.items()
+    spent = {"corruptions": dict.fromkeys(corruptions, 0.0), "pipelines": [0.0] * len(pipelines)}
+    for name in corruptions:  # imports, numba compilation and the backends' first runs outside the costs
+        corrupt(np.zeros((32, 32, 3), np.uint8), name, 1)
+    first = dataset.load(samples[indices[0]])[0]
+    for pipeline in pipelines:
+        pipeline.segment(first, "rgb")
+    conditions = [(None, 0)] + [(name, s) for name in corruptions for s in severities]
+    matrices, per_frame = [], []
+    for pipeline in pipelines:
+        k = len(pipeline.card.classes)
+        matrices.append({"clean": np.zeros((k, k), np.int64),
+                         **{n: {s: np.zeros((k, k), np.int64) for s in severities} for n in corruptions}})
+        per_frame.append({"clean": [], **{n: {s: [] for s in severities} for n in corruptions}})
+    with tqdm(total=len(indices) * len(conditions), desc=f"robustness on {dataset.split}", unit="frame",
+              disable=not progress) as bar:
+        for index in indices:
+            image, label = dataset.load(samples[index])
+            for name, severity in conditions:
+                frame = image
+                if name is not None:
+                    started = time.perf_counter()
+                    frame = corrupt(image, name, severity, frame_seed(index, name, severity))
+                    spent["corruptions"][name] += time.perf_counter() - started
+                for number, (pipeline, matrix, scores) in enumerate(zip(pipelines, matrices, per_frame)):
+                    started = time.perf_counter()
+                    mask = pipeline.segment(frame, "rgb").mask
+                    spent["pipelines"][number] += time.perf_counter() - started
+                    one = ConfusionMatrix(len(pipeline.card.classes))
+                    one.update(mask, label)
+                    score = None if np.isnan(one.mean_iou()) else round(100 * one.mean_iou(), 2)  # all void
+                    if name is None:
+                        matrix["clean"] += one.matrix
+                        scores["clean"].append(score)
+                    else:
+                        matrix[name][severity] += one.matrix
+                        scores[name][severity].append(score)
+                bar.update()
+    cost = {"corruptions": {n: round(1e3 * t / (len(indices) * len(severities)), 1)
+                            for n, t in spent["corruptions"].items()},
+            "pipelines": [round(1e3 * t / (len(indices) * len(conditions)), 1) for t in spent["pipelines"]]}
+    return matrices, per_frame, cost
+
+
+def model_labels(cards: list[ModelCard], backends: list[str]) -> list[str]:
+    """The card's name, with the backend where one model runs on several."""
+    names = [card.name for card in cards]
+    return [f"{n} ({b})" if names.count(n) > 1 else n for n, b in zip(names, backends)]
+
+
+def markdown_table(results: dict) -> str:
+    families = list(dict.fromkeys(FAMILY[n] for n in results["corruptions"]))
+
+    def pct(value) -> str:
+        return "–" if value is None else f"{value:.1f}"
+
+    def rpc(group) -> str:
+        return "–" if group is None else f"{group['rpc']:.1f}"
+
+    head = (["model", "clean", "mPC", "rPC %", "rPC sev 1-3 %", "worst sev 1 (% of clean)", "unseen rPC %",
+             "seen rPC %"] + [f"{f} rPC %" for f in families])
+    lines = [f"CamVid {results['split']}, {results['frames']} frames, severities "
+             f"{', '.join(map(str, results['severities']))}; mIoU in %, rPC = mPC / clean.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, model in results["models"].items():
+        s = model["summary"]
+        worst = "–" if s["worst_sev1"] is None else f"{s['worst_sev1']['corruption']} {s['worst_sev1']['relative']:.1f}"
+        lines.append("| " + " | ".join([label, pct(s["clean"]), pct(s["mpc"]), pct(s["rpc"]), pct(s["rpc_sev1_3"]),
+                                        worst, rpc(s["unseen"]), rpc(s["seen"])]
+                                       + [rpc(s["families"].get(f)) for f in families]) + " |")
+    labels = list(results["models"])
+    lines += ["", "mIoU per corruption, mean over the severities (* unseen in training):", "",
+              "| corruption | family | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
+    for name in results["corruptions"]:
+        means = [np.mean(list(results["models"][m]["summary"]["miou"][name].values())) for m in labels]
+        lines.append(f"| {name}{' *' if name in UNSEEN_FAMILIES else ''} | {FAMILY[name]} | "
+                     + " | ".join(f"{v:.1f}" for v in means) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append",
+                        help="model card or model file, repeat for several (default: the packaged model)")
+    parser.add_argument("--backend", action="append", choices=["onnxruntime", "torch"],
+                        help="once for all models, or once per --model in the same order (default: onnxruntime)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--data", help="CamVid folder (default: $CAMVID_ROOT)")
+    parser.add_argument("--layout", default="auto", help="camvid11, camvid32 or auto")
+    parser.add_argument("--split", default="test", choices=["val", "test"])
+    parser.add_argument("--frames", type=int, help="only N frames, evenly spaced over the split (quick runs)")
+    parser.add_argument("--corruptions", nargs="+", metavar="NAME", default=list(CORRUPTIONS),
+                        help=f"default: all of {', '.join(CORRUPTIONS)}")
+    parser.add_argument("--severities", nargs="+", type=int, choices=SEVERITIES, default=list(SEVERITIES))
+    parser.add_argument("--per-frame", action="store_true",
+                        help="also write each frame's mIoU (over the classes in its label or prediction) per model, "
+                             "corruption and severity, to robustness_per_frame.json")
+    parser.add_argument("--out", required=True, help="folder for robustness.json, robustness.md, robustness.png")
+    parser.add_argument("--update-card", action="store_true",
+                        help="record the summary in each model card's metrics['robustness'] (whole split only)")
+    args = parser.parse_args(argv)
+    args.model = args.model or [None]
+    args.backend = args.backend or ["onnxruntime"]
+    if len(args.backend) == 1:
+        args.backend *= len(args.model)
+    elif len(args.backend) != len(args.model):
+        parser.error(f"give --backend once, or once per --model ({len(args.model)} models, "
+                     f"{len(args.backend)} backends)")
+    pairs = [(None if m is None else Path(m).resolve(), b) for m, b in zip(args.model, args.backend)]
+    if len(set(pairs)) < len(pairs):
+        parser.error("the same --model with the same --backend twice")
+    unknown = [n for n in args.corruptions if n not in CORRUPTIONS]
+    if unknown:
+        parser.error(f"unknown corruption(s) {unknown}; known: {', '.join(CORRUPTIONS)}")
+    args.corruptions = list(dict.fromkeys(args.corruptions))
+    args.severities = sorted(set(args.severities))
+    if args.frames is not None and args.frames < 1:
+        parser.error(f"--frames must be at least 1, got {args.frames}")
+    if args.update_card and args.frames is not None:
+        parser.error("--update-card records whole-split figures in the cards: drop --frames")
+    return args
+
+
+def run_robustness(argv: list[str] | None = None) -> dict:
+    args = parse_arguments(argv)
+    dataset = open_dataset(args.data, args.split, args.layout)
+    count = len(dataset.items())
+    if args.frames is not None and args.frames > count:
+        raise UserError(f"--frames {args.frames}: the {args.split} split of {dataset.root} has only {count} frames")
+    pipelines = [SegmentationPipeline.from_model(m, b, args.device, threads=args.threads)
+                 for m, b in zip(args.model, args.backend)]
+    labels = model_labels([p.card for p in pipelines], args.backend)
+    indices = spaced(count, args.frames)
+    started = time.time()
+    matrices, per_frame, cost = benchmark(pipelines, dataset, indices, args.corruptions, args.severities)
+    command = command_line("seg-robustness", argv)
+    results = {
+        "split": args.split, "data": str(dataset.root), "frames": len(indices),
+        "frame_names": [dataset.items()[i].name for i in indices],
+        "corruptions": args.corruptions, "severities": args.severities,
+        "unseen_in_training": [n for n in args.corruptions if n in UNSEEN_FAMILIES],
+        "seconds": round(time.time() - started, 1), "command": command,
+        "ms_per_frame": {"corruptions": cost["corruptions"], "models": dict(zip(labels, cost["pipelines"]))},
+        "models": {label: {"model": p.card.name, "card": str(resolve_model(m)[1]), "backend": p.backend.describe(),
+                           "summary": summarize(matrix["clean"], {n: matrix[n] for n in args.corruptions})}
+                   for label, p, m, matrix in zip(labels, pipelines, args.model, matrices)},
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "robustness.json").write_text(json.dumps(results, indent=1) + "\n")
+    if args.per_frame:  # compact, beside the summary: 5 models on the whole test split are 100 000 numbers
+        (out / "robustness_per_frame.json").write_text(json.dumps({
+            "split": args.split, "frame_names": results["frame_names"], "command": command,
+            "models": {label: {"clean": scores["clean"],
+                               **{n: {str(s): scores[n][s] for s in args.severities} for n in args.corruptions}}
+                       for label, scores in zip(labels, per_frame)}}) + "\n")
+    (out / "robustness.md").write_text(markdown_table(results))
+    save_robustness_curves({label: m["summary"] for label, m in results["models"].items()}, UNSEEN_FAMILIES,
+                           out / "robustness.png", f"CamVid {args.split}, {len(indices)} frames")
+    if args.update_card:
+        for model, label in zip(args.model, labels):
+            card, card_path = resolve_model(model)
+            card.metrics["robustness"] = {"split": args.split, "frames": len(indices),
+                                          "corruptions": args.corruptions, "severities": args.severities,
+                                          **results["models"][label]["summary"], "command": command}
+            card.save(card_path)
+    print(markdown_table(results))
+    print("mean ms per frame: " + ", ".join(f"{k} {v}" for k, v in {**results["ms_per_frame"]["corruptions"],
+                                                                   **results["ms_per_frame"]["models"]}.items()))
+    print(f"wrote {out / 'robustness.json'}, {out / 'robustness.md'}, {out / 'robustness.png'}")
+    return results
+
+
+@reports_user_errors
+def main(argv: list[str] | None = None) -> None:
+    run_robustness(argv)
+
+
+if __name__ == "__main__":
+    main()
