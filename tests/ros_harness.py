@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from seg_node.ros_tools.node_process import PARAMS_FILE, SegNodeProcess
@@ -81,3 +84,21 @@ def make_image_msg(pixels: np.ndarray, encoding: str, stamp_ns: int, frame_id: s
 
 def diagnostic_values(status) -> dict[str, str]:
     return {kv.key: kv.value for kv in status.values}
+
+
+def write_clip(path: Path, width: int, height: int, frames: int, fps: int = 30) -> Path:
+    """A short MJPG video whose frame i is uniformly grey at level i * (256 // frames): a camera source."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+    for index in range(frames):
+        writer.write(np.full((height, width, 3), index * (256 // frames), np.uint8))
+    writer.release()
+    return path
+
+
+def start_camera_publisher(namespace: str, source: Path, rate: float, *parameters: str) -> subprocess.Popen:
+    """The package's camera_publisher as `ros2 run` starts it, in `namespace`, output captured."""
+    arguments = [f"source:={source}", f"rate:={rate}", *parameters]
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "camera_publisher"), "--ros-args", "-r", f"__ns:={namespace}",
+         *[word for argument in arguments for word in ("-p", argument)]],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

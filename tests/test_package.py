@@ -14,12 +14,11 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import yaml
 from rclpy.qos import qos_profile_sensor_data
-from ros_harness import REPO
+from ros_harness import REPO, start_camera_publisher, write_clip
 from sensor_msgs.msg import Image
 
 from seg_node.ros import node_parameters as params
@@ -150,16 +149,9 @@ def test_rviz_config_shows_the_node_outputs_and_the_default_camera():
 
 
 def test_camera_publisher_streams_a_video_file(ros, tmp_path):
-    video = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
-    for index in range(5):
-        writer.write(np.full((48, 64, 3), index * 40, np.uint8))
-    writer.release()
+    video = write_clip(tmp_path / "clip.avi", 64, 48, 5, fps=10)
     inbox = ros.subscribe(Image, "/cam_test/image_raw", qos=qos_profile_sensor_data)
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "camera_publisher"), "--ros-args", "-r", "__ns:=/cam_test",
-         "-p", f"source:={video}", "-p", "rate:=50.0", "-p", "frame_id:=test_cam"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = start_camera_publisher("/cam_test", video, 50.0, "frame_id:=test_cam")
     try:
         frames = inbox.wait_for(8, timeout=30)
     finally:

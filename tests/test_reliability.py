@@ -12,6 +12,7 @@ import ast
 import json
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -303,16 +304,32 @@ def test_soak_answers_every_frame_without_errors_drift_or_growth(ros, seg_node):
 
 
 # --- 4. faults while running --------------------------------------------------------------------------
-def failing_model(random_model, folder):
-    """The random model behind a guard that makes ONNX Runtime fail at run time on a very bright image:
-    when every input value is near white, Reshape gets an impossible target shape. A real model error, no mock."""
+def guarded_model(random_model, folder, name, guard) -> Path:
+    """The random model with its output renamed `unguarded_logits` and `guard(graph, output)` adding the nodes
+    that compute the real output from it, saved as folder/name.onnx with its card beside it."""
     model = onnx.load(str(random_model))
     graph = model.graph
     output = graph.output[0].name
     for node in graph.node:
-        for index, name in enumerate(node.output):
-            if name == output:
+        for index, produced in enumerate(node.output):
+            if produced == output:
                 node.output[index] = "unguarded_logits"
+    guard(graph, output)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(folder / f"{name}.onnx"))
+    card = json.loads(random_model.with_suffix(".json").read_text())
+    card["files"] = {"onnx": f"{name}.onnx"}
+    (folder / f"{name}.json").write_text(json.dumps(card))
+    return folder / f"{name}.onnx"
+
+
+def failing_model(random_model, folder):
+    """The random model behind a guard that makes ONNX Runtime fail at run time on a very bright image:
+    when every input value is near white, Reshape gets an impossible target shape. A real model error, no mock."""
+    return guarded_model(random_model, folder, "failing", reshape_guard)
+
+
+def reshape_guard(graph, output) -> None:
     shape = [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
     graph.initializer.extend([
         numpy_helper.from_array(np.array(shape, np.int64), "guard_shape"),
@@ -325,12 +342,19 @@ def failing_model(random_model, folder):
         helper.make_node("Where", ["guard_all_bright", "guard_impossible_shape", "guard_shape"], ["guard_target"]),
         helper.make_node("Reshape", ["unguarded_logits", "guard_target"], [output], name="bright_image_guard"),
     ])
-    onnx.checker.check_model(model)
-    onnx.save(model, str(folder / "failing.onnx"))
-    card = json.loads(random_model.with_suffix(".json").read_text())
-    card["files"] = {"onnx": "failing.onnx"}
-    (folder / "failing.json").write_text(json.dumps(card))
-    return folder / "failing.onnx"
+
+
+def serving_first_frame(ros, seg_node, pipeline, model, topic: str, **parameters):
+    """A node on `model` (reliable, diagnostics at 5 Hz) that has answered one good frame correctly and said OK:
+    (node, its status recorder, its mask inbox, the camera publisher)."""
+    node = seg_node(model=str(model), input_topics=[topic], qos_reliability="reliable", diagnostics_period=0.2,
+                    latency_budget_ms=5000.0, **parameters)
+    statuses = StatusRecorder(ros, node.name)
+    outputs, publisher = connect(ros, node, topic, names=("mask",))
+    publisher.publish(make_image_msg(scene(1), "rgb8", 1))
+    np.testing.assert_array_equal(wait_mask(outputs.mask, 1), pipeline.segment(scene(1)).mask)
+    assert statuses.first(lambda s: s.values["frames_processed"] == "1").level == OK
+    return node, statuses, outputs.mask, publisher
 
 
 def test_backend_failure_is_logged_counted_error_while_it_lasts_then_recovers(ros, seg_node, random_model,
@@ -339,15 +363,7 @@ def test_backend_failure_is_logged_counted_error_while_it_lasts_then_recovers(ro
     bright = np.full((60, 80, 3), 250, np.uint8)
     with pytest.raises(Exception, match="bright_image_guard"):
         SegmentationPipeline.from_model(model, backend="onnxruntime", device="cpu").segment(bright)
-    node = seg_node(model=str(model), input_topics=["/failing_cam/image_raw"], qos_reliability="reliable",
-                    diagnostics_period=0.2, latency_budget_ms=5000.0)
-    statuses = StatusRecorder(ros, node.name)
-    outputs, publisher = connect(ros, node, "/failing_cam/image_raw", names=("mask",))
-    masks = outputs.mask
-
-    publisher.publish(make_image_msg(scene(1), "rgb8", 1))
-    np.testing.assert_array_equal(wait_mask(masks, 1), pipeline.segment(scene(1)).mask)
-    assert statuses.first(lambda s: s.values["frames_processed"] == "1").level == OK
+    node, statuses, masks, publisher = serving_first_frame(ros, seg_node, pipeline, model, "/failing_cam/image_raw")
 
     failing_from = time.perf_counter()
     for index in range(5):
@@ -375,13 +391,10 @@ def test_backend_failure_is_logged_counted_error_while_it_lasts_then_recovers(ro
 def hanging_model(random_model, folder):
     """The random model behind an ONNX Loop that, on a very bright image, runs 10^15 identity iterations before
     it answers: a real backend that hangs inside session.run (it can only be stopped by cancelling the run)."""
-    model = onnx.load(str(random_model))
-    graph = model.graph
-    output = graph.output[0].name
-    for node in graph.node:
-        for index, name in enumerate(node.output):
-            if name == output:
-                node.output[index] = "unguarded_logits"
+    return guarded_model(random_model, folder, "hanging", loop_guard)
+
+
+def loop_guard(graph, output) -> None:
     body = helper.make_graph(
         [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
          helper.make_node("Identity", ["carried_in"], ["carried_out"])], "spin",
@@ -403,25 +416,14 @@ def hanging_model(random_model, folder):
         helper.make_node("Loop", ["hang_trips", "hang_true", "unguarded_logits"], [output], body=body,
                          name="bright_image_hang"),
     ])
-    onnx.checker.check_model(model)
-    onnx.save(model, str(folder / "hanging.onnx"))
-    card = json.loads(random_model.with_suffix(".json").read_text())
-    card["files"] = {"onnx": "hanging.onnx"}
-    (folder / "hanging.json").write_text(json.dumps(card))
-    return folder / "hanging.onnx"
 
 
 def test_a_hung_backend_turns_diagnostics_error_and_ctrl_c_still_exits_cleanly(ros, seg_node, random_model,
                                                                              pipeline, tmp_path):
     """Before the fix the level stayed OK (p95 of no frames is NaN, and NaN > budget is false)."""
-    node = seg_node(model=str(hanging_model(random_model, tmp_path)), input_topics=["/hung_cam/image_raw"],
-                    qos_reliability="reliable", diagnostics_period=0.2, output_timeout=1.0, latency_budget_ms=5000.0)
-    statuses = StatusRecorder(ros, node.name)
-    outputs, publisher = connect(ros, node, "/hung_cam/image_raw", names=("mask",))
-    masks = outputs.mask
-    publisher.publish(make_image_msg(scene(1), "rgb8", 1))
-    np.testing.assert_array_equal(wait_mask(masks, 1), pipeline.segment(scene(1)).mask)
-    assert statuses.first(lambda s: s.values["frames_processed"] == "1").level == OK
+    model = hanging_model(random_model, tmp_path)
+    node, statuses, masks, publisher = serving_first_frame(ros, seg_node, pipeline, model, "/hung_cam/image_raw",
+                                                           output_timeout=1.0)
 
     hung_from = time.perf_counter()
     bright = np.full((60, 80, 3), 250, np.uint8)

@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 from rclpy.qos import qos_profile_sensor_data
-from ros_harness import make_image_msg
+from ros_harness import make_image_msg, start_camera_publisher, write_clip
 from sensor_msgs.msg import Image
 from test_node import scene
 
@@ -69,16 +65,9 @@ def test_seg_node_under_load_exits_0_quietly_on_two_sigints(ros, seg_node, attem
 
 
 def test_camera_publisher_streaming_exits_0_quietly_on_two_sigints(ros, tmp_path):
-    video = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30, (320, 240))
-    for index in range(30):
-        writer.write(np.full((240, 320, 3), index * 8, np.uint8))
-    writer.release()
+    video = write_clip(tmp_path / "clip.avi", 320, 240, 30)
     inbox = ros.subscribe(Image, "/shutdown_pub/image_raw", qos=qos_profile_sensor_data)
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "camera_publisher"), "--ros-args", "-r", "__ns:=/shutdown_pub",
-         "-p", f"source:={video}", "-p", "rate:=200.0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = start_camera_publisher("/shutdown_pub", video, 200.0)
     try:
         inbox.wait_for(20, timeout=30)
         status = interrupt_twice(process)
