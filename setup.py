@@ -57,6 +57,7 @@ setup(
             f"seg-export = {PACKAGE}.toolchain.export:main",
             f"seg-eval = {PACKAGE}.toolchain.evaluation.evaluate:main",
             f"seg-robustness = {PACKAGE}.toolchain.evaluation.robustness:main",
+            f"seg-calibrate-confidence = {PACKAGE}.toolchain.evaluation.calibrate_confidence:main",
             f"seg-prune = {PACKAGE}.toolchain.compression.prune:main",
             f"seg-quantize = {PACKAGE}.toolchain.compression.quantize:main",
             f"seg-sweep = {PACKAGE}.toolchain.compression.sweep:main",

@@ -11,13 +11,14 @@ import pytest
 from seg_node.ros.camera_health import ERROR, OK, STALE, WARN, CameraHealth, HealthThresholds
 
 THRESHOLDS = HealthThresholds(latency_budget_ms=50.0, error_rate_threshold=0.5, camera_timeout=3.0,
-                              output_timeout=2.0)
+                              output_timeout=2.0, reliability_threshold=0.5, reliability_hold=2.0)
 
 
-def answered(health: CameraHealth, at: float, queue_ms: float = 1.0, processing_ms: float = 10.0) -> None:
-    """One frame arrives at `at` and its mask is published at once."""
+def answered(health: CameraHealth, at: float, queue_ms: float = 1.0, processing_ms: float = 10.0,
+             score: float = float("nan")) -> None:
+    """One frame arrives at `at` and its mask (with confidence `score`) is published at once."""
     health.received(at)
-    health.processed(at, queue_ms, processing_ms, age_ms=5.0)
+    health.processed(at, queue_ms, processing_ms, age_ms=5.0, score=score)
 
 
 def running(seconds: int = 5) -> CameraHealth:
@@ -122,10 +123,13 @@ def test_latency_budget_counts_the_queue_and_prints_the_budget_as_set(budget, te
 
 
 def test_precedence_worst_first():
-    """Dead worker > stalled output > STALE > failed > error rate > rejected > latency > OK."""
-    def health_with(stalled=False, silent=False, failed=False, bad_rate=False, rejected=False, slow=False):
+    """Dead worker > stalled output > STALE > failed > error rate > unreliable > rejected > latency > OK."""
+    def health_with(stalled=False, silent=False, failed=False, bad_rate=False, unreliable=False, rejected=False,
+                    slow=False):
         health = running()
         now = 5.0
+        if unreliable:  # 2.5 s under the threshold by the report (frames without a score leave the run alone)
+            answered(health, now, score=0.1)
         if failed:
             health.received(now)
             health.failed("boom", now)
@@ -150,11 +154,12 @@ def test_precedence_worst_first():
         return health, end
 
     cases = [
-        (dict(stalled=True, silent=True, failed=True, slow=True), True, ERROR, "worker thread"),
-        (dict(stalled=True, silent=True, failed=True, slow=True), False, ERROR, "inference stalled"),
-        (dict(silent=True, failed=True, rejected=True, slow=True), False, STALE, "no image"),
-        (dict(failed=True, bad_rate=True, rejected=True, slow=True), False, ERROR, "frame(s) failed"),
-        (dict(bad_rate=True, slow=True), False, ERROR, "rejected or failed"),
+        (dict(stalled=True, silent=True, failed=True, unreliable=True, slow=True), True, ERROR, "worker thread"),
+        (dict(stalled=True, silent=True, failed=True, unreliable=True, slow=True), False, ERROR, "inference stalled"),
+        (dict(silent=True, failed=True, unreliable=True, rejected=True, slow=True), False, STALE, "no image"),
+        (dict(failed=True, bad_rate=True, unreliable=True, rejected=True, slow=True), False, ERROR, "frame(s) failed"),
+        (dict(bad_rate=True, unreliable=True, slow=True), False, ERROR, "rejected or failed"),
+        (dict(unreliable=True, rejected=True, slow=True), False, WARN, "segmentation unreliable"),
         (dict(rejected=True, slow=True), False, WARN, "malformed"),
         (dict(slow=True), False, WARN, "latency"),
         ({}, False, OK, "ok"),
@@ -173,3 +178,41 @@ def test_a_clock_that_jumps_back_restarts_the_output_clock():
     assert report.level == OK and report.values["seconds_since_last_mask"] == "nan"
     assert health.report(3.5, THRESHOLDS).level == ERROR
     assert not math.isnan(float(report.values["seconds_since_last_image"]))
+
+
+def scored(health: CameraHealth, start: float, stop: float, score: float) -> None:
+    """Frames at 10 Hz from `start` up to (not including) `stop`, each with confidence `score`."""
+    for tick in range(round(10 * (stop - start))):
+        answered(health, start + tick / 10, score=score)
+
+
+def test_scores_under_the_threshold_warn_only_after_the_hold_time_and_recover_with_a_good_frame():
+    health = running()
+    scored(health, 5.0, 6.0, 0.2)
+    within = health.report(6.0, THRESHOLDS)
+    assert within.level == OK and within.values["confidence_score"] == "0.200", "1.0 s under: within the hold"
+    assert within.values["seconds_under_confidence_threshold"] == "1.00"
+    scored(health, 6.0, 7.5, 0.3)
+    warned = health.report(7.5, THRESHOLDS)
+    assert warned.level == WARN
+    assert warned.message == "segmentation unreliable: confidence 0.26 under 0.50 for 2.5 s"  # (10 x .2 + 15 x .3) / 25
+    assert warned.values["confidence_threshold"] == "0.500" and warned.values["confidence_score"] == "0.300"
+    answered(health, 7.6, score=0.9)
+    recovered = health.report(8.0, THRESHOLDS)
+    assert (recovered.level, recovered.message) == (OK, "ok")
+    assert recovered.values["seconds_under_confidence_threshold"] == "0.00"
+
+
+def test_one_frame_at_the_threshold_restarts_the_hold_and_no_threshold_never_warns():
+    health = running()
+    scored(health, 5.0, 6.0, 0.2)
+    answered(health, 6.0, score=0.5)  # at the threshold: reliable
+    scored(health, 6.1, 7.5, 0.2)
+    report = health.report(7.5, THRESHOLDS)
+    assert report.level == OK and report.values["seconds_under_confidence_threshold"] == "1.40"
+    unchecked = HealthThresholds(latency_budget_ms=50.0, reliability_threshold=None)
+    silent_monitor = running()
+    scored(silent_monitor, 5.0, 9.0, 0.0)
+    report = silent_monitor.report(9.0, unchecked)
+    assert report.level == OK and report.values["confidence_threshold"] == "none"
+    assert health.report(7.6, unchecked).values["seconds_under_confidence_threshold"] == "0.00", "the run ends"

@@ -17,7 +17,7 @@ from seg_node.toolchain.data import VOID_INDEX
 from seg_node.toolchain.data.camvid import read_rgb
 from seg_node.toolchain.evaluation.corruptions import CORRUPTIONS, FAMILY, SEVERITIES, corrupt
 from seg_node.toolchain.evaluation.evaluate import run_evaluation
-from seg_node.toolchain.evaluation.robustness import frame_seed, run_robustness, spaced, summarize
+from seg_node.toolchain.evaluation.robustness import auroc, frame_seed, reliability, run_robustness, spaced, summarize
 from seg_node.toolchain.training.augment import UNSEEN_FAMILIES, CorruptionRecipe, augment, corruption_transform
 
 #: what issue 16 asks the benchmark for, beyond which the registry may hold more
@@ -220,3 +220,45 @@ def test_seg_robustness_end_to_end_on_a_small_camvid_copy(tmp_path, random_model
     assert (tmp_path / "out" / "robustness.png").stat().st_size > 10_000
     table = (tmp_path / "out" / "robustness.md").read_text()
     assert all(f"| {card.name} |" in table for card in cards) and "| pixelate * | digital |" in table
+    # the frame confidence score beside each frame's mIoU, and the figures made of it
+    scores = json.loads((tmp_path / "out" / "robustness_per_frame.json").read_text())["scores"][cards[0].name]
+    assert len(scores["clean"]) == 3 and len(scores["gaussian_noise"]["4"]) == 3
+    from seg_node.core.pipeline import SegmentationPipeline
+    from seg_node.toolchain.data import open_dataset
+    dataset = open_dataset(data, "test")
+    first = dataset.load(dataset.items()[0])[0]
+    assert scores["clean"][0] == round(SegmentationPipeline.from_model(default).segment(first).score, 4)
+    for model in written["models"].values():
+        confidence = model["confidence"]
+        assert 0.0 <= confidence["all"]["auroc_sev3plus"] <= 1.0 and confidence["all"]["frames_sev3plus"] == 18
+        assert confidence["unseen"]["frames_sev3plus"] == 9 and -1.0 <= confidence["unseen"]["spearman"] <= 1.0
+    assert (tmp_path / "out" / "robustness_confidence.png").stat().st_size > 10_000
+    assert "Frame confidence score: AUROC" in table
+
+
+def test_auroc_by_rank_sum_on_a_hand_computed_case():
+    # pairs (higher, lower): 0.9 beats 0.2, 0.5, ties 0.9; 0.6 beats 0.2, 0.5, loses to 0.9; 0.3 beats 0.2 only:
+    # wins 2 + 2 + 1 = 5, one tie 0.5, out of 9 pairs
+    assert auroc([0.9, 0.6, 0.3], [0.2, 0.5, 0.9]) == pytest.approx(5.5 / 9)
+    assert auroc([1, 2], [0]) == 1.0 and auroc([0], [1, 2]) == 0.0 and auroc([1, 1], [1]) == 0.5
+    with pytest.raises(ValueError, match="both sides"):
+        auroc([], [1.0])
+
+
+def test_the_scores_auroc_and_spearman_from_hand_made_per_frame_tables():
+    scores = {"clean": [0.8, 0.9], "gaussian_noise": {1: [0.7, 0.85], 3: [0.1, 0.95]}, "pixelate": {1: [0.6, 0.6],
+                                                                                                     3: [0.2, 0.3]}}
+    miou = {"clean": [70.0, 80.0], "gaussian_noise": {1: [60.0, 75.0], 3: [5.0, None]},
+            "pixelate": {1: [50.0, 55.0], 3: [20.0, 30.0]}}
+    result = reliability(miou, scores, ["gaussian_noise", "pixelate"], [1, 3])
+    # clean against severity 3: 0.8 and 0.9 beat 0.1, 0.2, 0.3; 0.8 loses to 0.95, 0.9 too: 6 of 8
+    assert result["all"]["auroc_sev3plus"] == 0.75 and result["all"]["frames_sev3plus"] == 4
+    assert result["unseen"]["auroc_sev3plus"] == 1.0 and result["unseen"]["frames_sev3plus"] == 2
+    # Spearman over the frames with an mIoU: 9 pairs (the all-void frame, score 0.95, left out)
+    assert result["all"]["frames_paired"] == 9
+    paired = ([0.8, 0.9, 0.7, 0.85, 0.1, 0.6, 0.6, 0.2, 0.3], [70, 80, 60, 75, 5, 50, 55, 20, 30])
+    from scipy.stats import spearmanr
+    assert result["all"]["spearman"] == round(float(spearmanr(*paired).statistic), 4)
+    # unseen (pixelate) with the clean frames: scores 0.8 0.9 0.6 0.6 0.2 0.3 against 70 80 50 55 20 30
+    assert result["unseen"]["spearman"] == pytest.approx(1 - 6 * (0 + 0 + 0.25 + 0.25 + 0 + 0) / (6 * 35), abs=1e-3)
+    assert result["score_median"] == {"clean": 0.85, "gaussian_noise sev3plus": 0.525, "pixelate sev3plus": 0.25}

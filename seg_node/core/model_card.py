@@ -53,6 +53,27 @@ class InputSpec:
 
 
 @dataclass
+class ConfidenceSpec:
+    """How the pipeline turns logits into confidence (seg_node.core.confidence): the softmax temperature, and
+    the frame score under which the node's diagnostics warn (None: not calibrated, no warning unless the node
+    is given one); `calibration` records how seg-calibrate-confidence chose both."""
+
+    temperature: float = 1.0
+    threshold: float | None = None
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, where: str) -> None:
+        if not (is_numbers([self.temperature], 1) and math.isfinite(self.temperature) and self.temperature > 0):
+            raise ModelCardError(f"{where}: confidence.temperature must be a finite number > 0, "
+                                 f"got {self.temperature!r}")
+        if self.threshold is not None and not (is_numbers([self.threshold], 1) and 0.0 <= self.threshold <= 1.0):
+            raise ModelCardError(f"{where}: confidence.threshold must be a number in [0, 1] or null, "
+                                 f"got {self.threshold!r}")
+        if not isinstance(self.calibration, dict):
+            raise ModelCardError(f"{where}: confidence.calibration must be an object, got {self.calibration!r}")
+
+
+@dataclass
 class ModelCard:
     name: str
     architecture: dict[str, Any]
@@ -71,6 +92,7 @@ class ModelCard:
     #: one number per class that the pipeline adds to the network's logits (after flip averaging), so a card can
     #: name another model's files and differ from it only in offsets instead of shipping a copy of its weights
     logit_offsets: list[float] = field(default_factory=list)
+    confidence: ConfidenceSpec = field(default_factory=ConfidenceSpec)
     notes: str = ""
     format: str = CARD_FORMAT
 
@@ -103,6 +125,7 @@ class ModelCard:
             raise ModelCardError(f"{where}: logit_offsets needs one finite number per class ({len(self.classes)}) "
                                  f"or none, got {self.logit_offsets!r}")
         self.input.validate(where)
+        self.confidence.validate(where)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -124,7 +147,14 @@ class ModelCard:
             spec = InputSpec(**data["input"])
         except TypeError as exc:
             raise ModelCardError(f"{where}: bad input spec: {exc}") from exc
-        card = cls(**{**data, "input": spec})
+        confidence = data.get("confidence", {})
+        try:
+            confidence = ConfidenceSpec(**confidence) if isinstance(confidence, dict) else None
+        except TypeError as exc:
+            raise ModelCardError(f"{where}: bad confidence spec: {exc}") from exc
+        if confidence is None:
+            raise ModelCardError(f"{where}: confidence must be an object {{temperature, threshold, calibration}}")
+        card = cls(**{**data, "input": spec, "confidence": confidence})
         card.validate(where)
         return card
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends import Backend, TensorRTOptions, create_backend
+from .confidence import confidence_image, frame_score
 from .model_card import ModelCard
 from .model_files import resolve_model
 from .postprocess import colorize, logits_to_mask, overlay, palette_lut
@@ -22,6 +23,10 @@ from .preprocess import normalize, resize_for_network
 @dataclass
 class SegmentationResult:
     mask: np.ndarray
+    #: the frame's mean top-class probability (seg_node.core.confidence.frame_score): low when the mask is unsure
+    score: float = float("nan")
+    #: H x W uint8 per-pixel confidence (0-255), only when segment() was asked for it
+    confidence: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -65,19 +70,23 @@ class SegmentationPipeline:
         """C x h x w logits at network resolution, for tools that need more than the mask."""
         return self.run_network(self.prepare(image, channel_order))[0]
 
-    def segment(self, image: np.ndarray, channel_order: str = "rgb") -> SegmentationResult:
-        """H x W x 3 uint8 image (rgb or bgr) -> H x W uint8 class ids."""
+    def segment(self, image: np.ndarray, channel_order: str = "rgb", confidence: bool = False) -> SegmentationResult:
+        """H x W x 3 uint8 image (rgb or bgr) -> H x W uint8 class ids and the frame score; with `confidence`,
+        also the per-pixel confidence at the image's size (a full-resolution softmax: only when someone wants it)."""
         start = time.perf_counter()
         network_input = self.prepare(image, channel_order)
         preprocessed = time.perf_counter()
         logits = self.run_network(network_input)[0]
         inferred = time.perf_counter()
         mask = logits_to_mask(logits, image.shape[0], image.shape[1], self.upsampling)
+        temperature = self.card.confidence.temperature
+        score = frame_score(logits, temperature)
+        pixels = confidence_image(logits, image.shape[0], image.shape[1], temperature) if confidence else None
         done = time.perf_counter()
-        return SegmentationResult(mask, {
+        return SegmentationResult(mask, score, pixels, {
             "preprocess": 1e3 * (preprocessed - start),
             "inference": 1e3 * (inferred - preprocessed),
-            "postprocess": 1e3 * (done - inferred),
+            "postprocess": 1e3 * (done - inferred),  # mask, score and confidence (seg-benchmark --confidence)
             "total": 1e3 * (done - start),
         })
 

@@ -25,6 +25,10 @@ class HealthThresholds:
     error_rate_threshold: float = 0.5
     camera_timeout: float = 3.0
     output_timeout: float = 2.0
+    #: frame confidence score (seg_node.core.confidence) under which masks are unreliable; None: not checked
+    reliability_threshold: float | None = None
+    #: seconds every frame must score under the threshold before the camera's diagnostics WARN
+    reliability_hold: float = 2.0
 
 
 @dataclass
@@ -56,6 +60,9 @@ class CameraHealth:
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._queue: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._ages: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._scores: deque[tuple[float, float]] = deque(maxlen=LATENCY_WINDOW)  # (processed at, frame score)
+        self._low_since: float | None = None  # first frame of the current run of frames under the threshold
+        self._low_total, self._low_count = 0.0, 0  # that run's summed scores and frames, for its mean
         self.last_received_at: float | None = None
         self.last_mask_at: float | None = None
         self._waiting_since: float | None = None
@@ -87,6 +94,8 @@ class CameraHealth:
             self._latencies.clear()
             self._queue.clear()
             self._ages.clear()
+            self._scores.clear()
+            self._low_since, self._low_total, self._low_count = None, 0.0, 0
 
     def received(self, now: float) -> None:
         with self._lock:
@@ -112,22 +121,42 @@ class CameraHealth:
             self.last_error = error
             self._progressed(now)
 
-    def processed(self, now: float, queue_ms: float, processing_ms: float, age_ms: float) -> None:
-        """A mask was published; its latency is what the frame saw: waiting in the queue, then processing."""
+    def processed(self, now: float, queue_ms: float, processing_ms: float, age_ms: float,
+                  score: float = float("nan")) -> None:
+        """A mask was published; its latency is what the frame saw: waiting in the queue, then processing;
+        `score` is the frame's confidence score (NaN: none)."""
         with self._lock:
             self._count("processed")
             self._latencies.append(queue_ms + processing_ms)
             self._queue.append(queue_ms)
             self._ages.append(age_ms)
+            if not np.isnan(score):
+                self._scores.append((now, score))
             self.last_mask_at = now
             self._progressed(now)
+
+    def _track_low_run(self, threshold: float | None) -> None:
+        """Follow the run of consecutive frames scored under `threshold` through this period's frames (the
+        caller holds the lock); a frame at or over it, or no threshold, ends the run."""
+        for at, score in self._scores:
+            if threshold is None or score >= threshold:
+                self._low_since, self._low_total, self._low_count = None, 0.0, 0
+            else:
+                if self._low_since is None:
+                    self._low_since = at
+                self._low_total += score
+                self._low_count += 1
+        if threshold is None:
+            self._low_since, self._low_total, self._low_count = None, 0.0, 0
+        self._scores.clear()
 
     def report(self, now: float, thresholds: HealthThresholds, worker_alive: bool = True) -> HealthReport:
         """Summarize the period since the last report and start a new one.
 
         Precedence, worst first: the worker is gone, output stalled while frames wait (both ERROR: the node
-        itself is broken), no image (STALE), frames failed or too many bad (ERROR), some malformed (WARN),
-        latency over budget (WARN), OK.
+        itself is broken), no image (STALE), frames failed or too many bad (ERROR), every frame scored under
+        the reliability threshold for the hold time (WARN: the masks come, but cannot be trusted), some
+        malformed (WARN), latency over budget (WARN), OK.
         """
         with self._lock:
             period, self._period = self._period, Counter()
@@ -135,6 +164,9 @@ class CameraHealth:
             self._latencies.clear()
             self._queue.clear()
             self._ages.clear()
+            scores = [score for _, score in self._scores]
+            self._track_low_run(thresholds.reliability_threshold)
+            low_since, low_mean = self._low_since, self._low_total / max(self._low_count, 1)
             elapsed = max(now - self._period_started_at, 1e-9)
             self._period_started_at = now
             totals, by_reason = Counter(self.totals), Counter(self.rejected_by_reason)
@@ -148,6 +180,7 @@ class CameraHealth:
         stalled_for = now - waiting_since if waiting_since is not None else 0.0
         p95 = latency["p95"]
         budget = thresholds.latency_budget_ms
+        low_for = now - low_since if low_since is not None else 0.0
 
         if not worker_alive:
             level, message = ERROR, "the inference worker thread has stopped: no frame will be processed"
@@ -160,6 +193,9 @@ class CameraHealth:
             level, message = ERROR, f"{period['failed']} frame(s) failed: {last_error}"
         elif error_rate > thresholds.error_rate_threshold:
             level, message = ERROR, f"{100 * error_rate:.0f}% of frames rejected or failed"
+        elif low_since is not None and low_for >= thresholds.reliability_hold:
+            level, message = WARN, (f"segmentation unreliable: confidence {low_mean:.2f} under "
+                                    f"{thresholds.reliability_threshold:.2f} for {low_for:.1f} s")
         elif period["rejected"]:
             level, message = WARN, f"{period['rejected']} malformed frame(s) rejected"
         elif p95 > budget:
@@ -185,6 +221,10 @@ class CameraHealth:
             "seconds_since_last_image": f"{silent_for:.2f}",
             "seconds_since_last_mask": f"{now - last_mask_at:.2f}" if last_mask_at is not None else "nan",
             "worker_alive": str(worker_alive).lower(),
+            "confidence_score": f"{np.mean(scores):.3f}" if scores else "nan",
+            "confidence_threshold": ("none" if thresholds.reliability_threshold is None
+                                     else f"{thresholds.reliability_threshold:.3f}"),
+            "seconds_under_confidence_threshold": f"{low_for:.2f}",
         }
         values.update({f"rejected_{reason}": str(count) for reason, count in sorted(by_reason.items())})
         return HealthReport(level, message, values)

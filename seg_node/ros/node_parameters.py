@@ -38,6 +38,11 @@ def in_range(low: float, high: float):
     return lambda v: None if low <= v <= high else f"must be in [{low}, {high}], got {v}"
 
 
+def in_range_or(special: float, low: float, high: float):
+    """A value in [low, high], or the one value `special` that stands for a default."""
+    return lambda v: None if v == special or low <= v <= high else f"must be {special} or in [{low}, {high}], got {v}"
+
+
 def topics_check(value: list[str]) -> str | None:
     if not value or any(not t or " " in t for t in value):
         return f"needs at least one topic name without spaces, got {list(value)}"
@@ -84,6 +89,14 @@ PARAMETERS: dict[str, ParamSpec] = {
                                 in_range(0.01, 3600.0), dynamic=True),
     "output_timeout": ParamSpec(2.0, "seconds with frames waiting and none processed (a hung backend) before "
                                      "a camera's diagnostics go ERROR", in_range(0.01, 3600.0), dynamic=True),
+    "reliability_monitor": ParamSpec(True, "WARN in /diagnostics while every frame's confidence score stays under "
+                                           "reliability_threshold for reliability_hold seconds", dynamic=True),
+    "reliability_threshold": ParamSpec(-1.0, "frame confidence score (0-1, ~/latency confidence_score) under which "
+                                             "masks count as unreliable; -1: the model card's confidence.threshold "
+                                             "(a card without one: no check)", in_range_or(-1.0, 0.0, 1.0),
+                                       dynamic=True),
+    "reliability_hold": ParamSpec(2.0, "seconds the score must stay under the threshold before diagnostics WARN",
+                                  in_range(0.0, 3600.0), dynamic=True),
     "diagnostics_period": ParamSpec(1.0, "seconds between /diagnostics summaries", in_range(0.01, 3600.0)),
     "max_image_pixels": ParamSpec(4096 * 4096, "larger images are rejected before decoding",
                                   in_range(1, 1 << 31)),

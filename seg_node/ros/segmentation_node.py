@@ -72,6 +72,10 @@ class SegNode(Node):
             f"segmenting {[c.topic for c in self.cameras]} with {self.pipeline.card.name} "
             f"({backend.describe()}), {self.pipeline.card.input.width}x{self.pipeline.card.input.height} input"
             + (", flip-averaged (two passes per frame)" if self.pipeline.card.flip_average else ""))
+        if self.reliability_monitor and self.thresholds.reliability_threshold is None:
+            self.get_logger().info("reliability_monitor: the model card has no confidence.threshold and "
+                                   "reliability_threshold is -1, so /diagnostics does not check confidence "
+                                   "(set reliability_threshold, or calibrate the card: seg-calibrate-confidence)")
 
     # --- parameters -------------------------------------------------------------------------------
     def _declare_parameters(self) -> None:
@@ -104,6 +108,10 @@ class SegNode(Node):
                 self.pipeline.upsampling = value
             elif node_parameters.PARAMETERS[name].dynamic:
                 setattr(self, name, value)
+        card_threshold = self.pipeline.card.confidence.threshold
+        threshold = self.reliability_threshold if self.reliability_threshold >= 0 else card_threshold
+        self.thresholds.reliability_threshold = threshold if self.reliability_monitor else None
+        self.thresholds.reliability_hold = float(self.reliability_hold)
 
     def _load_pipeline(self) -> SegmentationPipeline:
         get = lambda name: self.get_parameter(name).value  # noqa: E731
@@ -142,6 +150,7 @@ class SegNode(Node):
             prefix = f"~/{name}/" if name else "~/"
             for output in ("mask", "color_mask", "overlay"):
                 camera.publishers[output] = self.create_publisher(Image, prefix + output, 5)
+            camera.publishers["confidence"] = self.create_publisher(Image, prefix + "confidence", 5)
             camera.publishers["latency"] = self.create_publisher(DiagnosticArray, prefix + "latency", 10)
             self.create_subscription(CompressedImage if compressed else Image, camera.topic,
                                      lambda msg, cam=camera: self._on_image(cam, msg), qos)
@@ -212,8 +221,11 @@ class SegNode(Node):
             self._reject(camera, exc)
             return
         decoded = time.perf_counter()
-        result = self.pipeline.segment(image.pixels, image.channel_order)
+        confidence = camera.publishers["confidence"].get_subscription_count() > 0
+        result = self.pipeline.segment(image.pixels, image.channel_order, confidence)
         self._publish_outputs(camera, msg.header, image, result.mask)
+        if result.confidence is not None:
+            camera.publishers["confidence"].publish(image_message(result.confidence, "mono8", msg.header))
         finished = time.perf_counter()
         now = self._now()  # with sim time it reads 0 until the first /clock: an age against that is decades off
         age_ms = 1e3 * (now - stamp_ns(msg.header.stamp) * 1e-9) if now > 0.0 else float("nan")
@@ -221,8 +233,8 @@ class SegNode(Node):
                    "publish": 1e3 * (finished - decoded) - result.timings_ms["total"]}
         timings["total"] = 1e3 * (finished - started)
         timings["age"] = age_ms
-        camera.health.processed(now, timings["queue"], timings["total"], age_ms)
-        self._publish_latency(camera, msg.header, timings)
+        camera.health.processed(now, timings["queue"], timings["total"], age_ms, result.score)
+        self._publish_latency(camera, msg.header, timings, result.score)
 
     def _publish_outputs(self, camera: Camera, header, image: DecodedImage, mask) -> None:
         pubs = camera.publishers
@@ -240,11 +252,12 @@ class SegNode(Node):
                 blended = self.pipeline.overlay(shown, colors, self.overlay_alpha)
                 pubs["overlay"].publish(image_message(blended, "rgb8", header))
 
-    def _publish_latency(self, camera: Camera, header, timings: dict) -> None:
+    def _publish_latency(self, camera: Camera, header, timings: dict, score: float) -> None:
         status = DiagnosticStatus(
             level=DiagnosticStatus.OK, name=f"{self.get_name()}: {camera.name or 'camera'} latency",
             message=f"{timings['total']:.1f} ms", hardware_id=self.hardware_id,
-            values=[KeyValue(key=f"{k}_ms", value=f"{v:.3f}") for k, v in timings.items()])
+            values=[KeyValue(key=f"{k}_ms", value=f"{v:.3f}") for k, v in timings.items()]
+            + [KeyValue(key="confidence_score", value=f"{score:.4f}")])
         camera.publishers["latency"].publish(DiagnosticArray(header=header, status=[status]))
 
     # --- diagnostics ------------------------------------------------------------------------------

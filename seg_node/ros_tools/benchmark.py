@@ -277,6 +277,43 @@ def upsampling_quality(model: str | None, backend: str, threads: int, data: str 
     return results
 
 
+CONFIDENCE_SIZES = ((480, 360), (1920, 1080))
+
+
+def confidence_cost(model: str | None, backend: str, threads: int, frames, sizes, warmup: int) -> dict:
+    """What confidence adds to the pipeline, per image size: the frame score (every frame; it reads the
+    network-resolution logits, so its cost does not depend on the size) and the ~/confidence map (only while
+    subscribed: softmax at network resolution, resized to the image), beside the mask's postprocess."""
+    from ..core.confidence import confidence_image, frame_score
+    from ..core.postprocess import logits_to_mask
+    pipeline = SegmentationPipeline.from_model(model, backend, "cpu", threads=threads)
+    temperature = pipeline.card.confidence.temperature
+    results = {}
+    for width, height in sizes:
+        times = {"score": [], "confidence_map": [], "mask": []}
+        for index, frame in enumerate(tqdm(frames[:warmup] + frames, desc=f"confidence {width}x{height}",
+                                           leave=False)):
+            logits = pipeline.logits(cv2.resize(frame, (width, height), interpolation=cv2.INTER_LINEAR))
+            steps = {"score": lambda: frame_score(logits, temperature),
+                     "confidence_map": lambda: confidence_image(logits, height, width, temperature),
+                     "mask": lambda: logits_to_mask(logits, height, width, pipeline.upsampling)}
+            for step, run in steps.items():
+                started = time.perf_counter()
+                run()
+                if index >= warmup:
+                    times[step].append(1e3 * (time.perf_counter() - started))
+        results[f"{width}x{height}"] = {step: latency_summary(values) for step, values in times.items()}
+    print(f"\nconfidence cost in ms, median / p95, {len(frames)} frames, {pipeline.card.name}, network input "
+          f"{pipeline.card.input.width}x{pipeline.card.input.height}: the score runs on every frame, the map only "
+          "while ~/confidence is subscribed")
+    print("| image size | frame score | confidence map (~/confidence) | mask (postprocess, for scale) |")
+    print("|---|---|---|---|")
+    for size, steps in results.items():
+        print(f"| {size} | " + " | ".join(f"{steps[k]['median']:.2f} / {steps[k]['p95']:.2f}"
+                                           for k in ("score", "confidence_map", "mask")) + " |")
+    return results
+
+
 def format_row(label: str, result: dict) -> str:
     cells = [f"{result[k]['median']:7.1f} / {result[k]['p95']:6.1f}" if k in result else f"{'-':>16}"
              for k in ("preprocess", "inference", "postprocess", "total", "model_only", "node")]
@@ -309,8 +346,12 @@ def run_benchmark(argv: list[str] | None = None) -> dict:
     hd.add_argument("--upsampling-quality", action="store_true",
                     help="mIoU of each upsampling mode on CamVid frames upscaled 2x and 4x (needs CamVid)")
     hd.add_argument("--limit", type=int, help="--upsampling-quality: only the first N frames")
+    hd.add_argument("--confidence", action="store_true",
+                    help="cost of the frame confidence score and the ~/confidence map at --confidence-sizes")
+    hd.add_argument("--confidence-sizes", type=parse_sizes, default=CONFIDENCE_SIZES,
+                    help="WxH,... (default: %(default)s)")
     args = parser.parse_args(argv)
-    if args.hd or args.delivery or args.upsampling_quality:
+    if args.hd or args.delivery or args.upsampling_quality or args.confidence:
         return run_hd_benchmark(args)
 
     frames = load_frames(args.data, args.split, args.frames)
@@ -346,8 +387,12 @@ def run_benchmark(argv: list[str] | None = None) -> dict:
 
 
 def run_hd_benchmark(args) -> dict:
-    """--upsampling-quality, --hd and --delivery, in that order, in one run."""
+    """--confidence, --upsampling-quality, --hd and --delivery, in that order, in one run."""
     results = {"command": "seg-benchmark " + " ".join(sys.argv[1:])}
+    if args.confidence:
+        results["confidence"] = confidence_cost(args.model, args.backend, args.threads,
+                                                load_frames(args.data, args.split, args.frames),
+                                                args.confidence_sizes, args.warmup)
     if args.upsampling_quality:
         results["upsampling_quality"] = upsampling_quality(args.model, args.backend, args.threads, args.data,
                                                            args.split, args.limit)

@@ -11,6 +11,12 @@ corruptions of the mean over severities of mIoU, and rPC = mPC / clean mIoU; rPC
 are percentages of the clean mIoU. The corruptions kept out of training (UNSEEN_FAMILIES) are summarised apart.
 Writes robustness.json, robustness.md (tables), robustness.png (mIoU against severity) and, with --per-frame,
 robustness_per_frame.json.
+
+Beside each frame's mIoU the benchmark records the pipeline's frame confidence score (seg_node.core.confidence,
+what the node's reliability monitor watches) and reports how well it tells trouble: AUROC for clean frames
+against frames at severity >= 3 (all corruptions, and the unseen ones alone) and Spearman's correlation of score
+and per-frame mIoU over the clean and corrupted frames together (and clean with unseen); robustness_confidence.png
+plots score against mIoU and shows confidence and error maps of a few frames.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import rankdata, spearmanr
 from tqdm import tqdm
 
 from ...core.command_line import reports_user_errors
@@ -33,9 +40,11 @@ from ..data import open_dataset
 from ..training.augment import UNSEEN_FAMILIES
 from .corruptions import CORRUPTIONS, FAMILY, SEVERITIES, corrupt
 from .metrics import ConfusionMatrix, mean_iou_of
-from .plots import save_robustness_curves
+from .plots import _pyplot, save_robustness_curves
 
 MILD = (1, 2, 3)  # the severities of the "rPC sev 1-3" figure
+SEVERE = 3  # frames at this severity or above are the ones the confidence score should tell from clean ones
+EXAMPLE_CORRUPTIONS = ("gaussian_noise", "fog", "motion_blur")  # shown in robustness_confidence.png when run
 
 
 def frame_seed(index: int, corruption: str, severity: int) -> int:
@@ -92,13 +101,21 @@ def summarize(clean: np.ndarray, corrupted: dict[str, dict[int, np.ndarray]]) ->
     }
 
 
+def example_conditions(corruptions: list[str], severities: list[int]) -> list[tuple[str | None, int]]:
+    """The clean frame and up to three corruptions at the strongest severity run, for the confidence maps."""
+    chosen = [n for n in EXAMPLE_CORRUPTIONS if n in corruptions] or corruptions[:3]
+    return [(None, 0)] + [(name, max(severities)) for name in chosen]
+
+
 def benchmark(pipelines: list[SegmentationPipeline], dataset, indices: list[int], corruptions: list[str],
-              severities: list[int], progress: bool = True) -> tuple[list[dict], list[dict], dict]:
+              severities: list[int], progress: bool = True) -> tuple[list[dict], list[dict], list[dict], list, dict]:
     """Run every selected frame, clean and through every (corruption, severity), through every pipeline.
 
-    Returns, per pipeline, the confusion matrices ({"clean": C x C, name: {severity: C x C}}) and the per-frame
-    mIoU in percent (same keys, lists in frame order); and the mean cost of a frame in ms, of each corruption
-    (over its severities) and of each pipeline's segment(), so a --frames run says what a whole split costs."""
+    Returns, per pipeline, the confusion matrices ({"clean": C x C, name: {severity: C x C}}), the per-frame
+    mIoU in percent and the per-frame confidence scores (same keys, lists in frame order); the first pipeline's
+    example_conditions on the first frame (condition, image, label, mask, confidence map, score, mIoU); and the
+    mean cost of a frame in ms, of each corruption (over its severities) and of each pipeline's segment(), so a
+    --frames run says what a whole split costs."""
     samples = dataset.items()
     spent = {"corruptions": dict.fromkeys(corruptions, 0.0), "pipelines": [0.0] * len(pipelines)}
     for name in corruptions:  # imports, numba compilation and the backends' first runs outside the costs
@@ -107,12 +124,14 @@ def benchmark(pipelines: list[SegmentationPipeline], dataset, indices: list[int]
     for pipeline in pipelines:
         pipeline.segment(first, "rgb")
     conditions = [(None, 0)] + [(name, s) for name in corruptions for s in severities]
-    matrices, per_frame = [], []
+    matrices, per_frame, frame_scores, examples = [], [], [], []
+    shown = example_conditions(corruptions, severities)
     for pipeline in pipelines:
         k = len(pipeline.card.classes)
         matrices.append({"clean": np.zeros((k, k), np.int64),
                          **{n: {s: np.zeros((k, k), np.int64) for s in severities} for n in corruptions}})
         per_frame.append({"clean": [], **{n: {s: [] for s in severities} for n in corruptions}})
+        frame_scores.append({"clean": [], **{n: {s: [] for s in severities} for n in corruptions}})
     with tqdm(total=len(indices) * len(conditions), desc=f"robustness on {dataset.split}", unit="frame",
               disable=not progress) as bar:
         for index in indices:
@@ -123,24 +142,113 @@ def benchmark(pipelines: list[SegmentationPipeline], dataset, indices: list[int]
                     started = time.perf_counter()
                     frame = corrupt(image, name, severity, frame_seed(index, name, severity))
                     spent["corruptions"][name] += time.perf_counter() - started
-                for number, (pipeline, matrix, scores) in enumerate(zip(pipelines, matrices, per_frame)):
+                for number, (pipeline, matrix, scores, confidences) in enumerate(
+                        zip(pipelines, matrices, per_frame, frame_scores)):
+                    example = number == 0 and index == indices[0] and (name, severity) in shown
                     started = time.perf_counter()
-                    mask = pipeline.segment(frame, "rgb").mask
+                    result = pipeline.segment(frame, "rgb", confidence=example)
                     spent["pipelines"][number] += time.perf_counter() - started
                     one = ConfusionMatrix(len(pipeline.card.classes))
-                    one.update(mask, label)
+                    one.update(result.mask, label)
                     score = None if np.isnan(one.mean_iou()) else round(100 * one.mean_iou(), 2)  # all void
                     if name is None:
                         matrix["clean"] += one.matrix
                         scores["clean"].append(score)
+                        confidences["clean"].append(result.score)
                     else:
                         matrix[name][severity] += one.matrix
                         scores[name][severity].append(score)
+                        confidences[name][severity].append(result.score)
+                    if example:
+                        examples.append(((name, severity), frame, label, result.mask, result.confidence,
+                                         result.score, score))
                 bar.update()
     cost = {"corruptions": {n: round(1e3 * t / (len(indices) * len(severities)), 1)
                             for n, t in spent["corruptions"].items()},
             "pipelines": [round(1e3 * t / (len(indices) * len(conditions)), 1) for t in spent["pipelines"]]}
-    return matrices, per_frame, cost
+    return matrices, per_frame, frame_scores, examples, cost
+
+
+def auroc(higher, lower) -> float:
+    """Area under the ROC curve of a score meant to be higher on `higher` than on `lower` samples: the chance
+    that a random one of the first outscores a random one of the second, ties counting half (the Mann-Whitney
+    rank-sum form, with average ranks for ties)."""
+    higher, lower = np.asarray(higher, np.float64), np.asarray(lower, np.float64)
+    if not (len(higher) and len(lower)):
+        raise ValueError("AUROC needs samples on both sides")
+    ranks = rankdata(np.concatenate([higher, lower]))
+    n = len(higher)
+    return float((ranks[:n].sum() - n * (n + 1) / 2) / (n * len(lower)))
+
+
+def reliability(miou: dict, scores: dict, corruptions: list[str], severities: list[int]) -> dict:
+    """How well the frame score tells trouble, from per-frame mIoU and scores ({"clean": [...], name: {severity:
+    [...]}}, same frames): AUROC for clean frames against frames at severity >= SEVERE, and Spearman's rho of score
+    and mIoU over clean and all corrupted frames (frames whose mIoU is None, all void, left out), for all
+    corruptions and for the unseen ones alone; None where a side is empty."""
+    def pooled(table: dict, names: list[str], chosen: list[int]) -> list:
+        return [v for n in names for s in chosen for v in table[n][s]]
+
+    severe = [s for s in severities if s >= SEVERE]
+
+    def figures(names: list[str]) -> dict:
+        corrupted = pooled(scores, names, severe)
+        pairs = [(score, value) for score, value in zip(scores["clean"] + pooled(scores, names, severities),
+                                                        miou["clean"] + pooled(miou, names, severities))
+                 if value is not None]
+        rho = spearmanr(*zip(*pairs)).statistic if names and len(pairs) > 2 else None
+        return {"auroc_sev3plus": round(auroc(scores["clean"], corrupted), 4) if corrupted else None,
+                "spearman": None if rho is None or np.isnan(rho) else round(float(rho), 4),
+                "frames_sev3plus": len(corrupted), "frames_paired": len(pairs)}
+
+    unseen = [n for n in corruptions if n in UNSEEN_FAMILIES]
+    return {"all": figures(corruptions), "unseen": figures(unseen) if unseen else None,
+            "score_median": {"clean": round(float(np.median(scores["clean"])), 4),
+                             **{f"{n} sev3plus": round(float(np.median(pooled(scores, [n], severe))), 4)
+                                for n in (corruptions if severe else [])}}}
+
+
+def save_confidence_figure(scores: dict[str, dict], miou: dict[str, dict], figures: dict[str, dict], examples: list,
+                           void_index: int, path: Path, title: str) -> None:
+    """Top: per model, frame score against per-frame mIoU (colour: severity, 0 clean). Below: the first model's
+    example frames, each beside its confidence map (bright: confident) and its errors (red: wrong, grey: void)."""
+    plt = _pyplot()
+    fig = plt.figure(figsize=(max(4.5 * len(scores), 12), 4.2 + 2.9 * len(examples)))
+    top, bottom = fig.subfigures(2, 1, height_ratios=[4.2, 2.9 * max(len(examples), 1)])
+    axes = top.subplots(1, len(scores), squeeze=False)[0]
+    for ax, (label, table) in zip(axes, scores.items()):
+        points = [(score, value, 0) for score, value in zip(table["clean"], miou[label]["clean"])]
+        points += [(score, value, s) for n, by_severity in table.items() if n != "clean"
+                   for s, values in by_severity.items() for score, value in zip(values, miou[label][n][s])]
+        points = np.array([p for p in points if p[1] is not None], np.float64).reshape(-1, 3)
+        cloud = ax.scatter(points[:, 0], points[:, 1], c=points[:, 2], cmap="viridis_r", vmin=0, vmax=5, s=6,
+                           alpha=0.6)
+        every = figures[label]["all"]
+        ax.set_title(f"{label}\nAUROC clean vs sev>=3 {every['auroc_sev3plus']}, Spearman {every['spearman']}",
+                     fontsize=9)
+        ax.set(xlabel="frame confidence score", ylabel="frame mIoU (%)")
+        ax.grid(alpha=0.3)
+    top.subplots_adjust(top=0.8)  # room for the figure's title above the panels' own
+    top.colorbar(cloud, ax=axes.tolist(), label="severity (0: clean)")
+    if examples:
+        cells = bottom.subplots(len(examples), 3, squeeze=False)
+        for row, ((name, severity), image, label, mask, confidence, score, value) in zip(cells, examples):
+            errors = np.full(image.shape, 40, np.uint8)
+            errors[(mask != label) & (label != void_index)] = (255, 0, 0)
+            errors[label == void_index] = 128
+            condition = "clean" if name is None else f"{name} {severity}"
+            for ax, picture, text in zip(row, (image, confidence, errors),
+                                         (f"{condition}: score {score:.3f}, mIoU {value}", "confidence", "errors")):
+                ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=255)
+                ax.set_title(text, fontsize=8)
+                ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def rounded(values: list[float]) -> list[float]:
+    return [round(v, 4) for v in values]
 
 
 def model_labels(cards: list[ModelCard], backends: list[str]) -> list[str]:
@@ -176,6 +284,20 @@ def markdown_table(results: dict) -> str:
         means = [np.mean(list(results["models"][m]["summary"]["miou"][name].values())) for m in labels]
         lines.append(f"| {name}{' *' if name in UNSEEN_FAMILIES else ''} | {FAMILY[name]} | "
                      + " | ".join(f"{v:.1f}" for v in means) + " |")
+
+    def figure(value) -> str:
+        return "–" if value is None else f"{value:.3f}"
+
+    lines += ["", f"Frame confidence score: AUROC for clean frames against severity >= {SEVERE}, Spearman's rho with "
+              "per-frame mIoU over clean and corrupted frames (unseen: the unseen corruptions alone):", "",
+              "| model | AUROC | AUROC unseen | Spearman | Spearman unseen | median score clean |",
+              "|---|---|---|---|---|---|"]
+    for label, model in results["models"].items():
+        c = model["confidence"]
+        unseen = c["unseen"] or {"auroc_sev3plus": None, "spearman": None}
+        lines.append(f"| {label} | {figure(c['all']['auroc_sev3plus'])} | {figure(unseen['auroc_sev3plus'])} | "
+                     f"{figure(c['all']['spearman'])} | {figure(unseen['spearman'])} | "
+                     f"{c['score_median']['clean']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -234,7 +356,8 @@ def run_robustness(argv: list[str] | None = None) -> dict:
     labels = model_labels([p.card for p in pipelines], args.backend)
     indices = spaced(count, args.frames)
     started = time.time()
-    matrices, per_frame, cost = benchmark(pipelines, dataset, indices, args.corruptions, args.severities)
+    matrices, per_frame, scores, examples, cost = benchmark(pipelines, dataset, indices, args.corruptions,
+                                                            args.severities)
     command = command_line("seg-robustness", argv)
     results = {
         "split": args.split, "data": str(dataset.root), "frames": len(indices),
@@ -244,8 +367,10 @@ def run_robustness(argv: list[str] | None = None) -> dict:
         "seconds": round(time.time() - started, 1), "command": command,
         "ms_per_frame": {"corruptions": cost["corruptions"], "models": dict(zip(labels, cost["pipelines"]))},
         "models": {label: {"model": p.card.name, "card": str(resolve_model(m)[1]), "backend": p.backend.describe(),
-                           "summary": summarize(matrix["clean"], {n: matrix[n] for n in args.corruptions})}
-                   for label, p, m, matrix in zip(labels, pipelines, args.model, matrices)},
+                           "summary": summarize(matrix["clean"], {n: matrix[n] for n in args.corruptions}),
+                           "confidence": reliability(miou, score, args.corruptions, args.severities)}
+                   for label, p, m, matrix, miou, score in zip(labels, pipelines, args.model, matrices, per_frame,
+                                                               scores)},
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -255,10 +380,17 @@ def run_robustness(argv: list[str] | None = None) -> dict:
             "split": args.split, "frame_names": results["frame_names"], "command": command,
             "models": {label: {"clean": scores["clean"],
                                **{n: {str(s): scores[n][s] for s in args.severities} for n in args.corruptions}}
-                       for label, scores in zip(labels, per_frame)}}) + "\n")
+                       for label, scores in zip(labels, per_frame)},
+            "scores": {label: {"clean": rounded(table["clean"]),
+                               **{n: {str(s): rounded(table[n][s]) for s in args.severities} for n in args.corruptions}}
+                       for label, table in zip(labels, scores)}}) + "\n")
     (out / "robustness.md").write_text(markdown_table(results))
     save_robustness_curves({label: m["summary"] for label, m in results["models"].items()}, UNSEEN_FAMILIES,
                            out / "robustness.png", f"CamVid {args.split}, {len(indices)} frames")
+    save_confidence_figure(dict(zip(labels, scores)), dict(zip(labels, per_frame)),
+                           {label: m["confidence"] for label, m in results["models"].items()}, examples,
+                           len(pipelines[0].card.classes), out / "robustness_confidence.png",
+                           f"frame confidence score, CamVid {args.split}, {len(indices)} frames (first frame shown)")
     if args.update_card:
         for model, label in zip(args.model, labels):
             card, card_path = resolve_model(model)
@@ -269,7 +401,8 @@ def run_robustness(argv: list[str] | None = None) -> dict:
     print(markdown_table(results))
     print("mean ms per frame: " + ", ".join(f"{k} {v}" for k, v in {**results["ms_per_frame"]["corruptions"],
                                                                    **results["ms_per_frame"]["models"]}.items()))
-    print(f"wrote {out / 'robustness.json'}, {out / 'robustness.md'}, {out / 'robustness.png'}")
+    print(f"wrote {out / 'robustness.json'}, {out / 'robustness.md'}, {out / 'robustness.png'}, "
+          f"{out / 'robustness_confidence.png'}")
     return results
 
 

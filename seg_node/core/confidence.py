@@ -1,0 +1,68 @@
+"""Per-pixel confidence and a frame-level reliability score from the logits the pipeline already has.
+
+Confidence is the top-class softmax probability of the logits divided by the card's temperature (temperature
+scaling, Guo et al. 2017): 1 / C for uniform logits, near 1 where one class dominates. Alone it misses the
+worst failure: under strong noise the network paints the whole frame one class, confidently (CamVid val,
+gaussian noise at severity >= 3: mean top-class probability above the clean frames', mIoU 2%). The frame score
+therefore multiplies the mean confidence by the square root of the predicted classes' spread (the normalised
+entropy of the mask's class histogram: 0 for one class everywhere). Chosen on 101 CamVid val frames, clean and
+through 10 corruptions at seeded severities 1-5 (default INT8 model), telling clean from severity >= 3:
+
+    mean top-class probability              AUROC 0.77, Spearman with per-frame mIoU 0.17
+    mean 1 - normalised entropy             AUROC 0.77, Spearman 0.18
+    fraction of pixels with confidence >= 0.9   AUROC 0.76, Spearman 0.16
+    class spread alone                      AUROC 0.91, Spearman 0.92
+    mean top-class probability x sqrt(spread)   AUROC 0.99, Spearman 0.98 (unseen corruptions: 1.00, 0.98)
+
+Both terms are read on every SCORE_STRIDE-th row and column of the network-resolution logits: the same value
+in the node, seg-robustness and seg-calibrate-confidence, at a fixed cost whatever the image size.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .postprocess import argmax_channels
+
+#: the frame score reads every 4th row and column: 1/16 of the pixels, within 0.002 of the full mean on CamVid
+SCORE_STRIDE = 4
+
+
+def top_class_probability(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """C x h x w logits -> h x w float32 max_c softmax(logits / T)_c = 1 / sum_c exp((l_c - l_max) / T)."""
+    shifted = logits - logits.max(axis=0)
+    if temperature != 1.0:
+        shifted *= np.float32(1.0 / temperature)
+    np.exp(shifted, out=shifted)
+    return np.reciprocal(shifted.sum(axis=0))
+
+
+def class_spread(labels: np.ndarray, classes: int) -> float:
+    """Entropy of the labels' class histogram divided by log(classes): 0 when one class fills the frame, 1 when
+    all share it equally (1 for a one-class model, which cannot collapse)."""
+    if classes < 2:
+        return 1.0
+    shares = np.bincount(labels.ravel(), minlength=classes) / labels.size
+    shares = shares[shares > 0]
+    return max(0.0, float(-(shares * np.log(shares)).sum() / np.log(classes)))  # one class: -0.0 otherwise
+
+
+def frame_score(logits: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean top-class probability x sqrt(class spread of the argmax), both over the strided subsample of the
+    C x h x w logits: in [0, 1], higher is more reliable."""
+    sample = np.ascontiguousarray(logits[:, ::SCORE_STRIDE, ::SCORE_STRIDE])  # a copy first: 2x faster after
+    confidence = float(top_class_probability(sample, temperature).mean())
+    return confidence * float(np.sqrt(class_spread(argmax_channels(sample), logits.shape[0])))
+
+
+def confidence_image(logits: np.ndarray, height: int, width: int, temperature: float = 1.0) -> np.ndarray:
+    """H x W uint8 confidence, 0-255 for probability 0-1: computed at network resolution, then resized
+    bilinearly to the image (resizing the uint8 map is cheaper than resizing C float channels)."""
+    scaled = top_class_probability(logits, temperature)
+    scaled *= 255.0
+    scaled += 0.5
+    image = scaled.astype(np.uint8)
+    if image.shape != (height, width):
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    return image

@@ -1,0 +1,209 @@
+"""Calibrate a model's confidence on CamVid val and write it into the card's `confidence` field.
+
+    seg-calibrate-confidence --model models/camvid_mobile_unet_pruned_int8.json --data $CAMVID_ROOT --update-card
+
+1. Temperature scaling (Guo et al. 2017): the one scalar T minimising the negative log-likelihood of
+   softmax(logits / T) on a seeded sample of val pixels (void excluded), with the network-resolution logits the
+   pipeline computes (flip averaging and logit offsets included); the expected calibration error of the
+   top-class probability (15 equal-width bins) before (T = 1) and after.
+2. The reliability threshold: frame scores (what the node computes, with T) of the clean val frames against the
+   same frames through the benchmark corruptions at severities 3-5, seeded as seg-robustness seeds them; by
+   default only the corruptions seen in training, so that seg-robustness's unseen figures stay a held-out test of
+   the detector too. The threshold maximises Youden's J (corrupted frames flagged minus clean frames flagged), or
+   with --clean-recall R it is the highest one that leaves at least R of the clean frames unflagged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import replace
+
+import cv2
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import logsumexp
+from tqdm import tqdm
+
+from ...core.command_line import reports_user_errors
+from ...core.model_card import command_line
+from ...core.model_files import resolve_model
+from ...core.pipeline import SegmentationPipeline
+from ..data import open_dataset
+from ..training.augment import UNSEEN_FAMILIES
+from .corruptions import CORRUPTIONS, corrupt
+from .robustness import auroc, frame_seed, spaced
+
+ECE_BINS = 15
+
+
+def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    """Mean NLL of N x C logits / T at the N true labels."""
+    scaled = logits / temperature
+    return float(np.mean(logsumexp(scaled, axis=1) - scaled[np.arange(len(labels)), labels]))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The T in [0.05, 20] that minimises the NLL (a 1-D bounded search over log T: the NLL is smooth in it)."""
+    found = minimize_scalar(lambda log_t: negative_log_likelihood(logits, labels, math.exp(log_t)),
+                            bounds=(math.log(0.05), math.log(20.0)), method="bounded", options={"xatol": 1e-4})
+    return math.exp(found.x)
+
+
+def expected_calibration_error(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0,
+                               bins: int = ECE_BINS) -> float:
+    """sum over equal-width bins of top-class probability of |accuracy - mean confidence| x the bin's share."""
+    scaled = logits / temperature
+    confidence = np.exp(scaled.max(axis=1) - logsumexp(scaled, axis=1))
+    correct = scaled.argmax(axis=1) == labels
+    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            total += abs(correct[inside].mean() - confidence[inside].mean()) * inside.mean()
+    return float(total)
+
+
+def youden_threshold(clean: np.ndarray, corrupted: np.ndarray) -> float:
+    """The threshold t maximising J = share of corrupted frames with score < t - share of clean ones; among the
+    scores that reach the maximum, the lowest (fewest clean frames flagged)."""
+    clean, corrupted = np.sort(clean), np.sort(corrupted)
+    candidates = np.unique(np.concatenate([clean, corrupted, [np.inf]]))
+    j = (np.searchsorted(corrupted, candidates, "left") / len(corrupted)
+         - np.searchsorted(clean, candidates, "left") / len(clean))
+    return float(candidates[int(np.argmax(j))])
+
+
+def clean_recall_threshold(clean: np.ndarray, recall: float) -> float:
+    """The highest threshold that leaves at least `recall` of the clean frames at or above it (unflagged)."""
+    ordered = np.sort(clean)
+    return float(ordered[int(math.floor(len(ordered) * (1.0 - recall) + 1e-9))])
+
+
+def pixel_sample(pipeline: SegmentationPipeline, dataset, indices: list[int], per_frame: int, seed: int,
+                 progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(N x C logits, N labels): up to `per_frame` non-void pixels of each frame, at network resolution."""
+    rng = np.random.default_rng(seed)
+    card, samples = pipeline.card, dataset.items()
+    classes = len(card.classes)
+    logits_rows, label_rows = [], []
+    for index in tqdm(indices, desc="pixels for the temperature", disable=not progress):
+        image, label = dataset.load(samples[index])
+        logits = pipeline.logits(image, "rgb")
+        if label.shape != logits.shape[1:]:
+            label = cv2.resize(label, (logits.shape[2], logits.shape[1]), interpolation=cv2.INTER_NEAREST)
+        valid = np.flatnonzero(label.ravel() < classes)
+        picked = rng.choice(valid, min(per_frame, len(valid)), replace=False)
+        logits_rows.append(logits.reshape(classes, -1)[:, picked].T.copy())
+        label_rows.append(label.ravel()[picked].astype(np.int64))
+    return np.concatenate(logits_rows), np.concatenate(label_rows)
+
+
+def frame_scores(pipeline: SegmentationPipeline, dataset, indices: list[int], corruptions: list[str],
+                 severities: list[int], progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The pipeline's frame scores of the clean frames and of every (frame, corruption, severity)."""
+    samples = dataset.items()
+    clean, corrupted = [], []
+    with tqdm(total=len(indices) * (1 + len(corruptions) * len(severities)), desc="frame scores", unit="frame",
+              disable=not progress) as bar:
+        for index in indices:
+            image = dataset.load(samples[index])[0]
+            clean.append(pipeline.segment(image, "rgb").score)
+            bar.update()
+            for name in corruptions:
+                for severity in severities:
+                    frame = corrupt(image, name, severity, frame_seed(index, name, severity))
+                    corrupted.append(pipeline.segment(frame, "rgb").score)
+                    bar.update()
+    return np.array(clean), np.array(corrupted)
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="model card or model file (default: the packaged model)")
+    parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"])
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--data", help="CamVid folder (default: $CAMVID_ROOT)")
+    parser.add_argument("--layout", default="auto", help="camvid11, camvid32 or auto")
+    parser.add_argument("--split", default="val", choices=["train", "val"],
+                        help="never test: its figures come from seg-robustness")
+    parser.add_argument("--frames", type=int, help="only N frames, evenly spaced over the split (quick runs)")
+    parser.add_argument("--pixels-per-frame", type=int, default=4000, help="pixels sampled per frame for T")
+    parser.add_argument("--seed", type=int, default=0)
+    seen = [n for n in CORRUPTIONS if n not in UNSEEN_FAMILIES]
+    parser.add_argument("--corruptions", nargs="+", metavar="NAME", default=seen,
+                        help=f"for the threshold (default: those seen in training, {', '.join(seen)})")
+    parser.add_argument("--severities", nargs="+", type=int, choices=[3, 4, 5], default=[3, 4, 5])
+    parser.add_argument("--clean-recall", type=float,
+                        help="threshold keeping this share of clean frames unflagged, instead of Youden's J")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--update-card", action="store_true", help="write the result into the model's card")
+    where.add_argument("--out", help="write a copy of the card with the result here (beside the model's files)")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.corruptions if n not in CORRUPTIONS]
+    if unknown:
+        parser.error(f"unknown corruption(s) {unknown}; known: {', '.join(CORRUPTIONS)}")
+    if args.clean_recall is not None and not 0.0 < args.clean_recall <= 1.0:
+        parser.error(f"--clean-recall must be in (0, 1], got {args.clean_recall}")
+    if args.frames is not None and args.frames < 1:
+        parser.error(f"--frames must be at least 1, got {args.frames}")
+    if args.pixels_per_frame < 1:
+        parser.error(f"--pixels-per-frame must be at least 1, got {args.pixels_per_frame}")
+    return args
+
+
+def run_calibration(argv: list[str] | None = None, progress: bool = True) -> dict:
+    args = parse_arguments(argv)
+    card, card_path = resolve_model(args.model)
+    pipeline = SegmentationPipeline.from_model(card_path, args.backend, "cpu", threads=args.threads)
+    dataset = open_dataset(args.data, args.split, args.layout)
+    indices = spaced(len(dataset.items()), args.frames)
+
+    logits, labels = pixel_sample(pipeline, dataset, indices, args.pixels_per_frame, args.seed, progress)
+    temperature = fit_temperature(logits, labels)
+    pipeline.card.confidence = replace(pipeline.card.confidence, temperature=temperature)  # the scores use it
+    clean, corrupted = frame_scores(pipeline, dataset, indices, args.corruptions, args.severities, progress)
+    if args.clean_recall is None:
+        rule, threshold = "youden", youden_threshold(clean, corrupted)
+    else:
+        rule, threshold = f"clean_recall {args.clean_recall:g}", clean_recall_threshold(clean, args.clean_recall)
+    threshold = min(threshold, 1.0)  # Youden's J peaks at +inf only when nothing is told apart: flag everything
+    calibration = {
+        "split": args.split, "frames": len(indices), "pixels": int(len(labels)),
+        "nll": {"before": round(negative_log_likelihood(logits, labels, 1.0), 4),
+                "after": round(negative_log_likelihood(logits, labels, temperature), 4)},
+        "ece_percent": {"bins": ECE_BINS,
+                        "before": round(100 * expected_calibration_error(logits, labels, 1.0), 2),
+                        "after": round(100 * expected_calibration_error(logits, labels, temperature), 2)},
+        "threshold_rule": rule, "corruptions": args.corruptions, "severities": args.severities,
+        "frame_score_auroc": round(auroc(clean, corrupted), 4),
+        "clean_flagged": round(float(np.mean(clean < threshold)), 4),
+        "corrupted_flagged": round(float(np.mean(corrupted < threshold)), 4),
+        "score_median": {"clean": round(float(np.median(clean)), 4),
+                         "corrupted": round(float(np.median(corrupted)), 4)},
+        "command": command_line("seg-calibrate-confidence", argv),
+    }
+    card.confidence = replace(card.confidence, temperature=round(temperature, 4), threshold=round(threshold, 4),
+                              calibration=calibration)
+    card.validate(str(card_path))
+    print(f"{card.name} on {args.split} ({len(indices)} frames, {len(labels)} pixels): temperature {temperature:.3f}, "
+          f"NLL {calibration['nll']['before']} -> {calibration['nll']['after']}, ECE "
+          f"{calibration['ece_percent']['before']}% -> {calibration['ece_percent']['after']}% ({ECE_BINS} bins)")
+    print(f"threshold {threshold:.4f} ({rule}): flags {100 * calibration['clean_flagged']:.1f}% of clean frames and "
+          f"{100 * calibration['corrupted_flagged']:.1f}% of corrupted ones (severities {args.severities}); "
+          f"AUROC {calibration['frame_score_auroc']}")
+    if args.update_card or args.out:
+        target = card_path if args.update_card else args.out
+        card.save(target)
+        print(f"wrote {target}")
+    return {"temperature": temperature, "threshold": threshold, **calibration}
+
+
+@reports_user_errors
+def main(argv: list[str] | None = None) -> None:
+    run_calibration(argv)
+
+
+if __name__ == "__main__":
+    main()
