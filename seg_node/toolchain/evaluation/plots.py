@@ -77,3 +77,42 @@ def save_robustness_curves(summaries: dict[str, dict], unseen, path: str | Path,
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def save_confidence_figure(scores: dict[str, dict], miou: dict[str, dict], figures: dict[str, dict], examples: list,
+                           void_index: int, path: Path, title: str) -> None:
+    """Top: per model, frame score against per-frame mIoU (colour: severity, 0 clean). Below: the first model's
+    example frames, each beside its confidence map (bright: confident) and its errors (red: wrong, grey: void)."""
+    plt = _pyplot()
+    fig = plt.figure(figsize=(max(4.5 * len(scores), 12), 4.2 + 2.9 * len(examples)))
+    top, bottom = fig.subfigures(2, 1, height_ratios=[4.2, 2.9 * max(len(examples), 1)])
+    axes = top.subplots(1, len(scores), squeeze=False)[0]
+    for ax, (label, table) in zip(axes, scores.items()):
+        points = [(score, value, 0) for score, value in zip(table["clean"], miou[label]["clean"])]
+        points += [(score, value, s) for n, by_severity in table.items() if n != "clean"
+                   for s, values in by_severity.items() for score, value in zip(values, miou[label][n][s])]
+        points = np.array([p for p in points if p[1] is not None], np.float64).reshape(-1, 3)
+        cloud = ax.scatter(points[:, 0], points[:, 1], c=points[:, 2], cmap="viridis_r", vmin=0, vmax=5, s=6,
+                           alpha=0.6)
+        every = figures[label]["all"]
+        ax.set_title(f"{label}\nAUROC clean vs sev>=3 {every['auroc_sev3plus']}, Spearman {every['spearman']}",
+                     fontsize=9)
+        ax.set(xlabel="frame confidence score", ylabel="frame mIoU (%)")
+        ax.grid(alpha=0.3)
+    top.subplots_adjust(top=0.8)  # room for the figure's title above the panels' own
+    top.colorbar(cloud, ax=axes.tolist(), label="severity (0: clean)")
+    if examples:
+        cells = bottom.subplots(len(examples), 3, squeeze=False)
+        for row, ((name, severity), image, label, mask, confidence, score, value) in zip(cells, examples):
+            errors = np.full(image.shape, 40, np.uint8)
+            errors[(mask != label) & (label != void_index)] = (255, 0, 0)
+            errors[label == void_index] = 128
+            condition = "clean" if name is None else f"{name} {severity}"
+            for ax, picture, text in zip(row, (image, confidence, errors),
+                                         (f"{condition}: score {score:.3f}, mIoU {value}", "confidence", "errors")):
+                ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=255)
+                ax.set_title(text, fontsize=8)
+                ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
