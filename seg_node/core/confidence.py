@@ -25,8 +25,9 @@ import numpy as np
 
 from .postprocess import argmax_channels
 
-#: the frame score reads every 4th row and column: 1/16 of the pixels, within 0.002 of the full mean on CamVid
-SCORE_STRIDE = 4
+#: the frame score reads every 8th row and column: 1/64 of the pixels, 0.33 ms at 480x360 (every 4th: 0.86 ms),
+#: scores within 0.005 of every 4th's on the committed clip
+SCORE_STRIDE = 8
 
 
 def top_class_probability(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

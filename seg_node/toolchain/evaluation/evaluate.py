@@ -20,6 +20,7 @@ from ...core.model_card import command_line
 from ...core.model_files import resolve_model
 from ...core.pipeline import SegmentationPipeline
 from ..data import CAMVID_CLASSES, VOID_INDEX, open_dataset
+from ..data.camvid import dataset_identity
 from .metrics import ConfusionMatrix
 from .plots import save_confusion_matrix, save_prediction_grid
 
@@ -77,7 +78,7 @@ def run_evaluation(argv: list[str] | None = None) -> dict:
     result = {
         "model": pipeline.card.name, "backend": pipeline.backend.describe(), "split": args.split,
         "frames": len(select(dataset.items(), args.sequence, args.limit)),
-        "data": str(dataset.root), **matrix.summary(CAMVID_CLASSES), "seconds": round(time.time() - started, 1),
+        "data": dataset_identity(dataset), **matrix.summary(CAMVID_CLASSES), "seconds": round(time.time() - started, 1),
         "command": command, "confusion_matrix": matrix.matrix.tolist(),
     }
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -87,7 +88,8 @@ def run_evaluation(argv: list[str] | None = None) -> dict:
     if args.update_card and not (args.limit or args.sequence):
         card, card_path = resolve_model(args.model)
         card.metrics[f"camvid_{args.split}"] = {k: result[k] for k in
-                                                 ("miou", "pixel_accuracy", "per_class_iou", "frames", "command")}
+                                                 ("miou", "pixel_accuracy", "per_class_iou", "frames", "command",
+                                                  "data")}
         card.save(card_path)
     print(f"{pipeline.card.name} ({pipeline.backend.describe()}) on {args.split}, {result['frames']} frames: "
           f"mIoU {result['miou']:.2f}, pixel accuracy {result['pixel_accuracy']:.2f}")
