@@ -11,14 +11,13 @@ To use usb_cam or v4l2_camera instead, start that driver and run seg_node.launch
 image:=<its image topic> (for example image:=/image_raw for v4l2_camera's default).
 """
 
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, SetEnvironmentVariable, Shutdown
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
-
-from launch import LaunchDescription
 
 ARGUMENTS = (
     ("source", "/dev/video0", "V4L2 device (/dev/videoN or its index) or a video file"),

@@ -11,13 +11,13 @@ import tempfile
 from pathlib import Path
 
 from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
-from launch import LaunchDescription
 from seg_node.ros.launch_arguments import LAUNCH_PARAMETERS, parameter_overrides, truthy
 from seg_node.ros.rviz_config import write_rviz_config
 
@@ -28,7 +28,7 @@ ARGUMENTS = (
                       "empty: params_file's"),
     ("backend", "", "inference backend; empty: params_file's. onnxruntime runs every packaged model (the "
                     "default INT8 card, FP16, FP32); torch runs only cards with a safetensors file "
-                    "(camvid_mobile_unet, _pruned, _flip), not the INT8/FP16 ONNX-only cards"),
+                    "(camvid_mobile_unet, _robust, _flip, _pruned), not the INT8/FP16 ONNX-only cards"),
     ("device", "", "auto, cpu, cuda, cuda:N or tensorrt (onnxruntime); empty: params_file's"),
     ("model", "", "model card or model file; empty: params_file's (there, empty is the packaged default)"),
     ("params_file", PathJoinSubstitution([FindPackageShare("seg_node"), "config", "seg_node.yaml"]),
