@@ -31,8 +31,8 @@ from ...core.model_files import resolve_model
 from ...core.pipeline import SegmentationPipeline
 from ..data import open_dataset
 from ..training.augment import UNSEEN_FAMILIES
-from .corruptions import CORRUPTIONS, corrupt
-from .robustness import auroc, frame_seed, spaced
+from .corruptions import CORRUPTIONS
+from .robustness import auroc, benchmark, spaced
 
 ECE_BINS = 15
 
@@ -102,21 +102,11 @@ def pixel_sample(pipeline: SegmentationPipeline, dataset, indices: list[int], pe
 
 def frame_scores(pipeline: SegmentationPipeline, dataset, indices: list[int], corruptions: list[str],
                  severities: list[int], progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The pipeline's frame scores of the clean frames and of every (frame, corruption, severity)."""
-    samples = dataset.items()
-    clean, corrupted = [], []
-    with tqdm(total=len(indices) * (1 + len(corruptions) * len(severities)), desc="frame scores", unit="frame",
-              disable=not progress) as bar:
-        for index in indices:
-            image = dataset.load(samples[index])[0]
-            clean.append(pipeline.segment(image, "rgb").score)
-            bar.update()
-            for name in corruptions:
-                for severity in severities:
-                    frame = corrupt(image, name, severity, frame_seed(index, name, severity))
-                    corrupted.append(pipeline.segment(frame, "rgb").score)
-                    bar.update()
-    return np.array(clean), np.array(corrupted)
+    """The pipeline's frame scores of the clean frames and of every (frame, corruption, severity): seg-robustness's
+    own loop, so the frames, seeds and scores are the benchmark's."""
+    scores = benchmark([pipeline], dataset, indices, corruptions, severities, progress)[2][0]
+    corrupted = [score for name in corruptions for severity in severities for score in scores[name][severity]]
+    return np.array(scores["clean"]), np.array(corrupted)
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
