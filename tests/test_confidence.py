@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from camvid_fixtures import write_camvid11
 from ros_harness import connect, make_image_msg
 from scipy.special import softmax
 from test_node import scene
@@ -22,15 +23,18 @@ from seg_node.core.pipeline import SegmentationPipeline
 from seg_node.ros.camera_health import OK, WARN
 from seg_node.ros.image_messages import stamp_ns
 from seg_node.ros_tools.stress import StatusRecorder
+from seg_node.toolchain.data import open_dataset
 from seg_node.toolchain.data.camvid import read_rgb
 from seg_node.toolchain.evaluation.calibrate_confidence import (
     clean_recall_threshold,
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
+    run_calibration,
     youden_threshold,
 )
 from seg_node.toolchain.evaluation.corruptions import corrupt
+from seg_node.toolchain.evaluation.robustness import frame_seed
 
 CLASSES = 11
 
@@ -225,4 +229,42 @@ def test_diagnostics_warn_while_noisy_frames_stay_unreliable_for_the_hold_time_a
 
     recovered_from = time.perf_counter()
     back, _ = until(OK, frames, recovered_from)
-    assert back.message == "ok" and float(back.values["confidence_score"]) > THRESHOLD
+    assert back.message == "ok"
+    # the status that recovered may average the last noisy frames of its period with the first clean ones; the
+    # next period holds clean frames only (each frame is sent after the previous one's ~/latency came back)
+    sent_at = time.perf_counter()
+    send(frames[0])
+    clean_period = statuses.first(lambda s: int(s.values["frames_processed"]) > int(back.values["frames_processed"]),
+                                  since=max(back.arrived, sent_at))
+    assert clean_period.level == OK and float(clean_period.values["confidence_score"]) > THRESHOLD
+
+
+def test_seg_calibrate_confidence_end_to_end_writes_temperature_and_threshold_into_the_card(tmp_path):
+    """A real run on a small CamVid val copy with a copy of the shipped default: the card gets the fitted
+    temperature, the threshold and the record of how they were found, and the threshold is Youden's on the
+    frame scores the node would compute with that temperature."""
+    data = write_camvid11(tmp_path / "camvid", {"val": 3})
+    for suffix in (".json", ".onnx"):
+        shutil.copy(models_dir() / DEFAULT_MODEL_CARD.replace(".json", suffix), tmp_path)
+    card_path = tmp_path / DEFAULT_MODEL_CARD
+    result = run_calibration(["--model", str(card_path), "--data", str(data), "--corruptions", "gaussian_noise",
+                              "fog", "--severities", "3", "5", "--pixels-per-frame", "500", "--threads", "2",
+                              "--update-card"], progress=False)
+    card = ModelCard.load(card_path)
+    assert card.confidence.temperature == round(result["temperature"], 4) and 0.05 <= result["temperature"] <= 20
+    assert card.confidence.threshold == round(result["threshold"], 4)
+    recorded = card.confidence.calibration
+    assert recorded["split"] == "val" and recorded["frames"] == 3 and recorded["pixels"] == 1500
+    assert recorded["nll"]["after"] <= recorded["nll"]["before"] + 1e-4
+    pipeline = SegmentationPipeline.from_model(card_path)
+    assert pipeline.card.confidence.temperature == card.confidence.temperature
+    dataset = open_dataset(data, "val")
+    images = [dataset.load(sample)[0] for sample in dataset.items()]
+    clean = np.array([pipeline.segment(image).score for image in images])
+    corrupted = np.array([pipeline.segment(corrupt(image, name, severity, frame_seed(index, name, severity))).score
+                          for index, image in enumerate(images) for name in ("gaussian_noise", "fog")
+                          for severity in (3, 5)])
+    assert result["threshold"] == pytest.approx(min(youden_threshold(clean, corrupted), 1.0), abs=1e-3)
+    # (the card keeps T to 4 decimals, so a frame scored exactly at the threshold may fall either side of it here)
+    assert recorded["score_median"]["clean"] == pytest.approx(np.median(clean), abs=1e-3)
+    assert recorded["score_median"]["corrupted"] == pytest.approx(np.median(corrupted), abs=1e-3)
