@@ -58,6 +58,7 @@ setup(
             f"seg-eval = {PACKAGE}.toolchain.evaluation.evaluate:main",
             f"seg-robustness = {PACKAGE}.toolchain.evaluation.robustness:main",
             f"seg-calibrate-confidence = {PACKAGE}.toolchain.evaluation.calibrate_confidence:main",
+            f"seg-interpolate = {PACKAGE}.toolchain.training.interpolate:main",
             f"seg-prune = {PACKAGE}.toolchain.compression.prune:main",
             f"seg-quantize = {PACKAGE}.toolchain.compression.quantize:main",
             f"seg-sweep = {PACKAGE}.toolchain.compression.sweep:main",

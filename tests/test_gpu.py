@@ -10,6 +10,7 @@ import pytest
 from ros_harness import REPO
 
 from seg_node.core.backends import TensorRTOptions
+from seg_node.core.model_files import DEFAULT_MODEL_CARD
 from seg_node.core.pipeline import SegmentationPipeline
 
 PROVIDERS = ort.get_available_providers()
@@ -69,7 +70,7 @@ def test_torch_on_cuda_matches_the_cpu(precision):
 
 @needs_cuda_ort
 def test_the_node_on_cuda_says_so_at_start_up(seg_node):
-    default_card = REPO / "models" / "camvid_mobile_unet_pruned_int8.json"
+    default_card = REPO / "models" / DEFAULT_MODEL_CARD
     node = seg_node(model=str(default_card), input_topics=["/gpu_cam/image_raw"], device="cuda")
     started = next(line for line in node.output().splitlines() if "segmenting" in line)
     assert "onnxruntime on cuda" in started, started

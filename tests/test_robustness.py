@@ -17,7 +17,15 @@ from seg_node.toolchain.data import VOID_INDEX
 from seg_node.toolchain.data.camvid import read_rgb
 from seg_node.toolchain.evaluation.corruptions import CORRUPTIONS, FAMILY, SEVERITIES, corrupt
 from seg_node.toolchain.evaluation.evaluate import run_evaluation
-from seg_node.toolchain.evaluation.robustness import auroc, frame_seed, reliability, run_robustness, spaced, summarize
+from seg_node.toolchain.evaluation.robustness import (
+    FrameScores,
+    auroc,
+    frame_seed,
+    reliability,
+    run_robustness,
+    spaced,
+    summarize,
+)
 from seg_node.toolchain.training.augment import UNSEEN_FAMILIES, CorruptionRecipe, augment, corruption_transform
 
 #: what issue 16 asks the benchmark for, beyond which the registry may hold more
@@ -245,11 +253,28 @@ def test_auroc_by_rank_sum_on_a_hand_computed_case():
         auroc([], [1.0])
 
 
+SCORES = {"clean": [0.8, 0.9], "gaussian_noise": {1: [0.7, 0.85], 3: [0.1, 0.95]}, "pixelate": {1: [0.6, 0.6],
+                                                                                                  3: [0.2, 0.3]}}
+MIOU = {"clean": [70.0, 80.0], "gaussian_noise": {1: [60.0, 75.0], 3: [5.0, None]},
+        "pixelate": {1: [50.0, 55.0], 3: [20.0, 30.0]}}
+
+
+def test_frame_scores_pair_each_corrupted_frame_with_its_clean_self_and_count_what_a_threshold_flags():
+    frames = FrameScores.of(MIOU, SCORES, ["gaussian_noise", "pixelate"], [1, 3])
+    # kept share of the clean mIoU, frame by frame: 60/70 75/80 5/70 (none) 50/70 55/80 20/70 30/80
+    np.testing.assert_allclose(frames.kept, [6 / 7, 0.9375, 1 / 14, np.nan, 5 / 7, 0.6875, 2 / 7, 0.375])
+    np.testing.assert_array_equal(frames.severity, [1, 1, 3, 3, 1, 1, 3, 3])
+    reliable, unreliable = frames.sides("accuracy")  # 0.75 of clean: the clean frames and noise at severity 1
+    assert sorted(reliable) == [0.7, 0.8, 0.85, 0.9] and sorted(unreliable) == [0.1, 0.2, 0.3, 0.6, 0.6]
+    clean, severe = frames.sides("corruption")
+    assert list(clean) == [0.8, 0.9] and sorted(severe) == [0.1, 0.2, 0.3, 0.95]
+    assert frames.at_threshold(0.5) == {"threshold": 0.5, "reliable_fraction": 0.75, "clean": 0.0,
+                                        "sev3plus": 0.75, "reliable": 0.0, "unreliable": 0.6, "auroc_unreliable": 1.0}
+    assert frames.at_threshold(0.5, reliable_fraction=0.7)["unreliable"] == 0.75  # 50/70 is reliable then
+
+
 def test_the_scores_auroc_and_spearman_from_hand_made_per_frame_tables():
-    scores = {"clean": [0.8, 0.9], "gaussian_noise": {1: [0.7, 0.85], 3: [0.1, 0.95]}, "pixelate": {1: [0.6, 0.6],
-                                                                                                     3: [0.2, 0.3]}}
-    miou = {"clean": [70.0, 80.0], "gaussian_noise": {1: [60.0, 75.0], 3: [5.0, None]},
-            "pixelate": {1: [50.0, 55.0], 3: [20.0, 30.0]}}
+    scores, miou = SCORES, MIOU
     result = reliability(miou, scores, ["gaussian_noise", "pixelate"], [1, 3])
     # clean against severity 3: 0.8 and 0.9 beat 0.1, 0.2, 0.3; 0.8 loses to 0.95, 0.9 too: 6 of 8
     assert result["all"]["auroc_sev3plus"] == 0.75 and result["all"]["frames_sev3plus"] == 4
@@ -262,3 +287,7 @@ def test_the_scores_auroc_and_spearman_from_hand_made_per_frame_tables():
     # unseen (pixelate) with the clean frames: scores 0.8 0.9 0.6 0.6 0.2 0.3 against 70 80 50 55 20 30
     assert result["unseen"]["spearman"] == pytest.approx(1 - 6 * (0 + 0 + 0.25 + 0.25 + 0 + 0) / (6 * 35), abs=1e-3)
     assert result["score_median"] == {"clean": 0.85, "gaussian_noise sev3plus": 0.525, "pixelate sev3plus": 0.25}
+    assert result["all"]["at_card_threshold"] is None  # a card without a threshold
+    flagged = reliability(miou, scores, ["gaussian_noise", "pixelate"], [1, 3], threshold=0.5)
+    assert flagged["all"]["at_card_threshold"]["unreliable"] == 0.6
+    assert flagged["unseen"]["at_card_threshold"]["unreliable"] == 0.5  # pixelate alone: 0.6 0.6 0.2 0.3

@@ -8,7 +8,7 @@ from pathlib import Path
 from .model_card import ModelCard, ModelCardError, card_path_for
 
 PACKAGE_NAME = "seg_node"
-DEFAULT_MODEL_CARD = "camvid_mobile_unet_pruned_int8.json"
+DEFAULT_MODEL_CARD = "camvid_mobile_unet_pruned_robust_int8.json"
 
 
 def installed_prefix() -> Path | None:

@@ -25,6 +25,7 @@ import argparse
 import json
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ from .plots import save_confidence_figure, save_robustness_curves
 MILD = (1, 2, 3)  # the severities of the "rPC sev 1-3" figure
 SEVERE = 3  # frames at this severity or above are the ones the confidence score should tell from clean ones
 EXAMPLE_CORRUPTIONS = ("gaussian_noise", "fog", "motion_blur")  # shown in robustness_confidence.png when run
+RELIABLE_FRACTION = 0.75  # a corrupted frame that keeps this share of its clean mIoU still counts as reliable
 
 
 def frame_seed(index: int, corruption: str, severity: int) -> int:
@@ -169,6 +171,60 @@ def benchmark(pipelines: list[SegmentationPipeline], dataset, indices: list[int]
     return matrices, per_frame, frame_scores, examples, cost
 
 
+@dataclass
+class FrameScores:
+    """Frame scores of the clean frames and of every (frame, corruption, severity), with each corrupted frame's
+    severity and its mIoU as a fraction of the same frame's clean mIoU (NaN where either is all void)."""
+
+    clean: np.ndarray
+    corrupted: np.ndarray
+    severity: np.ndarray
+    kept: np.ndarray
+
+    @classmethod
+    def of(cls, miou: dict, scores: dict, corruptions: list[str], severities: list[int]) -> FrameScores:
+        """From benchmark()'s per-frame tables ({"clean": [...], name: {severity: [...]}}, frames in one order)."""
+        def values(table: list) -> np.ndarray:
+            return np.array([np.nan if v is None else v for v in table], np.float64)
+
+        conditions = [(name, severity) for name in corruptions for severity in severities]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            kept = np.concatenate([values(miou[n][s]) / values(miou["clean"]) for n, s in conditions])
+        return cls(clean=np.array(scores["clean"], np.float64),
+                   corrupted=np.concatenate([np.array(scores[n][s], np.float64) for n, s in conditions]),
+                   severity=np.concatenate([np.full(len(scores["clean"]), s) for _, s in conditions]),
+                   kept=np.where(np.isfinite(kept), kept, np.nan))
+
+    @classmethod
+    def joined(cls, parts: list[FrameScores]) -> FrameScores:
+        """Several splits' frames as one set."""
+        fields = ("clean", "corrupted", "severity", "kept")
+        return cls(*(np.concatenate([getattr(part, name) for part in parts]) for name in fields))
+
+    def sides(self, rule: str, reliable_fraction: float = RELIABLE_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+        """(good, bad) scores: rule `corruption`, clean frames against severity >= SEVERE ones; rule `accuracy`,
+        clean frames and corrupted ones that kept reliable_fraction of their clean mIoU against those that did not
+        (frames without an mIoU left out)."""
+        if rule == "corruption":
+            return self.clean, self.corrupted[self.severity >= SEVERE]
+        known = ~np.isnan(self.kept)
+        held = known & (self.kept >= reliable_fraction)
+        return np.concatenate([self.clean, self.corrupted[held]]), self.corrupted[known & ~held]
+
+    def at_threshold(self, threshold: float, reliable_fraction: float = RELIABLE_FRACTION) -> dict:
+        """Shares of frames a threshold flags (score under it): clean, severity >= SEVERE, and the accuracy rule's
+        reliable and unreliable frames; with the AUROC of the score for reliable against unreliable frames."""
+        reliable, unreliable = self.sides("accuracy", reliable_fraction)
+
+        def share(scores: np.ndarray) -> float | None:
+            return round(float(np.mean(scores < threshold)), 4) if len(scores) else None
+
+        return {"threshold": threshold, "reliable_fraction": reliable_fraction, "clean": share(self.clean),
+                "sev3plus": share(self.corrupted[self.severity >= SEVERE]),
+                "reliable": share(reliable), "unreliable": share(unreliable),
+                "auroc_unreliable": round(auroc(reliable, unreliable), 4) if len(unreliable) else None}
+
+
 def auroc(higher, lower) -> float:
     """Area under the ROC curve of a score meant to be higher on `higher` than on `lower` samples: the chance
     that a random one of the first outscores a random one of the second, ties counting half (the Mann-Whitney
@@ -181,11 +237,13 @@ def auroc(higher, lower) -> float:
     return float((ranks[:n].sum() - n * (n + 1) / 2) / (n * len(lower)))
 
 
-def reliability(miou: dict, scores: dict, corruptions: list[str], severities: list[int]) -> dict:
+def reliability(miou: dict, scores: dict, corruptions: list[str], severities: list[int],
+                threshold: float | None = None) -> dict:
     """How well the frame score tells trouble, from per-frame mIoU and scores ({"clean": [...], name: {severity:
     [...]}}, same frames): AUROC for clean frames against frames at severity >= SEVERE, and Spearman's rho of score
     and mIoU over clean and all corrupted frames (frames whose mIoU is None, all void, left out), for all
-    corruptions and for the unseen ones alone; None where a side is empty."""
+    corruptions and for the unseen ones alone; None where a side is empty. With the card's threshold, what it
+    flags (FrameScores.at_threshold): a threshold chosen on val, measured here."""
     def pooled(table: dict, names: list[str], chosen: list[int]) -> list:
         return [v for n in names for s in chosen for v in table[n][s]]
 
@@ -197,9 +255,10 @@ def reliability(miou: dict, scores: dict, corruptions: list[str], severities: li
                                                         miou["clean"] + pooled(miou, names, severities))
                  if value is not None]
         rho = spearmanr(*zip(*pairs)).statistic if names and len(pairs) > 2 else None
+        flagged = None if threshold is None else FrameScores.of(miou, scores, names, severities).at_threshold(threshold)
         return {"auroc_sev3plus": round(auroc(scores["clean"], corrupted), 4) if corrupted else None,
                 "spearman": None if rho is None or np.isnan(rho) else round(float(rho), 4),
-                "frames_sev3plus": len(corrupted), "frames_paired": len(pairs)}
+                "frames_sev3plus": len(corrupted), "frames_paired": len(pairs), "at_card_threshold": flagged}
 
     unseen = [n for n in corruptions if n in UNSEEN_FAMILIES]
     return {"all": figures(corruptions), "unseen": figures(unseen) if unseen else None,
@@ -249,16 +308,25 @@ def markdown_table(results: dict) -> str:
     def figure(value) -> str:
         return "–" if value is None else f"{value:.3f}"
 
+    def share(value) -> str:
+        return "–" if value is None else f"{100 * value:.1f}%"
+
     lines += ["", f"Frame confidence score: AUROC for clean frames against severity >= {SEVERE}, Spearman's rho with "
-              "per-frame mIoU over clean and corrupted frames (unseen: the unseen corruptions alone):", "",
-              "| model | AUROC | AUROC unseen | Spearman | Spearman unseen | median score clean |",
-              "|---|---|---|---|---|---|"]
+              "per-frame mIoU over clean and corrupted frames (unseen: the unseen corruptions alone); at the card's "
+              "threshold, the share of frames it flags: clean, severity >= 3, and unreliable / reliable (a corrupted "
+              f"frame is unreliable under {RELIABLE_FRACTION:g} of the same frame's clean mIoU):", "",
+              "| model | AUROC | AUROC unseen | Spearman | Spearman unseen | median score clean | card threshold | "
+              "flags clean | flags sev >= 3 | flags unreliable | flags reliable |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, model in results["models"].items():
         c = model["confidence"]
         unseen = c["unseen"] or {"auroc_sev3plus": None, "spearman": None}
+        flagged = c["all"]["at_card_threshold"] or dict.fromkeys(("threshold", "clean", "sev3plus", "unreliable",
+                                                                  "reliable"))
         lines.append(f"| {label} | {figure(c['all']['auroc_sev3plus'])} | {figure(unseen['auroc_sev3plus'])} | "
                      f"{figure(c['all']['spearman'])} | {figure(unseen['spearman'])} | "
-                     f"{c['score_median']['clean']:.3f} |")
+                     f"{c['score_median']['clean']:.3f} | {figure(flagged['threshold'])} | "
+                     + " | ".join(share(flagged[k]) for k in ("clean", "sev3plus", "unreliable", "reliable")) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -329,7 +397,8 @@ def run_robustness(argv: list[str] | None = None) -> dict:
         "ms_per_frame": {"corruptions": cost["corruptions"], "models": dict(zip(labels, cost["pipelines"]))},
         "models": {label: {"model": p.card.name, "card": str(resolve_model(m)[1]), "backend": p.backend.describe(),
                            "summary": summarize(matrix["clean"], {n: matrix[n] for n in args.corruptions}),
-                           "confidence": reliability(miou, score, args.corruptions, args.severities)}
+                           "confidence": reliability(miou, score, args.corruptions, args.severities,
+                                                     p.card.confidence.threshold)}
                    for label, p, m, matrix, miou, score in zip(labels, pipelines, args.model, matrices, per_frame,
                                                                scores)},
     }
