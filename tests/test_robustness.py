@@ -240,6 +240,11 @@ def test_seg_robustness_end_to_end_on_a_small_camvid_copy(tmp_path, random_model
         confidence = model["confidence"]
         assert 0.0 <= confidence["all"]["auroc_sev3plus"] <= 1.0 and confidence["all"]["frames_sev3plus"] == 18
         assert confidence["unseen"]["frames_sev3plus"] == 9 and -1.0 <= confidence["unseen"]["spearman"] <= 1.0
+    # what the card's threshold flags on these frames: the default's card has one, the random model's none
+    threshold = cards[0].confidence.threshold
+    flagged = written["models"][cards[0].name]["confidence"]["all"]["at_card_threshold"]
+    assert flagged["threshold"] == threshold and flagged["clean"] == np.mean(np.array(scores["clean"]) < threshold)
+    assert written["models"][cards[1].name]["confidence"]["all"]["at_card_threshold"] is None
     assert (tmp_path / "out" / "robustness_confidence.png").stat().st_size > 10_000
     assert "Frame confidence score: AUROC" in table
 

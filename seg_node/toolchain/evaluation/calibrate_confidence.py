@@ -19,7 +19,8 @@
    good ones): `accuracy`, where a frame is bad when its mIoU fell under --reliable-fraction (0.75) of the same
    frame's clean mIoU (the clean frames and the corrupted ones that kept their accuracy are good), and
    `corruption`, clean against severity >= 3 frames. J counts a clean frame flagged no worse than a bad one
-   missed: on the shipped default `accuracy` flagged 14% of the clean train and val frames (docs/results.md).
+   missed: on the shipped default, with the previous frame score, `accuracy` flagged 14% of the clean train and
+   val frames (docs/results.md).
 """
 
 from __future__ import annotations

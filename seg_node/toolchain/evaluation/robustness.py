@@ -15,8 +15,10 @@ robustness_per_frame.json.
 Beside each frame's mIoU the benchmark records the pipeline's frame confidence score (seg_node.core.confidence,
 what the node's reliability monitor watches) and reports how well it tells trouble: AUROC for clean frames
 against frames at severity >= 3 (all corruptions, and the unseen ones alone) and Spearman's correlation of score
-and per-frame mIoU over the clean and corrupted frames together (and clean with unseen); robustness_confidence.png
-plots score against mIoU and shows confidence and error maps of a few frames.
+and per-frame mIoU over the clean and corrupted frames together (and clean with unseen), and, for a card with a
+threshold, what it flags: clean frames, frames at severity >= 3, and frames that lost more than a quarter of the
+same frame's clean mIoU; robustness_confidence.png plots score against mIoU and shows confidence and error maps
+of a few frames.
 """
 
 from __future__ import annotations
@@ -243,7 +245,7 @@ def reliability(miou: dict, scores: dict, corruptions: list[str], severities: li
     [...]}}, same frames): AUROC for clean frames against frames at severity >= SEVERE, and Spearman's rho of score
     and mIoU over clean and all corrupted frames (frames whose mIoU is None, all void, left out), for all
     corruptions and for the unseen ones alone; None where a side is empty. With the card's threshold, what it
-    flags (FrameScores.at_threshold): a threshold chosen on val, measured here."""
+    flags (FrameScores.at_threshold): a threshold chosen on train and val, measured here."""
     def pooled(table: dict, names: list[str], chosen: list[int]) -> list:
         return [v for n in names for s in chosen for v in table[n][s]]
 
