@@ -57,6 +57,13 @@ def test_models_of_different_structure_or_a_bad_alpha_stop_with_a_message(tmp_pa
     assert stopped.value.code == 2
     assert "interpolation needs the same (pruned) structure" in capsys.readouterr().err
     assert not (tmp_path / "never.json").exists()
+    flipped = ModelCard.load(first)
+    flipped.flip_average = True
+    flipped.save(tmp_path / "flipped.json")
+    with pytest.raises(SystemExit):
+        interpolate_main(["--model", str(first), "--model", str(tmp_path / "flipped.json"), "--alpha", "0.5",
+                          "--out", str(tmp_path / "never")])
+    assert "flip averaging or logit offsets" in capsys.readouterr().err
     for bad in (["--alpha", "1.5"], ["--alpha", "0.5", "--model", str(first)]):
         with pytest.raises(SystemExit):
             interpolate_main(["--model", str(first), "--model", str(first), *bad, "--out", str(tmp_path / "x")])

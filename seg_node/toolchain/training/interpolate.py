@@ -44,8 +44,12 @@ def interpolate_states(first: dict[str, torch.Tensor], second: dict[str, torch.T
 
 def interpolated_model(cards: list[tuple[ModelCard, Path]], alpha: float) -> torch.nn.Module:
     (first_card, first_path), (second_card, second_path) = cards
-    if first_card.classes != second_card.classes:
-        raise UserError(f"{first_card.name} and {second_card.name} segment different classes")
+    if first_card.classes != second_card.classes or first_card.input != second_card.input:
+        raise UserError(f"{first_card.name} and {second_card.name} differ in classes or input (size, normalization)")
+    for card in (first_card, second_card):
+        if card.flip_average or card.logit_offsets:
+            raise UserError(f"{card.name} runs its network with flip averaging or logit offsets, which weights do "
+                            "not carry: interpolate the card whose files it names")
     first = build_for_inference(first_card, model_file(first_card, first_path, "torch"))
     second = build_for_inference(second_card, model_file(second_card, second_path, "torch"))
     first.load_state_dict(interpolate_states(first.state_dict(), second.state_dict(), alpha))
