@@ -23,7 +23,7 @@ from .preprocess import normalize, resize_for_network
 @dataclass
 class SegmentationResult:
     mask: np.ndarray
-    #: the frame's mean top-class probability (seg_node.core.confidence.frame_score): low when the mask is unsure
+    #: the frame score in [0, 1] (seg_node.core.confidence.frame_score): low when the mask is unsure
     score: float = float("nan")
     #: H x W uint8 per-pixel confidence (0-255), only when segment() was asked for it
     confidence: np.ndarray | None = None
