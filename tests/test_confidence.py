@@ -242,8 +242,8 @@ def test_diagnostics_warn_while_noisy_frames_stay_unreliable_for_the_hold_time_a
     noisy_from = time.perf_counter()
     warned, noisy_scores = until(WARN, noisy, noisy_from)
     assert max(noisy_scores) < threshold
-    match = re.fullmatch(rf"segmentation unreliable: confidence (\d\.\d\d) under {threshold:.2f} for (\d+\.\d) s",
-                         warned.message)
+    match = re.fullmatch(rf"segmentation unreliable: confidence (\d\.\d\d) under {re.escape(f'{threshold:.2f}')} "
+                         r"for (\d+\.\d) s", warned.message)
     assert match, warned.message
     assert float(match[1]) == pytest.approx(np.mean(noisy_scores), abs=0.06)  # the run's mean, to 2 decimals
     assert HOLD <= float(match[2]) <= HOLD + 5.0 and float(warned.values["seconds_under_confidence_threshold"]) >= HOLD
