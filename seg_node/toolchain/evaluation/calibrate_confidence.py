@@ -198,7 +198,7 @@ def run_calibration(argv: list[str] | None = None, progress: bool = True) -> dic
         rule = args.rule + (f" {args.reliable_fraction:g}" if args.rule == "accuracy" else "")
         threshold = youden_threshold(good, bad) if len(bad) else 0.0  # nothing unreliable: nothing to flag
     threshold = min(threshold, 1.0)  # Youden's J peaks at +inf only when nothing is told apart: flag everything
-    severe = frames.corrupted[frames.severity >= SEVERE]
+    severe = frames.sides("corruption")[1]  # the frames at severity >= SEVERE
     calibration = {
         "split": args.split, "frames": len(indices), "pixels": int(len(labels)),
         "threshold_frames": {split: len(part.clean) for split, part in by_split.items()},
