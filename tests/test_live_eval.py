@@ -44,7 +44,8 @@ def test_the_node_runs_the_shipped_flip_averaged_model_as_the_offline_evaluation
     offline = {model: run_evaluation(["--model", model, "--data", str(CLIP), "--split", "test", "--threads", "2",
                                       "--out", str(tmp_path / Path(model).stem)])["per_class_iou"]
                for model in (flip, single)}
-    assert live["frames_scored"] == 24 and live["frames_dropped"] == 0 and live["node_exit_status"] == 0
+    assert live["frames_scored"] == 24 and live["frames_dropped"] == 0 and live["node_exit_status"] == 0, live
+    assert live["masks_repeated"] == 0 and live["masks_unmatched"] == 0
     for name, iou in live["per_class_iou"].items():
         assert abs(iou - offline[flip][name]) <= 0.05, (name, iou, offline[flip][name])
     assert max(abs(iou - offline[single][name]) for name, iou in live["per_class_iou"].items()) > 0.5

@@ -148,6 +148,21 @@ def test_a_second_training_cycle_starts_from_the_given_weights(tmp_path):
             train(common + ["--out", str(tmp_path / "refused")] + extra)
 
 
+def test_the_final_retraining_on_train_and_val_records_both_splits_and_says_val_is_not_held_out(tmp_path, capsys):
+    data = write_camvid11(tmp_path / "camvid", {"train": 4, "val": 2})
+    common = ["--data", str(data), "--arch", '{"name": "unet", "base_width": 4, "depth": 2}', "--batch-size", "2",
+              "--crop", "32", "48", "--input-size", "48", "64", "--epochs", "1", "--threads", "2"]
+    train(common + ["--out", str(tmp_path / "train")])
+    assert "not held out" not in capsys.readouterr().out
+    train(common + ["--train-splits", "train", "val", "--out", str(tmp_path / "trainval")])
+    assert "val is among the training splits" in capsys.readouterr().out
+    used = {run: [(d["split"], d["frames"]) for d in training_record(tmp_path / run / "last.pt")["data"]]
+            for run in ("train", "trainval")}
+    assert used == {"train": [("train", 4), ("val", 2)], "trainval": [("train", 4), ("val", 2), ("val", 2)]}
+    with pytest.raises(SystemExit):
+        train(common + ["--train-splits", "test", "--out", str(tmp_path / "refused")])
+
+
 def test_weight_averaging_keeps_the_mean_of_the_epochs_from_the_given_one_and_validates_it(tmp_path):
     data = write_camvid11(tmp_path / "camvid", {"train": 8, "val": 2})
     common = ["--data", str(data), "--arch", '{"name": "unet", "base_width": 4, "depth": 2}', "--batch-size", "4",

@@ -171,10 +171,12 @@ def live_evaluate(bag: str | Path, out: str | Path, *, model: str | None = None,
     node_total = [float(next(kv.value for kv in m.status[0].values if kv.key == "total_ms"))
                   for m in inboxes["latency"].messages]
     frames_published = sum(summary.published.values())
+    stamps = {stamp_ns(msg.header.stamp) for msg in masks}  # a frame is dropped when no mask carries its stamp
     result = {
         "bag": str(bag), "image_topic": topic, "model": model or "packaged default", "backend": backend,
         "rate": rate, "frames_published": frames_published, "masks_received": len(masks),
-        "frames_dropped": frames_published - len(masks), "frames_scored": scored,
+        "frames_dropped": frames_published - len(stamps), "masks_repeated": len(masks) - len(stamps),
+        "masks_unmatched": len(stamps - set(labels)), "frames_scored": scored,
         **matrix.summary(CAMVID_CLASSES), "ros_path_latency_ms": rounded(latency_summary(path_latency)),
         "node_processing_ms": rounded(latency_summary(node_total)), "node_exit_status": status,
     }
@@ -195,6 +197,8 @@ def print_result(result: dict) -> None:
     latency, node = result["ros_path_latency_ms"], result["node_processing_ms"]
     print(f"\n{result['frames_published']} frames published, {result['masks_received']} masks received, "
           f"{result['frames_dropped']} dropped; {result['frames_scored']} scored against the bag's labels")
+    if result["masks_repeated"] or result["masks_unmatched"]:
+        print(f"{result['masks_repeated']} masks repeated a stamp, {result['masks_unmatched']} stamps match no label")
     print(f"mIoU {result['miou']:.2f}, pixel accuracy {result['pixel_accuracy']:.2f}")
     per_class = result["per_class_iou"].items()
     print("  " + ", ".join(f"{k} {v if v is not None else float('nan'):.1f}" for k, v in per_class))

@@ -40,7 +40,7 @@ from ...core.model_card import command_line
 from ...core.model_files import resolve_model
 from ...core.pipeline import SegmentationPipeline
 from ..data import open_dataset
-from ..training.augment import UNSEEN_FAMILIES
+from ..training.augment import unseen_in_training
 from .corruptions import CORRUPTIONS, SEVERITIES
 from .robustness import RELIABLE_FRACTION, SEVERE, FrameScores, auroc, benchmark, spaced
 
@@ -145,9 +145,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="only N frames of each threshold split, evenly spaced (the temperature uses all)")
     parser.add_argument("--pixels-per-frame", type=int, default=4000, help="pixels sampled per frame for T")
     parser.add_argument("--seed", type=int, default=0)
-    seen = [n for n in CORRUPTIONS if n not in UNSEEN_FAMILIES]
-    parser.add_argument("--corruptions", nargs="+", metavar="NAME", default=seen,
-                        help=f"for the threshold (default: those seen in training, {', '.join(seen)})")
+    parser.add_argument("--corruptions", nargs="+", metavar="NAME",
+                        help="for the threshold (default: those the model's card says its training saw)")
     parser.add_argument("--severities", nargs="+", type=int, choices=SEVERITIES, default=list(SEVERITIES))
     parser.add_argument("--rule", default="clean_recall", choices=THRESHOLD_RULES,
                         help="how the threshold is chosen (above; default: clean_recall)")
@@ -159,7 +158,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     where.add_argument("--update-card", action="store_true", help="write the result into the model's card")
     where.add_argument("--out", help="write a copy of the card with the result here (beside the model's files)")
     args = parser.parse_args(argv)
-    unknown = [n for n in args.corruptions if n not in CORRUPTIONS]
+    unknown = [n for n in args.corruptions or [] if n not in CORRUPTIONS]
     if unknown:
         parser.error(f"unknown corruption(s) {unknown}; known: {', '.join(CORRUPTIONS)}")
     if not 0.0 < args.clean_recall <= 1.0:
@@ -179,6 +178,8 @@ def run_calibration(argv: list[str] | None = None, progress: bool = True) -> dic
     args = parse_arguments(argv)
     card, card_path = resolve_model(args.model)
     pipeline = SegmentationPipeline.from_model(card_path, args.backend, "cpu", threads=args.threads)
+    unseen = unseen_in_training(card.training, card.compression)
+    args.corruptions = args.corruptions or [n for n in CORRUPTIONS if n not in unseen]
     dataset = open_dataset(args.data, args.split, args.layout)
     indices = list(range(len(dataset.items())))
 

@@ -54,9 +54,11 @@ def save_prediction_grid(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarra
     cv2.imwrite(str(path), cv2.cvtColor(np.concatenate([header, *tiles]), cv2.COLOR_RGB2BGR))
 
 
-def save_robustness_curves(summaries: dict[str, dict], unseen, path: str | Path, title: str) -> None:
-    """mIoU against severity (0: clean), one curve per corruption (dashed: unseen in training), one panel per
-    model on a shared y axis; `summaries` maps a model's label to seg-robustness's summary of it."""
+def save_robustness_curves(summaries: dict[str, dict], unseen: dict[str, list[str]], path: str | Path,
+                           title: str) -> None:
+    """mIoU against severity (0: clean), one curve per corruption (dashed: unseen in that model's training), one
+    panel per model on a shared y axis; `summaries` and `unseen` map a model's label to seg-robustness's summary of
+    it and to the corruptions its training did not see."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(summaries), figsize=(4.2 * len(summaries) + 2.2, 4.6), sharey=True,
                              squeeze=False)
@@ -65,7 +67,7 @@ def save_robustness_curves(summaries: dict[str, dict], unseen, path: str | Path,
         for index, (name, by_severity) in enumerate(summary["miou"].items()):
             severities = [int(s) for s in by_severity]
             ax.plot([0, *severities], [summary["clean"], *by_severity.values()], marker="o", markersize=3,
-                    color=colours[index % len(colours)], linestyle="--" if name in unseen else "-", label=name)
+                    color=colours[index % len(colours)], linestyle="--" if name in unseen[label] else "-", label=name)
         ax.set_title(f"{label}\nclean {summary['clean']:.1f}, mPC {summary['mpc']:.1f}, rPC {summary['rpc']:.0f}%",
                      fontsize=9)
         ax.set_xticks(range(0, 6), ["clean", "1", "2", "3", "4", "5"])

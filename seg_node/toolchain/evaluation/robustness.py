@@ -8,7 +8,8 @@ severity, and the same corrupted frame goes to every model, so models are compar
 --frames subset sees the frames of the full run). One confusion matrix per (model, corruption, severity) over the
 frames, void excluded, as seg-eval's mIoU. Summaries in Michaelis et al. 2019's terms: mPC, the mean over
 corruptions of the mean over severities of mIoU, and rPC = mPC / clean mIoU; rPC and every other relative figure
-are percentages of the clean mIoU. The corruptions kept out of training (UNSEEN_FAMILIES) are summarised apart.
+are percentages of the clean mIoU. The corruptions kept out of a model's training (augment.unseen_in_training, read
+from its card) are summarised apart.
 Writes robustness.json, robustness.md (tables), robustness.png (mIoU against severity) and, with --per-frame,
 robustness_per_frame.json.
 
@@ -40,7 +41,7 @@ from ...core.model_card import ModelCard, command_line
 from ...core.model_files import resolve_model
 from ...core.pipeline import SegmentationPipeline
 from ..data import open_dataset
-from ..training.augment import UNSEEN_FAMILIES
+from ..training.augment import unseen_in_training
 from .corruptions import CORRUPTIONS, FAMILY, SEVERITIES, corrupt
 from .metrics import ConfusionMatrix, mean_iou_of
 from .plots import save_confidence_figure, save_robustness_curves
@@ -70,9 +71,10 @@ def mpc_of(miou: dict[str, dict[int, float]], corruptions, severities) -> float 
     return float(np.mean([np.mean(row) for row in rows])) if rows else None
 
 
-def summarize(clean: np.ndarray, corrupted: dict[str, dict[int, np.ndarray]]) -> dict:
-    """Clean mIoU, mIoU per corruption and severity, and the robustness summaries, from confusion matrices
-    (clean: C x C; corrupted[name][severity]: C x C), in percent rounded to 0.01."""
+def summarize(clean: np.ndarray, corrupted: dict[str, dict[int, np.ndarray]], unseen) -> dict:
+    """Clean mIoU, mIoU per corruption and severity, and the robustness summaries (`unseen`: the corruptions kept
+    out of the model's training, summarised apart), from confusion matrices (clean: C x C; corrupted[name][severity]:
+    C x C), in percent rounded to 0.01."""
     clean_miou = 100 * float(mean_iou_of(clean))
     miou = {name: {s: 100 * float(mean_iou_of(m)) for s, m in by_severity.items()}
             for name, by_severity in corrupted.items()}
@@ -97,8 +99,8 @@ def summarize(clean: np.ndarray, corrupted: dict[str, dict[int, np.ndarray]]) ->
         **{k: everything[k] for k in ("mpc", "rpc", "mpc_sev1_3", "rpc_sev1_3")},
         "worst_sev1": None if worst is None else {"corruption": worst, "miou": round(miou[worst][1], 2),
                                                   "relative": relative(miou[worst][1])},
-        "unseen": group([n for n in names if n in UNSEEN_FAMILIES]),
-        "seen": group([n for n in names if n not in UNSEEN_FAMILIES]),
+        "unseen": group([n for n in names if n in unseen]),
+        "seen": group([n for n in names if n not in unseen]),
         "families": {family: group([n for n in names if FAMILY[n] == family])
                      for family in dict.fromkeys(FAMILY[n] for n in names)},
         "miou": {name: {str(s): round(v, 2) for s, v in by_severity.items()} for name, by_severity in miou.items()},
@@ -239,12 +241,12 @@ def auroc(higher, lower) -> float:
     return float((ranks[:n].sum() - n * (n + 1) / 2) / (n * len(lower)))
 
 
-def reliability(miou: dict, scores: dict, corruptions: list[str], severities: list[int],
+def reliability(miou: dict, scores: dict, corruptions: list[str], severities: list[int], unseen,
                 threshold: float | None = None) -> dict:
     """How well the frame score tells trouble, from per-frame mIoU and scores ({"clean": [...], name: {severity:
     [...]}}, same frames): AUROC for clean frames against frames at severity >= SEVERE, and Spearman's rho of score
     and mIoU over clean and all corrupted frames (frames whose mIoU is None, all void, left out), for all
-    corruptions and for the unseen ones alone; None where a side is empty. With the card's threshold, what it
+    corruptions and for the `unseen` ones alone; None where a side is empty. With the card's threshold, what it
     flags (FrameScores.at_threshold): a threshold chosen on train and val, measured here."""
     def pooled(table: dict, names: list[str], chosen: list[int]) -> list:
         return [v for n in names for s in chosen for v in table[n][s]]
@@ -262,8 +264,8 @@ def reliability(miou: dict, scores: dict, corruptions: list[str], severities: li
                 "spearman": None if rho is None or np.isnan(rho) else round(float(rho), 4),
                 "frames_sev3plus": len(corrupted), "frames_paired": len(pairs), "at_card_threshold": flagged}
 
-    unseen = [n for n in corruptions if n in UNSEEN_FAMILIES]
-    return {"all": figures(corruptions), "unseen": figures(unseen) if unseen else None,
+    held_out = [n for n in corruptions if n in unseen]
+    return {"all": figures(corruptions), "unseen": figures(held_out) if held_out else None,
             "score_median": {"clean": round(float(np.median(scores["clean"])), 4),
                              **{f"{n} sev3plus": round(float(np.median(pooled(scores, [n], severe))), 4)
                                 for n in (corruptions if severe else [])}}}
@@ -300,12 +302,12 @@ def markdown_table(results: dict) -> str:
                                         worst, rpc(s["unseen"]), rpc(s["seen"])]
                                        + [rpc(s["families"].get(f)) for f in families]) + " |")
     labels = list(results["models"])
-    lines += ["", "mIoU per corruption, mean over the severities (* unseen in training):", "",
+    lines += ["", "mIoU per corruption, mean over the severities (* unseen in that model's training):", "",
               "| corruption | family | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
     for name in results["corruptions"]:
-        means = [np.mean(list(results["models"][m]["summary"]["miou"][name].values())) for m in labels]
-        lines.append(f"| {name}{' *' if name in UNSEEN_FAMILIES else ''} | {FAMILY[name]} | "
-                     + " | ".join(f"{v:.1f}" for v in means) + " |")
+        cells = [f"{np.mean(list(results['models'][m]['summary']['miou'][name].values())):.1f}"
+                 f"{'*' if name in results['unseen_in_training'][m] else ''}" for m in labels]
+        lines.append(f"| {name} | {FAMILY[name]} | " + " | ".join(cells) + " |")
 
     def figure(value) -> str:
         return "–" if value is None else f"{value:.3f}"
@@ -385,6 +387,8 @@ def run_robustness(argv: list[str] | None = None) -> dict:
     pipelines = [SegmentationPipeline.from_model(m, b, args.device, threads=args.threads)
                  for m, b in zip(args.model, args.backend)]
     labels = model_labels([p.card for p in pipelines], args.backend)
+    unseen = {label: [n for n in args.corruptions if n in unseen_in_training(p.card.training, p.card.compression)]
+              for label, p in zip(labels, pipelines)}
     indices = spaced(count, args.frames)
     started = time.time()
     matrices, per_frame, scores, examples, cost = benchmark(pipelines, dataset, indices, args.corruptions,
@@ -394,12 +398,13 @@ def run_robustness(argv: list[str] | None = None) -> dict:
         "split": args.split, "data": str(dataset.root), "frames": len(indices),
         "frame_names": [dataset.items()[i].name for i in indices],
         "corruptions": args.corruptions, "severities": args.severities,
-        "unseen_in_training": [n for n in args.corruptions if n in UNSEEN_FAMILIES],
+        "unseen_in_training": unseen,
         "seconds": round(time.time() - started, 1), "command": command,
         "ms_per_frame": {"corruptions": cost["corruptions"], "models": dict(zip(labels, cost["pipelines"]))},
         "models": {label: {"model": p.card.name, "card": str(resolve_model(m)[1]), "backend": p.backend.describe(),
-                           "summary": summarize(matrix["clean"], {n: matrix[n] for n in args.corruptions}),
-                           "confidence": reliability(miou, score, args.corruptions, args.severities,
+                           "summary": summarize(matrix["clean"], {n: matrix[n] for n in args.corruptions},
+                                                unseen[label]),
+                           "confidence": reliability(miou, score, args.corruptions, args.severities, unseen[label],
                                                      p.card.confidence.threshold)}
                    for label, p, m, matrix, miou, score in zip(labels, pipelines, args.model, matrices, per_frame,
                                                                scores)},
@@ -417,7 +422,7 @@ def run_robustness(argv: list[str] | None = None) -> dict:
                                **{n: {str(s): rounded(table[n][s]) for s in args.severities} for n in args.corruptions}}
                        for label, table in zip(labels, scores)}}) + "\n")
     (out / "robustness.md").write_text(markdown_table(results))
-    save_robustness_curves({label: m["summary"] for label, m in results["models"].items()}, UNSEEN_FAMILIES,
+    save_robustness_curves({label: m["summary"] for label, m in results["models"].items()}, unseen,
                            out / "robustness.png", f"CamVid {args.split}, {len(indices)} frames")
     save_confidence_figure(dict(zip(labels, scores)), dict(zip(labels, per_frame)),
                            {label: m["confidence"] for label, m in results["models"].items()}, examples,

@@ -2,8 +2,9 @@
 together; photometric jitter and the camera corruptions (albumentations) move neither.
 
 The corruption recipe is a small dataclass so that its probabilities and strengths can be given on the
-command line, kept in the checkpoint and recorded in the model card. Some corruption families are kept out
-of it on purpose (`UNSEEN_FAMILIES`), so the robustness benchmark can say how far robustness generalises.
+command line, kept in the checkpoint and recorded in the model card. Some benchmark corruptions are kept out
+of every recipe on purpose (`HELD_OUT`), and snow out of any recipe whose snow group is off, so the robustness
+benchmark can say, model by model (`unseen_in_training`), how far robustness generalises.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import numpy as np
 
 from ..data import VOID_INDEX
 
-#: benchmark corruptions that no training transform imitates (seg-robustness reports them apart)
-UNSEEN_FAMILIES = ("impulse_noise", "pixelate", "elastic_transform", "snow", "frost", "spatter")
+#: benchmark corruptions that no training transform imitates, whatever the recipe (one weather type among them)
+HELD_OUT = ("impulse_noise", "pixelate", "elastic_transform", "frost", "spatter")
+#: benchmark corruptions that only one optional group of the recipe imitates: unseen where it is off
+IMITATED_BY_GROUP = {"snow": ("snow",)}
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,9 @@ class CorruptionRecipe:
     blur: float = 0.3          # gaussian, motion, defocus
     noise: float = 0.4         # gaussian, shot (Poisson), ISO (colour + luminance)
     compression: float = 0.3   # JPEG, downscale-upscale (bilinear)
+    snow: float = 0.0          # snow flakes bleached into the frame, or a snow texture over it
+    uneven_light: float = 0.0  # light that varies across the frame: plasma brightness/contrast/shadow, gradients
+    reflection: float = 0.0    # a reflection on the windscreen laid over the scene
     strength: float = 1.0      # scales every transform's upper range (1: as below)
 
     def validate(self) -> None:
@@ -43,6 +49,11 @@ class CorruptionRecipe:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def unseen(self) -> tuple[str, ...]:
+        """The benchmark corruptions that no transform of this recipe imitates."""
+        return HELD_OUT + tuple(name for group, names in IMITATED_BY_GROUP.items() if not getattr(self, group)
+                                for name in names)
 
     @classmethod
     def parse(cls, text: str | dict) -> "CorruptionRecipe":
@@ -64,6 +75,28 @@ def parse_corruption(text: str) -> CorruptionRecipe | None:
     return CorruptionRecipe() if text == "default" else CorruptionRecipe.parse(text)
 
 
+def unseen_in_training(*records: dict | None) -> tuple[str, ...]:
+    """The benchmark corruptions that none of the recipes in a model card's training and compression records
+    (every "corruption" entry, its endpoints and the runs it started from included) imitates. A model trained
+    without any recipe is held to the default recipe's set, so that its row compares with the robust models'."""
+    found: list[CorruptionRecipe] = []
+
+    def walk(value) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key == "corruption" and isinstance(item, dict):
+                    found.append(CorruptionRecipe.parse(item))
+                else:
+                    walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(list(records))
+    recipes = found or [CorruptionRecipe()]
+    return tuple(name for name in recipes[0].unseen() if all(name in r.unseen() for r in recipes))
+
+
 def corruption_transform(recipe: CorruptionRecipe, seed: int):
     """The albumentations pipeline of a recipe (photometric only: labels never change)."""
     import albumentations as A  # the offline toolchain's dependency, loaded when training asks for it
@@ -76,6 +109,17 @@ def corruption_transform(recipe: CorruptionRecipe, seed: int):
             A.RandomShadow(shadow_roi=(0, 0.3, 1, 1)),
             A.RandomSunFlare(flare_roi=(0, 0, 1, 0.5), src_radius=120),
         ], p=recipe.weather),
+        A.OneOf([
+            A.RandomSnow(snow_point_range=(0.1, min(0.9, 0.4 * s)), brightness_coeff=2.5, method="bleach"),
+            A.RandomSnow(snow_point_range=(0.1, min(0.9, 0.4 * s)), brightness_coeff=2.5, method="texture"),
+        ], p=recipe.snow),
+        A.OneOf([
+            A.PlasmaBrightnessContrast(brightness_range=(-0.3 * s, 0.3 * s), contrast_range=(-0.3 * s, 0.3 * s)),
+            A.PlasmaShadow(shadow_intensity_range=(0.2, min(0.9, 0.6 * s))),
+            A.Illumination(mode="gaussian", intensity_range=(0.05, min(0.2, 0.2 * s))),
+            A.Illumination(mode="linear", intensity_range=(0.05, min(0.2, 0.2 * s))),
+        ], p=recipe.uneven_light),
+        windscreen_reflection(A, weight_range=(0.1, min(0.8, 0.4 * s)), sigma_range=(0.0, 2.0), p=recipe.reflection),
         A.OneOf([
             A.RandomBrightnessContrast(brightness_limit=0.4 * s, contrast_limit=0.4 * s),
             A.RandomGamma(gamma_limit=(round(100 / (1 + 0.5 * s)), round(100 * (1 + 0.5 * s)))),
@@ -102,6 +146,24 @@ def corruption_transform(recipe: CorruptionRecipe, seed: int):
         ], p=recipe.compression),
     ], seed=seed)
     return transform
+
+
+def windscreen_reflection(A, weight_range: tuple[float, float], sigma_range: tuple[float, float], p: float):
+    """A reflection on the windscreen, I = T + w R (as reflection-removal work synthesises them): R is the frame's
+    own mirror image, shifted and defocused, so it needs no second image; albumentations has no such transform."""
+
+    class WindscreenReflection(A.ImageOnlyTransform):
+        def get_params(self):
+            return {"weight": self.py_random.uniform(*weight_range), "sigma": self.py_random.uniform(*sigma_range),
+                    "shift": self.py_random.random()}
+
+        def apply(self, img, weight, sigma, shift, **params):
+            reflected = np.roll(img[::-1], round(shift * img.shape[1]), axis=1)
+            if sigma > 0.3:
+                reflected = cv2.GaussianBlur(reflected, (0, 0), sigma)
+            return np.clip(img.astype(np.float32) + weight * reflected, 0, 255).astype(np.uint8)
+
+    return WindscreenReflection(p=p)
 
 
 def augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, crop: tuple[int, int],

@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="CamVid folder (default: $CAMVID_ROOT)")
     p.add_argument("--layout", default="auto", help="camvid11, camvid32 or auto")
+    p.add_argument("--train-splits", nargs="+", default=["train"], choices=["train", "val"],
+                   help="splits to train on; 'train val' is the final retraining of a recipe fixed beforehand on "
+                        "train/val (val then no longer measures anything: take last.pt, not best.pt)")
     p.add_argument("--arch", default='{"name": "mobile_unet", "pretrained": true}',
                    help="architecture config as JSON, or just a name (unet, attention_unet, mobile_unet)")
     p.add_argument("--loss", default="ce", choices=sorted(LOSSES))
@@ -277,7 +280,15 @@ def train(argv: list[str] | None = None, model: torch.nn.Module | None = None) -
     arch = parse_arch(args.arch)
     spec = InputSpec(height=args.input_size[0], width=args.input_size[1])
     num_classes = len(CAMVID_CLASSES)
-    train_images, train_labels, train_identity = load_split(args.data, "train", args.layout, "train")
+    train_images, train_labels, train_identities = [], [], []
+    for split in dict.fromkeys(args.train_splits):
+        images, labels, identity = load_split(args.data, split, args.layout, split)
+        train_images += images
+        train_labels += labels
+        train_identities.append(identity)
+    if "val" in args.train_splits and rank == 0:
+        print("seg-train: val is among the training splits, so its figures below are not held out: "
+              "the run's result is last.pt, by the recipe fixed beforehand, not best.pt", flush=True)
     val_images, val_labels, val_identity = (load_split(args.data, "val", args.layout, "val") if rank == 0
                                             else ([], [], None))
     val_corrupted = corrupted_copies(val_images, args.val_corrupted) if args.val_corrupted else None
@@ -309,7 +320,7 @@ def train(argv: list[str] | None = None, model: torch.nn.Module | None = None) -
     corruption = corruption_transform(recipe, args.seed) if recipe else None
     run_info = {"arch": arch, "args": {**{k: v for k, v in vars(args).items() if k != "corruption_recipe"},
                                        "data": DATA_PLACEHOLDER},
-                "data": [train_identity, val_identity],
+                "data": [*train_identities, val_identity],
                 "corruption": recipe.to_dict() if recipe else None,
                 "world_size": world, "hardware": describe_hardware(device),
                 "class_weights": None if weights is None else [round(float(w), 4) for w in weights]}
