@@ -96,6 +96,19 @@ def test_prune_command_flow_fine_tunes_between_steps(tmp_path):
     assert not model.training
 
 
+def test_a_final_fine_tune_on_train_and_val_keeps_its_last_epoch_and_says_so(tmp_path):
+    data = write_camvid11(tmp_path / "camvid", {"train": 4, "val": 2})
+    card_path = make_random_model(tmp_path / "base", SMALL_UNET, size=(48, 64)).with_suffix(".json")
+    model, summary = prune(ModelCard.load(card_path), card_path, ratio=0.5, criterion="l2", steps=1,
+                           fine_tune_epochs=2, data=str(data), batch_size=2, threads=2, val_corrupted=3,
+                           work_dir=tmp_path / "work", train_splits=("train", "val"))
+    assert summary["fine_tune_splits"] == ["train", "val"] and "selected_on" not in summary
+    last = torch.load(tmp_path / "work" / "step1" / "last.pt", weights_only=True)
+    assert last["epoch"] == 2 and [d["split"] for d in json.loads(last["run"])["data"]] == ["train", "val", "val"]
+    kept = model.state_dict()
+    assert all(torch.equal(kept[k], v) for k, v in last["model"].items())
+
+
 def test_fine_tuning_a_pruned_model_further_counts_savings_from_the_original(tmp_path, capsys):
     """Pruning is often resumed (more fine-tuning, a distillation pass): the card must still say how much the
     original lost, and keep the record of the first pass."""

@@ -132,8 +132,8 @@ def prune(card: ModelCard, card_path: Path, ratio: float, criterion: str, steps:
           class_weights: str = "median_frequency", crop: tuple[int, int] = DEFAULT_CROP,
           scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE, corruption: str = "",
           teacher_input: str = "augmented", val_corrupted: int = 0,
-          work_dir: Path | None = None) -> tuple[nn.Module, dict]:
-    """Prune `steps` times up to `ratio`, fine-tuning `fine_tune_epochs` on CamVid train after each step;
+          work_dir: Path | None = None, train_splits: tuple[str, ...] = ("train",)) -> tuple[nn.Module, dict]:
+    """Prune `steps` times up to `ratio`, fine-tuning `fine_tune_epochs` on CamVid `train_splits` after each step;
     with distill_weight > 0 a teacher (default: the model as given, if unpruned) guides the fine-tuning;
     `loss`, `class_weights`, `crop`, `scale_range`, `corruption`, `teacher_input` and `val_corrupted` are
     seg-train's. With `work_dir` each step fine-tunes in `work_dir/step<N>` and continues a run found there
@@ -170,9 +170,10 @@ def prune(card: ModelCard, card_path: Path, ratio: float, criterion: str, steps:
                                 "--seed", str(seed + step), "--loss", loss, "--class-weights", class_weights,
                                 "--crop", *map(str, crop), "--scale-range", *map(str, scale_range),
                                 "--corruption", corruption, "--teacher-input", teacher_input,
-                                "--val-corrupted", str(val_corrupted),
+                                "--val-corrupted", str(val_corrupted), "--train-splits", *train_splits,
                                 "--out", str(run_dir), *distillation, *resume], model=model)
-                model.load_state_dict(torch.load(run_dir / "best.pt", weights_only=True)["model"])
+                kept = "last.pt" if "val" in train_splits else "best.pt"  # val trained on selects nothing
+                model.load_state_dict(torch.load(run_dir / kept, weights_only=True)["model"])
             entry["val_miou"] = result["best_val_miou"]
         history.append(entry)
     model = model.eval().to(memory_format=torch.contiguous_format)
@@ -182,11 +183,12 @@ def prune(card: ModelCard, card_path: Path, ratio: float, criterion: str, steps:
                "global": global_pruning, "round_to": round_to, "max_layer_ratio": max_layer_ratio, "steps": steps,
                "fine_tune_epochs_per_step": fine_tune_epochs, "fine_tune_lr": lr,
                "fine_tune_loss": {"loss": loss, "class_weights": class_weights},
+               **({"fine_tune_splits": list(train_splits)} if tuple(train_splits) != ("train",) else {}),
                "fine_tune_augmentation": {"crop": list(crop), "scale_range": list(scale_range),
                                           **({"corruption": parse_corruption(corruption).to_dict(),
                                               "teacher_input": teacher_input} if corruption else {})},
                **({"selected_on": f"mean of clean and severity-{val_corrupted} corrupted val mIoU"}
-                  if val_corrupted else {}),
+                  if val_corrupted and "val" not in train_splits else {}),
                "base_model": base_model,
                "distillation": ({"teacher": resolve_model(teacher)[0].name, "weight": distill_weight,
                                  "temperature": distill_temperature} if teacher else None),
@@ -246,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="select epochs on clean and corrupted val (as seg-train's)")
     parser.add_argument("--work-dir", help="keep each step's fine-tuning run here and resume one found there "
                                            "(default: a temporary folder)")
+    parser.add_argument("--train-splits", nargs="+", default=["train"], choices=["train", "val"],
+                        help="splits to fine-tune on (as seg-train's; with val, each step keeps its last epoch)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--data", help="CamVid folder (default: $CAMVID_ROOT)")
@@ -262,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
                            args.batch_size, args.threads, args.seed, args.scope, dict(args.layer_ratio),
                            args.distill_weight, args.distill_temperature, args.teacher, args.loss,
                            args.class_weights, tuple(args.crop), tuple(args.scale_range), args.corruption,
-                           args.teacher_input, args.val_corrupted, args.work_dir)
+                           args.teacher_input, args.val_corrupted, args.work_dir, tuple(args.train_splits))
     summary["command"] = command_line("seg-prune", argv)
     exported = export_model(
         model, args.out, name=Path(args.out).name, architecture=card.architecture, classes=card.classes,
@@ -272,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
               + (f"pruned structurally by {args.ratio:.0%} ({args.scope}, {args.criterion}"
                  + "".join(f", {name} by {value:.0%}" for name, value in args.layer_ratio) + "), "
                  if args.ratio else "")
-              + "fine-tuned on CamVid train"
+              + f"fine-tuned on CamVid {'+'.join(args.train_splits)}"
               + (f", distilled from {summary['distillation']['teacher']}" if summary["distillation"] else ""))
     print(f"pruned {summary['base_model']}: MACs {summary['base_macs'] / 1e9:.2f} G -> {summary['macs'] / 1e9:.2f} G "
           f"({summary['macs_reduction']:.0%} fewer), params {summary['base_params'] / 1e6:.2f} M -> "
