@@ -195,6 +195,19 @@ def test_training_corruptions_change_the_pixels_and_leave_the_geometry_and_label
         assert levels == sorted(levels), (trial, levels)
 
 
+def test_the_windscreen_reflection_adds_the_frames_mirror_image_at_its_weight():
+    import albumentations as A
+
+    from seg_node.toolchain.training.augment import windscreen_reflection
+    frame = np.zeros((6, 8, 3), np.uint8)
+    frame[0] = 200          # a bright top row (sky) ...
+    frame[-1] = 40          # ... over a dark bottom row (road)
+    out = windscreen_reflection(A, weight_range=(0.5, 0.5), sigma_range=(0.0, 0.0), p=1.0)(image=frame)["image"]
+    np.testing.assert_array_equal(out[-1], np.full((8, 3), 140))   # the road under the sky's reflection: 40 + 100
+    np.testing.assert_array_equal(out[0], np.full((8, 3), 220))    # the sky under the road's: 200 + 20
+    np.testing.assert_array_equal(out[1:-1], frame[1:-1])          # the black rows reflect black
+
+
 def test_the_training_blurs_are_centred_so_they_move_no_pixel_against_its_label():
     import albumentations as A
     dot = np.zeros((65, 65, 3), np.uint8)
