@@ -103,6 +103,7 @@ def test_a_final_fine_tune_on_train_and_val_keeps_its_last_epoch_and_says_so(tmp
                            fine_tune_epochs=2, data=str(data), batch_size=2, threads=2, val_corrupted=3,
                            work_dir=tmp_path / "work", train_splits=("train", "val"))
     assert summary["fine_tune_splits"] == ["train", "val"] and "selected_on" not in summary
+    assert summary["history"] == [{"step": 1, "macs": summary["macs"]}]  # no val figure: val was trained on
     last = torch.load(tmp_path / "work" / "step1" / "last.pt", weights_only=True)
     assert last["epoch"] == 2 and [d["split"] for d in json.loads(last["run"])["data"]] == ["train", "val", "val"]
     kept = model.state_dict()

@@ -174,7 +174,8 @@ def prune(card: ModelCard, card_path: Path, ratio: float, criterion: str, steps:
                                 "--out", str(run_dir), *distillation, *resume], model=model)
                 kept = "last.pt" if "val" in train_splits else "best.pt"  # val trained on selects nothing
                 model.load_state_dict(torch.load(run_dir / kept, weights_only=True)["model"])
-            entry["val_miou"] = result["best_val_miou"]
+            if "val" not in train_splits:  # val trained on measures nothing
+                entry["val_miou"] = result["best_val_miou"]
         history.append(entry)
     model = model.eval().to(memory_format=torch.contiguous_format)
     macs, params = count_macs_and_params(model, spec.height, spec.width)
