@@ -152,6 +152,7 @@ def prune(card: ModelCard, card_path: Path, ratio: float, criterion: str, steps:
                      "--distill-temperature", str(distill_temperature)] if teacher else [])
     pruner = make_pruner(model, ratio, criterion, spec.height, spec.width, steps, global_pruning, round_to,
                          max_layer_ratio, scope, layer_ratios)
+    val_held_out = "val" not in train_splits  # else val was trained on: it selects and measures nothing
     history = []
     for step in range(steps):
         if criterion == "taylor":
@@ -172,9 +173,9 @@ def prune(card: ModelCard, card_path: Path, ratio: float, criterion: str, steps:
                                 "--corruption", corruption, "--teacher-input", teacher_input,
                                 "--val-corrupted", str(val_corrupted), "--train-splits", *train_splits,
                                 "--out", str(run_dir), *distillation, *resume], model=model)
-                kept = "last.pt" if "val" in train_splits else "best.pt"  # val trained on selects nothing
+                kept = "best.pt" if val_held_out else "last.pt"
                 model.load_state_dict(torch.load(run_dir / kept, weights_only=True)["model"])
-            if "val" not in train_splits:  # val trained on measures nothing
+            if val_held_out:
                 entry["val_miou"] = result["best_val_miou"]
         history.append(entry)
     model = model.eval().to(memory_format=torch.contiguous_format)
@@ -189,7 +190,7 @@ def prune(card: ModelCard, card_path: Path, ratio: float, criterion: str, steps:
                                           **({"corruption": parse_corruption(corruption).to_dict(),
                                               "teacher_input": teacher_input} if corruption else {})},
                **({"selected_on": f"mean of clean and severity-{val_corrupted} corrupted val mIoU"}
-                  if val_corrupted and "val" not in train_splits else {}),
+                  if val_corrupted and val_held_out else {}),
                "base_model": base_model,
                "distillation": ({"teacher": resolve_model(teacher)[0].name, "weight": distill_weight,
                                  "temperature": distill_temperature} if teacher else None),

@@ -224,7 +224,7 @@ class FrameScores:
             return round(float(np.mean(scores < threshold)), 4) if len(scores) else None
 
         return {"threshold": threshold, "reliable_fraction": reliable_fraction, "clean": share(self.clean),
-                "sev3plus": share(self.corrupted[self.severity >= SEVERE]),
+                "sev3plus": share(self.sides("corruption")[1]),
                 "reliable": share(reliable), "unreliable": share(unreliable),
                 "auroc_unreliable": round(auroc(reliable, unreliable), 4) if len(unreliable) else None}
 
@@ -387,8 +387,8 @@ def run_robustness(argv: list[str] | None = None) -> dict:
     pipelines = [SegmentationPipeline.from_model(m, b, args.device, threads=args.threads)
                  for m, b in zip(args.model, args.backend)]
     labels = model_labels([p.card for p in pipelines], args.backend)
-    unseen = {label: [n for n in args.corruptions if n in unseen_in_training(p.card.training, p.card.compression)]
-              for label, p in zip(labels, pipelines)}
+    held_out = {label: unseen_in_training(p.card.training, p.card.compression) for label, p in zip(labels, pipelines)}
+    unseen = {label: [n for n in args.corruptions if n in held_out[label]] for label in labels}
     indices = spaced(count, args.frames)
     started = time.time()
     matrices, per_frame, scores, examples, cost = benchmark(pipelines, dataset, indices, args.corruptions,
