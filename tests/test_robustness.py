@@ -93,6 +93,12 @@ def test_a_models_unseen_corruptions_come_from_every_recipe_its_card_records():
     assert unseen_in_training(interpolated) == HELD_OUT
     assert unseen_in_training({}, {"fine_tune_augmentation": {"corruption": default}}) == HELD_OUT + ("snow",)
     assert unseen_in_training({"corruption": with_snow}, {"previous": {"fine_tune_augmentation": {}}}) == HELD_OUT
+    # the shipped cards: the unpruned robust model was retrained with snow, the default and the clean models not
+    shipped = {name: ModelCard.load(models_dir() / f"{name}.json") for name in
+               ("camvid_mobile_unet_robust", "camvid_mobile_unet_pruned_robust_int8", "camvid_mobile_unet")}
+    assert {name: unseen_in_training(card.training, card.compression) for name, card in shipped.items()} == {
+        "camvid_mobile_unet_robust": HELD_OUT, "camvid_mobile_unet_pruned_robust_int8": HELD_OUT + ("snow",),
+        "camvid_mobile_unet": HELD_OUT + ("snow",)}
 
 
 def test_every_corruption_runs_on_a_small_frame_and_changes_it(small_frame):
