@@ -84,21 +84,26 @@ def test_the_registry_holds_the_issues_corruptions_each_with_a_family_and_the_un
 
 def test_a_models_unseen_corruptions_come_from_every_recipe_its_card_records():
     default, with_snow = CorruptionRecipe().to_dict(), CorruptionRecipe(snow=0.2).to_dict()
-    assert unseen_in_training({}, None) == CorruptionRecipe().unseen() == HELD_OUT + ("snow",)
-    assert unseen_in_training({"corruption": with_snow}) == HELD_OUT
+    with_ice = CorruptionRecipe(snow=0.2, ice=0.25).to_dict()
+    assert unseen_in_training({}, None) == CorruptionRecipe().unseen() == HELD_OUT + ("snow", "frost")
+    assert unseen_in_training({"corruption": with_snow}) == HELD_OUT + ("frost",)
+    assert unseen_in_training({"corruption": with_ice}) == HELD_OUT
     # an interpolated model: a clean endpoint and a robust one, this one fine-tuned from a run without snow
     interpolated = {"endpoints": [{"training": {"corruption": None}},
                                   {"training": {"corruption": with_snow, "args": {"corruption": "default"},
                                                 "initialized_from": {"corruption": default}}}]}
-    assert unseen_in_training(interpolated) == HELD_OUT
-    assert unseen_in_training({}, {"fine_tune_augmentation": {"corruption": default}}) == HELD_OUT + ("snow",)
-    assert unseen_in_training({"corruption": with_snow}, {"previous": {"fine_tune_augmentation": {}}}) == HELD_OUT
-    # the shipped cards: the unpruned robust model was retrained with snow, the default and the clean models not
+    assert unseen_in_training(interpolated) == HELD_OUT + ("frost",)
+    assert unseen_in_training({}, {"fine_tune_augmentation": {"corruption": default}}) == HELD_OUT + ("snow", "frost")
+    assert unseen_in_training({"corruption": with_snow}, {"previous": {"fine_tune_augmentation": {}}}) == (
+        HELD_OUT + ("frost",))
+    # the shipped cards: the default was fine-tuned last with snow and ice, the unpruned robust model with snow,
+    # the clean models with neither
     shipped = {name: ModelCard.load(models_dir() / f"{name}.json") for name in
                ("camvid_mobile_unet_robust", "camvid_mobile_unet_pruned_robust_int8", "camvid_mobile_unet")}
     assert {name: unseen_in_training(card.training, card.compression) for name, card in shipped.items()} == {
-        "camvid_mobile_unet_robust": HELD_OUT, "camvid_mobile_unet_pruned_robust_int8": HELD_OUT + ("snow",),
-        "camvid_mobile_unet": HELD_OUT + ("snow",)}
+        "camvid_mobile_unet_robust": HELD_OUT + ("frost",),
+        "camvid_mobile_unet_pruned_robust_int8": HELD_OUT,
+        "camvid_mobile_unet": HELD_OUT + ("snow", "frost")}
 
 
 def test_every_corruption_runs_on_a_small_frame_and_changes_it(small_frame):
@@ -174,7 +179,7 @@ def test_spaced_frames_are_evenly_spread_and_a_subset_keeps_its_frames_seeds():
 
 def all_corruptions() -> CorruptionRecipe:
     return CorruptionRecipe(weather=1.0, photometric=1.0, blur=1.0, noise=1.0, compression=1.0, snow=1.0,
-                            uneven_light=1.0)
+                            uneven_light=1.0, ice=1.0)
 
 
 def test_training_corruptions_change_the_pixels_and_leave_the_geometry_and_labels_alone():
@@ -212,6 +217,22 @@ def test_the_windscreen_reflection_adds_the_frames_mirror_image_at_its_weight():
     np.testing.assert_array_equal(out[-1], np.full((8, 3), 140))   # the road under the sky's reflection: 40 + 100
     np.testing.assert_array_equal(out[0], np.full((8, 3), 220))    # the sky under the road's: 200 + 20
     np.testing.assert_array_equal(out[1:-1], frame[1:-1])          # the black rows reflect black
+
+
+def test_the_windscreen_ice_dims_the_scene_and_adds_a_bright_bluish_crystal_texture():
+    import albumentations as A
+
+    from seg_node.toolchain.training.augment import windscreen_ice
+    frame = np.full((90, 120, 3), 100, np.uint8)
+    dimmed = windscreen_ice(A, weight_range=(0.0, 0.0), dimming_range=(0.7, 0.7), p=1.0)(image=frame)["image"]
+    np.testing.assert_array_equal(dimmed, np.full_like(frame, 70))             # I = a T with w = 0
+    iced = windscreen_ice(A, weight_range=(0.5, 0.5), dimming_range=(1.0, 1.0), p=1.0)
+    one, two = (A.Compose([iced], seed=seed)(image=frame)["image"].astype(np.float64) for seed in (1, 2))
+    ice = one - frame
+    assert ice.min() >= 0 and ice.mean() > 30, "ice only adds light, and a fair amount of it"
+    assert ice[..., 2].mean() >= ice[..., 0].mean(), "bluish (RGB): blue no weaker than red"
+    assert np.abs(cv2.Laplacian(ice.mean(2), cv2.CV_64F)).mean() > 1.0, "a texture, not a uniform veil"
+    assert mean_abs_difference(one, two) > 1.0, "a new texture per draw"
 
 
 def test_the_training_blurs_are_centred_so_they_move_no_pixel_against_its_label():
