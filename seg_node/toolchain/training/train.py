@@ -280,17 +280,16 @@ def train(argv: list[str] | None = None, model: torch.nn.Module | None = None) -
     arch = parse_arch(args.arch)
     spec = InputSpec(height=args.input_size[0], width=args.input_size[1])
     num_classes = len(CAMVID_CLASSES)
-    train_images, train_labels, train_identities = [], [], []
-    for split in dict.fromkeys(args.train_splits):
-        images, labels, identity = load_split(args.data, split, args.layout, split)
-        train_images += images
-        train_labels += labels
-        train_identities.append(identity)
-    if "val" in args.train_splits and rank == 0:
+    training_splits = list(dict.fromkeys(args.train_splits))
+    loaded = {split: load_split(args.data, split, args.layout, split)  # each split read once, val included
+              for split in dict.fromkeys(training_splits + (["val"] if rank == 0 else []))}
+    train_images = [image for split in training_splits for image in loaded[split][0]]
+    train_labels = [label for split in training_splits for label in loaded[split][1]]
+    train_identities = [loaded[split][2] for split in training_splits]
+    if "val" in training_splits and rank == 0:
         print("seg-train: val is among the training splits, so its figures below are not held out: "
               "the run's result is last.pt, by the recipe fixed beforehand, not best.pt", flush=True)
-    val_images, val_labels, val_identity = (load_split(args.data, "val", args.layout, "val") if rank == 0
-                                            else ([], [], None))
+    val_images, val_labels, val_identity = loaded["val"] if rank == 0 else ([], [], None)
     val_corrupted = corrupted_copies(val_images, args.val_corrupted) if args.val_corrupted else None
     weights = (torch.from_numpy(median_frequency_weights(train_labels, num_classes))
                if args.class_weights == "median_frequency" else None)
