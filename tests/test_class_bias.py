@@ -20,7 +20,7 @@ from seg_node.toolchain.compression.quantize import calibration_inputs, convert_
 from seg_node.toolchain.data import CAMVID_CLASSES, open_dataset
 from seg_node.toolchain.data.camvid import dataset_identity
 from seg_node.toolchain.evaluation.metrics import ConfusionMatrix
-from seg_node.toolchain.models import build_model
+from seg_node.core.architectures import build_model
 from seg_node.toolchain.random_model import make_random_model
 from seg_node.toolchain.training.class_bias import (
     final_conv,

@@ -30,8 +30,8 @@ from seg_node.toolchain.compression.sweep import main as sweep_main
 from seg_node.toolchain.compression.unstructured import magnitude_prune, weight_sparsity
 from seg_node.toolchain.data import CAMVID_CLASSES, CAMVID_PALETTE
 from seg_node.toolchain.export import export_model, export_onnx, mask_agreement
-from seg_node.toolchain.models import build_model
-from seg_node.toolchain.models.weights import load_weights, save_weights
+from seg_node.core.architectures import build_model
+from seg_node.core.architectures.weights import load_weights, save_weights
 from seg_node.toolchain.random_model import make_random_model
 
 SMALL_UNET = {"name": "unet", "base_width": 16, "depth": 3}

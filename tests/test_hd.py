@@ -17,7 +17,7 @@ from sensor_msgs.msg import Image
 from seg_node.core.pipeline import SegmentationPipeline
 from seg_node.core.postprocess import colorize, logits_to_mask, palette_lut
 from seg_node.ros.image_messages import image_message, stamp_ns
-from seg_node.ros_tools.benchmark import load_frames
+from seg_node.toolchain.evaluation.timing import load_frames
 from seg_node.ros_tools.delivery import measure_delivery
 
 

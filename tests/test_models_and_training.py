@@ -14,13 +14,13 @@ from seg_node.core.model_card import InputSpec, ModelCard
 from seg_node.core.preprocess import normalize, resize_for_network
 from seg_node.toolchain.data import CAMVID_CLASSES, open_dataset
 from seg_node.toolchain.export import export_onnx, mask_agreement, training_record
-from seg_node.toolchain.models import build_model
-from seg_node.toolchain.models.efficientnet_lite import (
+from seg_node.core.architectures import build_model
+from seg_node.core.architectures.efficientnet_lite import (
     IMAGENET_HEAD_PREFIXES,
     EfficientNetLite0Encoder,
     imagenet_weights_path,
 )
-from seg_node.toolchain.models.weights import load_weights
+from seg_node.core.architectures.weights import load_weights
 from seg_node.toolchain.random_model import make_random_model
 from seg_node.toolchain.training.losses import build_loss, distillation_loss, lovasz_softmax
 from seg_node.toolchain.training.train import train

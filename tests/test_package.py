@@ -72,7 +72,7 @@ def test_colcon_builds_the_package_as_ament_python(tmp_path):
     site_packages = next(install.glob("lib/python3*/site-packages"))
     where = subprocess.run(
         [sys.executable, "-c", "from seg_node.ros_tools.node_process import PARAMS_FILE, executable; "
-                               "from seg_node.ros_tools.benchmark import CLIP; "
+                               "from seg_node.toolchain.evaluation.timing import CLIP; "
                                "from seg_node.core.model_files import models_dir; "
                                "print(PARAMS_FILE, CLIP, models_dir(), executable('seg-demo'), sep='\\n')"],
         cwd=tmp_path, capture_output=True, text=True, check=True,

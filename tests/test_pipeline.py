@@ -15,8 +15,9 @@ from seg_node.core.latency_stats import latency_summary
 from seg_node.core.model_card import ModelCard, ModelCardError
 from seg_node.core.pipeline import SegmentationPipeline
 from seg_node.core.postprocess import argmax_channels, logits_to_mask
-from seg_node.ros_tools.benchmark import CLIP, run_benchmark
-from seg_node.toolchain.models.weights import WeightsError
+from seg_node.ros_tools.benchmark import run_benchmark
+from seg_node.toolchain.evaluation.timing import CLIP
+from seg_node.core.architectures.weights import WeightsError
 from seg_node.toolchain.random_model import make_random_model
 
 

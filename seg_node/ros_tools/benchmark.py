@@ -24,13 +24,10 @@ from ..core.command_line import reports_user_errors
 from ..core.errors import UserError
 from ..core.latency_stats import latency_summary
 from ..core.model_card import command_line
-from ..core.model_files import package_path
 from ..core.pipeline import SegmentationPipeline
-from ..toolchain.data import CamVidLayoutError, open_dataset
+from ..toolchain.data import open_dataset
+from ..toolchain.evaluation.timing import benchmark_pipelines, load_frames
 
-CLIP = package_path("data", "camvid_clip")
-STAGES = ("preprocess", "inference", "postprocess", "total")
-TURN_FRAMES = 10
 
 
 @dataclass
@@ -38,47 +35,6 @@ class Case:
     label: str
     model: str | None
     backend: str
-
-
-def load_frames(data: str | None, split: str, count: int) -> list[np.ndarray]:
-    """RGB frames: a CamVid split when given (or $CAMVID_ROOT), else the committed clip."""
-    try:
-        dataset = open_dataset(data, split)
-    except CamVidLayoutError:
-        if data:
-            raise
-        dataset = open_dataset(CLIP, "test")
-    samples = dataset.items()
-    return [dataset.load(samples[i % len(samples)])[0] for i in range(count)]
-
-
-def benchmark_pipelines(pipelines: dict[str, SegmentationPipeline], frames, warmup: int,
-                        desc: str = "") -> dict[str, dict]:
-    """Per-stage timings of each pipeline's segment, and of its network alone (run_network) on the same prepared
-    input. The pipelines take turns in blocks of frames, so a change in the machine's load during the run falls
-    on all of them alike and their ratio holds (run one after the other, the same pair's ratio moved by half).
-    Each turn starts with one untimed frame: the previous pipeline's thread pool still spins for a while after
-    its last frame (alternating every frame, inference timed 40 ms slower than the same network alone)."""
-    for frame in frames[:warmup]:
-        for pipeline in pipelines.values():
-            pipeline.segment(frame)
-    timings = {label: {stage: [] for stage in STAGES + ("model_only",)} for label in pipelines}
-    progress = tqdm(total=len(frames) * len(pipelines), desc=desc or ", ".join(pipelines), leave=False)
-    for start in range(0, len(frames), TURN_FRAMES):
-        block = frames[start:start + TURN_FRAMES]
-        for label, pipeline in pipelines.items():
-            pipeline.segment(block[0])
-            for frame in block:
-                result = pipeline.segment(frame)
-                for stage in STAGES:
-                    timings[label][stage].append(result.timings_ms[stage])
-                started = time.perf_counter()
-                pipeline.run_network(pipeline.network_input)
-                timings[label]["model_only"].append(1e3 * (time.perf_counter() - started))
-            progress.update(len(block))
-    progress.close()
-    return {label: {stage: latency_summary(values) for stage, values in stages.items()}
-            for label, stages in timings.items()}
 
 
 def benchmark_node(case: Case, frames, threads: int, warmup: int) -> dict:

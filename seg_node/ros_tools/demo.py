@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..core.command_line import reports_user_errors
 from .bag_convert import dataset_frames, write_bag
-from .benchmark import CLIP
+from ..toolchain.evaluation.timing import CLIP
 from .live_eval import live_evaluate, print_result
 
 

@@ -307,7 +307,7 @@ def report_soak(link: StressLink, run: SoakRun, window: int) -> list[tuple[str, 
 
 def main(argv: list[str] | None = None) -> None:
     from ..core.model_files import resolve_model
-    from .benchmark import load_frames
+    from ..toolchain.evaluation.timing import load_frames
     from .node_process import SegNodeProcess, use_dds_profile
     from .ros_peer import RosPeer
 

@@ -20,8 +20,8 @@ from ..core.command_line import reports_user_errors
 from ..core.model_card import InputSpec, ModelCard
 from ..core.preprocess import normalize, resize_for_network
 from .data import CAMVID_CLASSES, CAMVID_PALETTE, CamVidLayoutError, open_dataset
-from .models import build_model
-from .models.weights import save_weights
+from ..core.architectures import build_model
+from ..core.architectures.weights import save_weights
 
 ONNX_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "image", "logits"

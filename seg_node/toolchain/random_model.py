@@ -16,7 +16,7 @@ from ..core.model_card import InputSpec
 from ..core.preprocess import normalize
 from .data import CAMVID_CLASSES, CAMVID_PALETTE
 from .export import export_model
-from .models import build_model
+from ..core.architectures import build_model
 
 RANDOM_MODEL_SIZE = (96, 128)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...toolchain.models import build_model
-from ...toolchain.models.weights import load_weights
+from ..architectures import build_model
+from ..architectures.weights import load_weights
 from ..model_card import ModelCard
 from ..model_files import model_file
 from .base import Backend, BackendError

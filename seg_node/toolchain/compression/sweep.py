@@ -27,7 +27,7 @@ from ...core.command_line import reports_user_errors
 from ...core.model_card import ModelCard
 from ...core.model_files import model_file, resolve_model
 from ...core.pipeline import SegmentationPipeline
-from ...ros_tools.benchmark import benchmark_pipelines, load_frames
+from ..evaluation.timing import benchmark_pipelines, load_frames
 from ..data import open_dataset
 from ..evaluation.evaluate import evaluate
 from ..export import export_model, parity_frames

@@ -30,8 +30,8 @@ from ...core.preprocess import normalize, resize_for_network
 from ..data import CAMVID_CLASSES, open_dataset
 from ..data.camvid import dataset_identity
 from ..evaluation.metrics import ConfusionMatrix
-from ..models import build_model
-from ..models.weights import load_weights
+from ...core.architectures import build_model
+from ...core.architectures.weights import load_weights
 from .augment import CorruptionRecipe, augment, corruption_transform, parse_corruption
 from .losses import CLASS_WEIGHTINGS, LOSSES, build_loss, distillation_loss, median_frequency_weights
 

@@ -13,7 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ...core.errors import UserError
+from ..errors import UserError
 
 
 class WeightsError(UserError, ValueError):
