@@ -16,7 +16,7 @@ def requirements(name: str) -> list[str]:
 
 setup(
     name=PACKAGE,
-    version="0.1.0",
+    version="0.2.0",
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
@@ -30,8 +30,8 @@ setup(
         (f"share/{PACKAGE}/data/camvid_clip/testannot", glob("data/camvid_clip/testannot/*")),
     ],
     install_requires=["setuptools"],
-    # the offline toolchain and the torch backend: pip install '.[train]' (imagecorruptions-imaug separately,
-    # with --no-deps: see requirements-train.txt)
+    # the offline toolchain and the torch backend: pip install '.[train]' (imagecorruptions-imaug and
+    # cityscapesscripts separately, with --no-deps: see scripts/setup_env.sh)
     extras_require={"train": requirements("requirements-train.txt")},
     zip_safe=True,
     maintainer="seg_node maintainers",
@@ -45,7 +45,7 @@ setup(
             f"seg_node = {PACKAGE}.ros.segmentation_node:main",
             f"camera_publisher = {PACKAGE}.ros.camera_publisher:main",
             # ROS tools
-            f"seg-camvid-to-bag = {PACKAGE}.ros_tools.bag_convert:main",
+            f"seg-dataset-to-bag = {PACKAGE}.ros_tools.bag_convert:main",
             f"seg-bag-replay = {PACKAGE}.ros_tools.bag_replay:main",
             f"seg-live-eval = {PACKAGE}.ros_tools.live_eval:main",
             f"seg-demo = {PACKAGE}.ros_tools.demo:main",
@@ -55,6 +55,7 @@ setup(
             f"seg-train = {PACKAGE}.toolchain.training.train:main",
             f"seg-class-bias = {PACKAGE}.toolchain.training.class_bias:main",
             f"seg-export = {PACKAGE}.toolchain.export:main",
+            f"seg-import = {PACKAGE}.toolchain.import_model:main",
             f"seg-eval = {PACKAGE}.toolchain.evaluation.evaluate:main",
             f"seg-robustness = {PACKAGE}.toolchain.evaluation.robustness:main",
             f"seg-calibrate-confidence = {PACKAGE}.toolchain.evaluation.calibrate_confidence:main",

@@ -4,8 +4,8 @@ OpenCV camera_publisher, segmented by seg_node.
     ros2 launch seg_node camera.launch.py source:=/dev/video0
     ros2 launch seg_node camera.launch.py source:=drive.mp4 rate:=15.0 rviz:=true image:=/front/image_raw
 
-The launch ends when camera_publisher exits (a source that cannot be opened, its message shown), so seg_node
-is never left running without a camera.
+The launch ends when camera_publisher exits, so seg_node is never left running without a camera: a source that
+cannot be opened (its message shown), or a video file played to its end with loop:=false (exit 0).
 
 To use usb_cam or v4l2_camera instead, start that driver and run seg_node.launch.py with
 image:=<its image topic> (for example image:=/image_raw for v4l2_camera's default).
@@ -22,7 +22,7 @@ from launch_ros.substitutions import FindPackageShare
 ARGUMENTS = (
     ("source", "/dev/video0", "V4L2 device (/dev/videoN or its index) or a video file"),
     ("rate", "30.0", "publish rate in Hz (a video file is paced to it; a device is polled at it)"),
-    ("loop", "true", "restart a video file at its end"),
+    ("loop", "true", "restart a video file at its end; false: the launch ends with the file"),
     ("frame_id", "camera", "frame_id in the image headers"),
     ("image", "/camera/image_raw", "topic the camera publishes on and seg_node reads"),
     ("backend", "", "seg_node inference backend; empty: config/seg_node.yaml's. onnxruntime runs every packaged "

@@ -4,22 +4,26 @@
 
 Launch arguments given override the values in params_file; those left empty keep the file's values.
 RViz's configuration is generated from the arguments (namespace, image topics, camera names), so it shows
-the topics the node really publishes; without rviz2 installed, rviz:=true warns and the node runs alone.
+the topics the node really publishes, into a temporary file removed when the launch shuts down; without rviz2
+installed, rviz:=true logs a warning and the node runs alone.
 """
 
+import os
 import tempfile
 from pathlib import Path
 
 from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler, SetEnvironmentVariable
+from launch.event_handlers import OnShutdown
+from launch.logging import get_logger
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 from seg_node.ros.launch_arguments import LAUNCH_PARAMETERS, parameter_overrides, truthy
-from seg_node.ros.rviz_config import write_rviz_config
+from seg_node.ros.rviz_config import RVIZ_MISSING, write_rviz_config
 
 ARGUMENTS = (
     ("image", "", "camera image topic(s), comma-separated (base topic when transport is compressed); "
@@ -62,10 +66,12 @@ def seg_node_with_overrides(context):
     try:
         get_package_share_directory("rviz2")
     except PackageNotFoundError:
-        return [LogInfo(msg="WARNING: rviz:=true but the rviz2 package is not installed (apt install "
-                            "ros-$ROS_DISTRO-rviz2): starting seg_node without RViz"), *actions]
+        get_logger("launch.user").warning(RVIZ_MISSING)
+        return actions
     share = Path(get_package_share_directory("seg_node"))
-    rviz_file = Path(tempfile.mkstemp(prefix="seg_node_", suffix=".rviz")[1])
+    descriptor, rviz_path = tempfile.mkstemp(prefix="seg_node_", suffix=".rviz")
+    os.close(descriptor)  # written by name below
+    rviz_file = Path(rviz_path)
     write_rviz_config(share / "config" / "seg_node.rviz", rviz_file, config("namespace").perform(context),
                       params_file, overrides)
     actions.append(Node(
@@ -75,6 +81,8 @@ def seg_node_with_overrides(context):
         arguments=["-d", str(rviz_file)],
         parameters=[{"use_sim_time": use_sim_time}],
     ))
+    actions.append(RegisterEventHandler(OnShutdown(on_shutdown=lambda event, context: rviz_file.unlink(
+        missing_ok=True))))
     return actions
 
 

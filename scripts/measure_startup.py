@@ -21,14 +21,14 @@ import time
 import cv2
 import numpy as np
 
-os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+from seg_node.core.latency_stats import latency_summary
+from seg_node.core.model_files import package_path
+from seg_node.ros.image_messages import image_message
+from seg_node.ros_tools.node_process import PARAMS_FILE, ros_environment
+from seg_node.ros_tools.ros_peer import RELIABLE, RosPeer
+from seg_node.ros_tools.stress import rss_mb
 
-from seg_node.core.latency_stats import latency_summary  # noqa: E402
-from seg_node.core.model_files import package_path  # noqa: E402
-from seg_node.ros.image_messages import image_message  # noqa: E402
-from seg_node.ros_tools.node_process import PARAMS_FILE  # noqa: E402
-from seg_node.ros_tools.ros_peer import RELIABLE, RosPeer  # noqa: E402
-from seg_node.ros_tools.stress import rss_mb  # noqa: E402
+os.environ.update(ros_environment(dds_profile=None))  # this process and the nodes it starts; Fast DDS's defaults
 
 
 def one_run(peer: RosPeer, index: int, preload: list[str], timeout: float) -> tuple[float, float]:

@@ -24,6 +24,9 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   # imagecorruptions-imaug declares opencv-python, which clashes with opencv-python-headless: its real
   # dependencies (numba, scikit-image, scipy, Pillow) come from requirements-train.txt
   "$VENV/bin/python" -m pip install --quiet --no-deps imagecorruptions-imaug==1.1.5
+  # cityscapesscripts (the Cityscapes label table) declares the PyPI `typing` backport, requests and GUI helpers;
+  # only its labels module is imported, which needs none of them
+  "$VENV/bin/python" -m pip install --quiet --no-deps cityscapesscripts==2.3.0
   "$VENV/bin/python" -m pip install --quiet --no-deps -e "$REPO"
   echo "$WANT" > "$STAMP"
 fi

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from seg_node.toolchain.data import CAMVID_PALETTE
+from seg_node.toolchain.data import CAMVID_CLASSES
 
 # Five of the 32 Kaggle classes with their colours, enough to exercise the folding into 11 classes.
 KAGGLE_CLASSES = {"Sky": (128, 128, 128), "Wall": (64, 192, 0), "LaneMkgsDriv": (128, 0, 192),
@@ -28,7 +28,7 @@ def striped_label(height: int, width: int, classes: list[int], seed: int) -> np.
 def label_to_image(label: np.ndarray, seed: int) -> np.ndarray:
     """An RGB frame whose colours follow the label (class colour plus noise), so a model can learn it."""
     rng = np.random.default_rng(seed)
-    palette = np.array(list(CAMVID_PALETTE) + [(0, 0, 0)], np.int16)
+    palette = np.array(list(CAMVID_CLASSES.colours) + [(0, 0, 0)], np.int16)
     image = palette[label] + rng.integers(-20, 21, label.shape + (3,))
     return np.clip(image, 0, 255).astype(np.uint8)
 

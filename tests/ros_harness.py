@@ -1,4 +1,4 @@
-"""A real rclpy peer for tests, and seg_node started the way ROS starts it (console script + params file)."""
+"""What the ROS tests share: a real rclpy peer, node names, inboxes on the node's outputs, test images and cameras."""
 
 from __future__ import annotations
 
@@ -6,25 +6,18 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from seg_node.ros_tools.node_process import PARAMS_FILE, SegNodeProcess
-from seg_node.ros_tools.ros_peer import RELIABLE, Inbox, RosPeer  # noqa: F401  (re-exported for the tests)
-
 REPO = Path(__file__).resolve().parent.parent
 
 
-class NodeProcess(SegNodeProcess):
-    """seg_node for one test: a node name unique to the test, its log beside pytest's temporary files."""
-
-    def __init__(self, test_name: str, parameters: dict, log_dir: Path, params_file: Path = PARAMS_FILE):
-        # ROS names allow letters, digits and single underscores
-        name = "seg_" + re.sub(r"[^a-zA-Z0-9]+", "_", test_name)[-40:].strip("_") + f"_{os.getpid() % 1000}"
-        super().__init__(name, parameters, params_file, log_dir)
+def node_name_for(test_name: str) -> str:
+    """A node name unique to the test (and this test process): ROS names allow letters, digits and single
+    underscores."""
+    return "seg_" + re.sub(r"[^a-zA-Z0-9]+", "_", test_name)[-40:].strip("_") + f"_{os.getpid() % 1000}"
 
 
 OUTPUTS = ("mask", "color_mask", "overlay", "latency")
@@ -41,26 +34,13 @@ class Outputs:
             setattr(self, name, ros.subscribe(DiagnosticArray if name == "latency" else Image, topic))
 
 
-def wait_until_matched(ros, topics, publishers=(), timeout: float = 20.0) -> None:
-    """A graph wait instead of a sleep: each of our subscriptions on `topics` has matched a publisher and each of
-    `publishers` a subscription. The node publishes an output only to subscribers it has discovered, and DDS
-    matches the two ends of a pair in one discovery exchange."""
-    subscriptions = [s for s in ros.node.subscriptions if s.topic_name in topics]
-    deadline = time.time() + timeout
-    while (any(s.get_publisher_count() < 1 for s in subscriptions)
-           or any(p.get_subscription_count() < 1 for p in publishers)):
-        if time.time() > deadline:
-            raise TimeoutError(f"{topics} and {[p.topic_name for p in publishers]} not matched after {timeout} s")
-        time.sleep(0.02)
-
-
 def connect(ros, node, topic: str, msg_type=None, names=OUTPUTS):
     """(Outputs, publisher): inboxes on the node's outputs `names` and a reliable publisher on its camera topic
     `topic` (sensor_msgs/Image unless `msg_type`), returned once every pair of ends has matched."""
     from sensor_msgs.msg import Image
     outputs = Outputs(ros, node, names=names)
     publisher = ros.publisher(msg_type or Image, topic)
-    wait_until_matched(ros, outputs.topics, [publisher])
+    ros.wait_until_matched(outputs.topics, [publisher])
     return outputs, publisher
 
 

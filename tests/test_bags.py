@@ -1,11 +1,14 @@
-"""seg-camvid-to-bag and seg-bag-replay: real bags written and read back, real publishers and subscribers."""
+"""seg-dataset-to-bag and seg-bag-replay: real bags written and read back, real publishers and subscribers."""
 
 from __future__ import annotations
 
 import itertools
+import re
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -24,6 +27,7 @@ from seg_node.core.image_codec import decode_compressed
 from seg_node.ros.image_messages import stamp_ns
 from seg_node.ros_tools.bag_convert import main as convert_main
 from seg_node.ros_tools.bag_replay import BagReplayer, ReplayError, to_rclpy
+from seg_node.toolchain.data import CAMVID_CLASSES, IGNORE_INDEX, ClassTable
 
 TYPESTORE = get_typestore(Stores.ROS2_HUMBLE)
 HEIGHT, WIDTH = 48, 64
@@ -39,8 +43,15 @@ def frame_pixels(index: int) -> np.ndarray:
 
 
 def frame_label(index: int) -> np.ndarray:
-    """Class ids 0..11 in vertical stripes, shifted per frame; 11 is void."""
+    """Class ids 0..11 in vertical stripes, shifted per frame; 11 is void (as CamVid's files hold it)."""
     return ((np.arange(WIDTH) // 5 + index) % 12).astype(np.uint8)[None, :].repeat(HEIGHT, axis=0)
+
+
+def bag_label(index: int) -> np.ndarray:
+    """frame_label as a bag carries it: void is IGNORE_INDEX (255), as every data set's labels."""
+    label = frame_label(index)
+    label[label == 11] = IGNORE_INDEX
+    return label
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +121,9 @@ def test_camvid_sequence_round_trips_through_a_bag(camvid, tmp_path, storage, im
     for index, (_, msgtype, message, _) in enumerate(topics["/camera/labels"]):
         assert (msgtype, message.encoding, message.height, message.width, message.step) == (
             "sensor_msgs/msg/Image", "mono8", HEIGHT, WIDTH, WIDTH)
-        np.testing.assert_array_equal(message.data.reshape(HEIGHT, WIDTH), frame_label(index))
-    assert 11 in topics["/camera/labels"][0][2].data  # void is kept, not dropped or remapped
+        np.testing.assert_array_equal(message.data.reshape(HEIGHT, WIDTH), bag_label(index))
+    assert IGNORE_INDEX in topics["/camera/labels"][0][2].data  # void is kept as unlabelled, not dropped
+    assert ClassTable.from_csv(bag / "classes.csv") == CAMVID_CLASSES  # the labels' class table travels along
 
 
 def test_real_time_stamps_follow_the_video_frame_numbers(camvid, tmp_path):
@@ -128,20 +140,21 @@ def test_real_time_stamps_follow_the_video_frame_numbers(camvid, tmp_path):
 
 
 def test_plain_folders_custom_topics_and_limit(camvid, tmp_path):
-    common = ["--frames", str(camvid / "test"), "--sequence", "Seq05VD", "--limit", "4", "--no-progress",
-              "--topic", "/front/image", "--frame-id", "front", "--rate", "5"]
-    convert_main([*common, "-o", str(tmp_path / "images_only")])
+    options = ["--sequence", "Seq05VD", "--limit", "4", "--no-progress", "--topic", "/front/image", "--frame-id",
+               "front", "--rate", "5"]
+    convert_main(["--frames", str(camvid / "test"), *options, "-o", str(tmp_path / "images_only")])
     topics = read_bag(tmp_path / "images_only")
     assert list(topics) == ["/front/image"]
     assert len(topics["/front/image"]) == 4
     assert topics["/front/image"][3][2].header.frame_id == "front"
     assert topics["/front/image"][3][0] == START_NS + 600_000_000
+    assert not (tmp_path / "images_only" / "classes.csv").exists()  # no labels, no class table
 
-    convert_main([*common, "--labels", str(camvid / "testannot"), "-o", str(tmp_path / "labelled")])
+    convert_main(["--data", str(camvid), "--split", "test", *options, "-o", str(tmp_path / "labelled")])
     topics = read_bag(tmp_path / "labelled")
     assert sorted(topics) == ["/front/image", "/front/labels"]
     for index, (_, _, message, _) in enumerate(topics["/front/labels"]):
-        np.testing.assert_array_equal(message.data.reshape(HEIGHT, WIDTH), frame_label(index))
+        np.testing.assert_array_equal(message.data.reshape(HEIGHT, WIDTH), bag_label(index))
 
     convert_main(["--data", str(camvid), "--split", "test", "-o", str(tmp_path / "whole_split"), "--no-progress"])
     assert len(read_bag(tmp_path / "whole_split")["/camera/image_raw"]) == 8  # both sequences without --sequence
@@ -158,7 +171,7 @@ def test_rclpy_deserializes_the_bag_bytes(camvid, tmp_path):
                                       frame_pixels(index))
     label = deserialize_message(raw_topics["/camera/labels"][2][3], Image)
     assert label.encoding == "mono8"
-    np.testing.assert_array_equal(np.frombuffer(label.data, np.uint8).reshape(HEIGHT, WIDTH), frame_label(2))
+    np.testing.assert_array_equal(np.frombuffer(label.data, np.uint8).reshape(HEIGHT, WIDTH), bag_label(2))
 
     compressed_topics = read_bag(convert(camvid, tmp_path / "png", "--compressed", "png"))
     timestamp, _, stored, raw = compressed_topics["/camera/image_raw/compressed"][1]
@@ -167,22 +180,47 @@ def test_rclpy_deserializes_the_bag_bytes(camvid, tmp_path):
     assert bytes(compressed.data) == stored.data.tobytes()
 
 
-def test_conversion_errors_say_what_is_wrong(camvid, tmp_path):
-    with pytest.raises(SystemExit, match="no frames found.*'Seq99'"):
-        convert_main(["--data", str(camvid), "--sequence", "Seq99", "-o", str(tmp_path / "a")])
+def test_a_folders_data_set_bag_carries_its_own_classes(tmp_path):
+    """Any registered layout converts; the bag's classes.csv is the data set's class table, void left out."""
+    root = tmp_path / "mine"
+    (root / "test" / "images").mkdir(parents=True)
+    (root / "test" / "labels").mkdir()
+    (root / "classes.csv").write_text("name,r,g,b\nvoid,0,0,0\nlane,255,255,0\nkerb,10,20,30\n")
+    colours = np.array([(0, 0, 0), (255, 255, 0), (10, 20, 30)], np.uint8)
+    stripes = (np.arange(WIDTH) // 8 % 3).astype(np.uint8)[None, :].repeat(HEIGHT, axis=0)
+    for index in range(2):
+        cv2.imwrite(str(root / "test" / "images" / f"f{index}.png"), cv2.cvtColor(frame_pixels(index),
+                                                                                  cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(root / "test" / "labels" / f"f{index}.png"), cv2.cvtColor(colours[stripes],
+                                                                                  cv2.COLOR_RGB2BGR))
+    convert_main(["--data", str(root), "--no-progress", "-o", str(tmp_path / "bag")])
+    assert ClassTable.from_csv(tmp_path / "bag" / "classes.csv") == ClassTable(("lane", "kerb"),
+                                                                               ((255, 255, 0), (10, 20, 30)))
+    labels = read_bag(tmp_path / "bag")["/camera/labels"]
+    expected = np.array([IGNORE_INDEX, 0, 1], np.uint8)[stripes]
+    assert len(labels) == 2 and all(np.array_equal(m.data.reshape(HEIGHT, WIDTH), expected) for _, _, m, _ in labels)
+
+
+def conversion_error(capsys, *argv: str) -> str:
+    """seg-dataset-to-bag's message for a bad input: exit status 2, the message on stderr."""
+    with pytest.raises(SystemExit) as stop:
+        convert_main(list(argv))
+    assert stop.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_conversion_errors_say_what_is_wrong(camvid, tmp_path, capsys):
+    assert re.search("no frames found.*'Seq99'", conversion_error(capsys, "--data", str(camvid), "--sequence",
+                                                                 "Seq99", "-o", str(tmp_path / "a")))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match="no frames found"):
-        convert_main(["--frames", str(tmp_path / "empty"), "-o", str(tmp_path / "a")])
-    with pytest.raises(SystemExit, match="already exists"):
-        convert_main(["--data", str(camvid), "-o", str(tmp_path / "empty")])
+    assert "no frames found" in conversion_error(capsys, "--frames", str(tmp_path / "empty"), "-o", str(tmp_path / "a"))
+    assert "already exists" in conversion_error(capsys, "--data", str(camvid), "-o", str(tmp_path / "empty"))
     for rate in ("0", "-5", "nan"):
-        with pytest.raises(SystemExit, match="--rate must be a positive"):
-            convert_main(["--data", str(camvid), "--rate", rate, "-o", str(tmp_path / "a")])
-    with pytest.raises(SystemExit, match="needs one sequence.*0001TP.*Seq05VD"):
-        convert_main(["--data", str(camvid), "--real-time", "-o", str(tmp_path / "a")])
-    with pytest.raises(SystemExit, match="no label for 8 frames"):
-        convert_main(["--frames", str(camvid / "test"), "--labels", str(tmp_path / "empty"), "-o",
-                      str(tmp_path / "a")])
+        assert "--rate must be a positive" in conversion_error(capsys, "--data", str(camvid), "--rate", rate, "-o",
+                                                               str(tmp_path / "a"))
+    assert re.search("needs one sequence.*0001TP.*Seq05VD", conversion_error(
+        capsys, "--data", str(camvid), "--real-time", "-o", str(tmp_path / "a")))
+    assert "lacks" in conversion_error(capsys, "--data", str(tmp_path / "empty"), "-o", str(tmp_path / "a"))
     assert not (tmp_path / "a").exists()
 
 
@@ -229,7 +267,7 @@ def test_replay_delivers_every_message_in_order_at_the_rate_factor(ros, replay_n
     images = ros.subscribe(Image, "/replay_rate/image_raw")
     labels = ros.subscribe(Image, "/replay_rate/labels")
     with BagReplayer(replay_node, bag, rate=2.0, wait_for_subscribers=1, wait_timeout=20) as replayer:
-        assert replayer.wait_topics == ["/replay_rate/image_raw", "/replay_rate/labels"]
+        assert replayer.wait_topics == ["/replay_rate/image_raw"]  # the camera, not its labels
         summary = replayer.run()
     expected_stamps = [START_NS + index * 200_000_000 for index in range(len(VIDEO_FRAMES))]
     for inbox, encoding in ((images, "rgb8"), (labels, "mono8")):
@@ -240,7 +278,7 @@ def test_replay_delivers_every_message_in_order_at_the_rate_factor(ros, replay_n
         np.testing.assert_array_equal(np.frombuffer(message.data, np.uint8).reshape(HEIGHT, WIDTH, 3),
                                       frame_pixels(index))
     np.testing.assert_array_equal(np.frombuffer(labels.messages[4].data, np.uint8).reshape(HEIGHT, WIDTH),
-                                  frame_label(4))
+                                  bag_label(4))
     # 1.0 s of bag at 2x: 0.5 s. Pacing is behaviour, not speed: never faster than asked (a sleep cannot
     # finish early), and told apart from 1x (1.0 s) with room for a loaded machine.
     span = images.arrivals[-1] - images.arrivals[0]
@@ -283,8 +321,7 @@ def test_replay_cli_publishes_bag_time_on_clock(ros, camvid, tmp_path):
                   "--start-time", str(start_ns // 10**9))
     images = ros.subscribe(Image, "/replay_cli/image_raw")
     clock = ros.subscribe(Clock, "/clock")
-    executable = Path(sys.executable).parent / "seg-bag-replay"
-    result = subprocess.run([str(executable), str(bag), "--clock", "--rate", "2", "--wait-for-subscribers", "1",
+    result = subprocess.run([str(REPLAY), str(bag), "--clock", "--rate", "2", "--wait-for-subscribers", "1",
                              "--wait-topics", "/replay_cli/image_raw", "/clock"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -293,6 +330,42 @@ def test_replay_cli_publishes_bag_time_on_clock(ros, camvid, tmp_path):
     ours = clock.wait_for(len(VIDEO_FRAMES), timeout=10, predicate=lambda m: stamp_ns(m.clock) >= start_ns)
     assert [stamp_ns(m.clock) for m in ours] == expected  # one tick per bag time, image and label share it
     assert "published 6 on /replay_cli/image_raw, 6 on /replay_cli/labels, 6 on /clock" in result.stdout
+
+
+REPLAY = Path(sys.executable).parent / "seg-bag-replay"
+
+
+def test_replay_cli_waits_for_the_camera_topics_not_the_labels(ros, camvid, tmp_path):
+    """A project bag holds <camera>/labels too, which nothing but an evaluation subscribes to: by default
+    --wait-for-subscribers waits on the camera topics alone, so a node on the camera is enough to start."""
+    bag = convert(camvid, tmp_path / "bag", "--rate", "10", "--topic", "/replay_wait/image_raw")
+    images = ros.subscribe(Image, "/replay_wait/image_raw")
+    result = subprocess.run([str(REPLAY), str(bag), "--wait-for-subscribers", "1", "--wait-timeout", "10"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert len(images.wait_for(len(VIDEO_FRAMES), timeout=10)) == len(VIDEO_FRAMES)
+    assert "published 6 on /replay_wait/image_raw, 6 on /replay_wait/labels" in result.stdout
+
+
+def test_replay_cli_looping_with_clock_ends_cleanly_on_stop_signals(ros, camvid, tmp_path):
+    """`--loop` plays until Ctrl-C or the SIGTERM of launch or systemd, also with the second SIGINT that a
+    terminal's Ctrl-C under ros2 launch brings: exit 0 and the summary, no traceback. Each stop is a race with
+    the playback (the publishers' acknowledgement wait at its end), so it is tried several times."""
+    bag = convert(camvid, tmp_path / "bag", "--rate", "10", "--topic", "/replay_stop/image_raw")
+    images = ros.subscribe(Image, "/replay_stop/image_raw")
+    for signals in ((signal.SIGINT,), (signal.SIGTERM,), (signal.SIGINT, signal.SIGINT)):
+        arrived = len(images)
+        process = subprocess.Popen([str(REPLAY), str(bag), "--clock", "--loop", "--rate", "2"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            images.wait_for(arrived + 3, timeout=30)  # playing, and subscribed to
+        finally:
+            for stop in signals:
+                process.send_signal(stop)
+                time.sleep(0.1)  # launch forwards its SIGINT shortly after the terminal's: during the cleanup
+            out, err = process.communicate(timeout=30)
+        assert process.returncode == 0 and "Traceback" not in err, (signals, err)
+        assert "seg-bag-replay: published" in out and "on /clock" in out, (signals, out)
 
 
 def test_replay_errors_say_what_is_wrong(ros, replay_node, camvid, tmp_path):
@@ -305,7 +378,7 @@ def test_replay_errors_say_what_is_wrong(ros, replay_node, camvid, tmp_path):
         BagReplayer(replay_node, bag, start_offset=5.0)
     with pytest.raises(ReplayError, match="does not exist"):
         BagReplayer(replay_node, tmp_path / "missing")
-    with BagReplayer(replay_node, bag, wait_for_subscribers=1, wait_timeout=0.3) as replayer:
-        with pytest.raises(TimeoutError, match="/replay_err/image_raw"):
-            replayer.run()
+    with (BagReplayer(replay_node, bag, wait_for_subscribers=1, wait_timeout=0.3) as replayer,
+          pytest.raises(ReplayError, match="/replay_err/image_raw")):
+        replayer.run()
     assert replay_node.count_publishers("/replay_err/image_raw") == 0  # close() removed the publishers

@@ -44,7 +44,7 @@ def test_frames_answered_within_budget_are_ok_with_rates_counts_and_mask_age():
 
 
 def test_a_hung_backend_is_error_once_frames_wait_longer_than_the_output_timeout():
-    """Frames keep arriving, none is processed: before the fix p95 was NaN and the level OK."""
+    """Frames keep arriving, none is processed: up to 0.1.5 p95 was NaN and the level OK."""
     health = running()
     health.received(5.0)  # the worker takes this one and never returns
     health.received(5.1)  # this one waits for the worker
@@ -71,6 +71,19 @@ def test_progress_restarts_the_output_clock_and_an_answer_for_everything_stops_i
     health.rejected("data_size", 8.7)  # the one waiting is answered (rejected): nothing waits any more
     report = health.report(9.5, thresholds)
     assert "stalled" not in report.message and report.values["frames_waiting"] == "0", report.message
+
+
+def test_frames_rejected_on_arrival_do_not_hide_a_hung_worker():
+    """Malformed frames refused in the subscription callback answer themselves, not the frame the worker is
+    stuck on: the output clock keeps running and the camera goes ERROR."""
+    thresholds = HealthThresholds(camera_timeout=10.0, output_timeout=2.0)
+    health = running()
+    health.received(5.0)  # taken by a worker that never returns
+    for tick in range(1, 5):
+        health.received(5.0 + tick)
+        health.rejected("data_size", 5.0 + tick, by_worker=False)
+    report = health.report(9.5, thresholds)
+    assert report.level == ERROR and "stalled" in report.message, report.message
 
 
 def test_a_camera_that_stops_while_everything_is_answered_goes_stale_not_error():
@@ -123,9 +136,9 @@ def test_latency_budget_counts_the_queue_and_prints_the_budget_as_set(budget, te
 
 
 def test_precedence_worst_first():
-    """Dead worker > stalled output > STALE > failed > error rate > unreliable > rejected > latency > OK."""
-    def health_with(stalled=False, silent=False, failed=False, bad_rate=False, unreliable=False, rejected=False,
-                    slow=False):
+    """Dead worker > stalled output > STALE > failed > error rate > unreliable > lost > rejected > latency > OK."""
+    def health_with(stalled=False, silent=False, failed=False, bad_rate=False, unreliable=False, lost=False,
+                    rejected=False, slow=False):
         health = running()
         now = 5.0
         if unreliable:  # 2.5 s under the threshold by the report (frames without a score leave the run alone)
@@ -138,6 +151,8 @@ def test_precedence_worst_first():
                 health.received(now)
                 health.rejected("zero_size", now)
             answered(health, now)
+        if lost:
+            health.lost(3)
         if rejected:
             for tick in range(9):
                 answered(health, now + tick / 100)
@@ -153,21 +168,55 @@ def test_precedence_worst_first():
             health.dropped() if stalled else health.processed(end, 1.0, 1.0, 1.0)
         return health, end
 
+    everything = {"failed": True, "bad_rate": True, "unreliable": True, "lost": True, "rejected": True, "slow": True}
     cases = [
-        (dict(stalled=True, silent=True, failed=True, unreliable=True, slow=True), True, ERROR, "worker thread"),
-        (dict(stalled=True, silent=True, failed=True, unreliable=True, slow=True), False, ERROR, "inference stalled"),
-        (dict(silent=True, failed=True, unreliable=True, rejected=True, slow=True), False, STALE, "no image"),
-        (dict(failed=True, bad_rate=True, unreliable=True, rejected=True, slow=True), False, ERROR, "frame(s) failed"),
-        (dict(bad_rate=True, unreliable=True, slow=True), False, ERROR, "rejected or failed"),
-        (dict(unreliable=True, rejected=True, slow=True), False, WARN, "segmentation unreliable"),
-        (dict(rejected=True, slow=True), False, WARN, "malformed"),
-        (dict(slow=True), False, WARN, "latency"),
+        ({**everything, "stalled": True, "silent": True}, True, ERROR, "worker thread"),
+        ({**everything, "stalled": True, "silent": True}, False, ERROR, "inference stalled"),
+        ({**everything, "silent": True}, False, STALE, "no image"),
+        (everything, False, ERROR, "frame(s) failed"),
+        ({"bad_rate": True, "unreliable": True, "lost": True, "slow": True}, False, ERROR, "rejected or failed"),
+        ({"unreliable": True, "lost": True, "rejected": True, "slow": True}, False, WARN, "segmentation unreliable"),
+        ({"lost": True, "rejected": True, "slow": True}, False, WARN, "lost in transport"),
+        ({"rejected": True, "slow": True}, False, WARN, "malformed"),
+        ({"slow": True}, False, WARN, "latency"),
         ({}, False, OK, "ok"),
     ]
     for conditions, worker_dead, level, words in cases:
         health, end = health_with(**conditions)
         report = health.report(end, THRESHOLDS, worker_alive=not worker_dead)
         assert (report.level, words in report.message) == (level, True), (conditions, worker_dead, report.message)
+
+
+def test_frames_lost_in_transport_warn_in_their_period_with_the_count_and_the_profile_hint():
+    health = running()
+    health.lost(37)
+    for tick in range(3):
+        answered(health, 5.0 + tick / 10)
+    lossy = health.report(6.0, THRESHOLDS)
+    assert lossy.level == WARN
+    assert lossy.message.startswith("37 frame(s) lost in transport (DDS loses images over 512 KB sent best effort")
+    assert lossy.message.endswith("config/fastdds_large_images.xml)")
+    assert lossy.values["frames_lost"] == lossy.values["frames_lost_in_period"] == "37"
+    assert lossy.values["frames_received"] == "53", "lost frames were never received"
+    assert lossy.values["frames_waiting"] == "0", "nor do they wait for the worker"
+    health.lost(2)
+    health.lost(1)
+    assert health.frames_lost() == 40
+    for tick in range(10):
+        answered(health, 6.0 + tick / 10)
+    assert health.report(7.0, THRESHOLDS).message.startswith("3 frame(s) lost")
+    answered(health, 7.5)
+    clean = health.report(8.0, THRESHOLDS)
+    assert (clean.level, clean.message) == (OK, "ok"), "a period without loss is OK again"
+    assert (clean.values["frames_lost"], clean.values["frames_lost_in_period"]) == ("40", "0")
+
+
+def test_a_camera_whose_every_frame_is_lost_is_stale_and_says_why():
+    health = running()
+    health.lost(40)
+    report = health.report(9.0, THRESHOLDS)
+    assert report.level == STALE
+    assert report.message.startswith("no image for 4.1 s; 40 frame(s) lost in transport (DDS loses images over")
 
 
 def test_a_clock_that_jumps_back_restarts_the_output_clock():

@@ -12,15 +12,14 @@ import torch
 from camvid_fixtures import write_camvid11
 from ros_harness import REPO
 
+from seg_node.core.architectures import build_model
 from seg_node.core.backends import create_backend
 from seg_node.core.model_card import ModelCard
 from seg_node.core.model_files import models_dir
 from seg_node.core.pipeline import SegmentationPipeline
 from seg_node.toolchain.compression.quantize import calibration_inputs, convert_fp16, quantize_int8, quantized_card
 from seg_node.toolchain.data import CAMVID_CLASSES, open_dataset
-from seg_node.toolchain.data.camvid import dataset_identity
 from seg_node.toolchain.evaluation.metrics import ConfusionMatrix
-from seg_node.core.architectures import build_model
 from seg_node.toolchain.random_model import make_random_model
 from seg_node.toolchain.training.class_bias import (
     final_conv,
@@ -51,7 +50,7 @@ def overpredicting_logits(seed: int = 0, excess: float = 2.0):
 def miou_with(logits: np.ndarray, labels: np.ndarray, offsets: np.ndarray) -> float:
     matrix = ConfusionMatrix(logits.shape[1])
     matrix.update((logits + offsets[None, :, None, None]).argmax(1), labels)
-    return 100 * matrix.mean_iou()
+    return 100 * matrix.miou()
 
 
 def test_fitted_offsets_undo_a_known_overprediction_and_report_the_true_miou():
@@ -99,9 +98,9 @@ def test_the_fit_refuses_a_grid_without_zero_and_labels_that_are_all_void():
 @pytest.mark.parametrize("architecture", ARCHITECTURES, ids=lambda a: a["name"])
 def test_folding_offsets_shifts_every_output_logit_by_exactly_its_class_offset(architecture):
     torch.manual_seed(0)
-    model = build_model(architecture, len(CAMVID_CLASSES)).eval()
+    model = build_model(architecture, CAMVID_CLASSES.num_classes).eval()
     x = torch.randn(1, 3, 64, 96)
-    offsets = np.linspace(-2, 2, len(CAMVID_CLASSES)).astype(np.float32)
+    offsets = np.linspace(-2, 2, CAMVID_CLASSES.num_classes).astype(np.float32)
     with torch.no_grad():
         before = model(x)
         fold_into_classifier(model, offsets)
@@ -111,7 +110,7 @@ def test_folding_offsets_shifts_every_output_logit_by_exactly_its_class_offset(a
 
 
 def test_folding_refuses_offsets_for_another_number_of_classes():
-    model = build_model(ARCHITECTURES[0], len(CAMVID_CLASSES))
+    model = build_model(ARCHITECTURES[0], CAMVID_CLASSES.num_classes)
     with pytest.raises(ValueError, match="classifier"):
         fold_into_classifier(model, np.zeros(3, np.float32))
 
@@ -131,9 +130,9 @@ def test_class_bias_command_writes_a_model_whose_logits_move_by_the_recorded_off
     source, card, x = class_bias_on_a_random_model(tmp_path, "-100")
     assert "val mIoU" in capsys.readouterr().out
     record = card.class_bias
-    assert list(record["offsets"]) == list(CAMVID_CLASSES) and record["applied"] is True
+    assert list(record["offsets"]) == list(CAMVID_CLASSES.names) and record["applied"] is True
     assert "fitted_offsets" not in record
-    assert record["fitted_on"] == "CamVid val (3 frames)"
+    assert record["fitted_on"] == "CamVid (11-class SegNet split) val (3 frames)"
     assert record["val_miou_after"] >= record["val_miou_before"]
     assert set(record["held_out"]) == {"method", "miou_before", "miou_after", "min_gain"}
     assert card.metrics == {}
@@ -181,7 +180,7 @@ def test_offsets_in_card_name_the_models_files_and_segment_as_the_model_with_the
     """--offsets-in-card writes only a card: the source's files (relative to the card's folder), the offsets as
     logit_offsets, the data set by name and checksum; its pipeline gives the folded model's logits, and folding
     it again (offsets not applied: no change) gives a model file with the same logits and no logit_offsets."""
-    source, folded, x = class_bias_on_a_random_model(tmp_path, "-100")
+    source, folded, _ = class_bias_on_a_random_model(tmp_path, "-100")
     data = tmp_path / "camvid"
     out = tmp_path / "cards" / "in_card"
     class_bias_main(["--model", str(source), "--data", str(data), "--min-held-out-gain", "-100",
@@ -191,7 +190,7 @@ def test_offsets_in_card_name_the_models_files_and_segment_as_the_model_with_the
     assert sorted(p.name for p in out.parent.iterdir()) == ["in_card.json"]
     assert card.class_bias["offsets"] == folded.class_bias["offsets"]
     np.testing.assert_allclose(card.logit_offsets, list(folded.class_bias["offsets"].values()), atol=1e-4)
-    assert card.class_bias["data"] == dataset_identity(open_dataset(data, "val"))
+    assert card.class_bias["data"] == open_dataset(data, "val").identity()
     assert "--data $CAMVID_ROOT" in card.class_bias["command"] and str(data) not in card.to_json()
     image = (np.random.default_rng(3).random((card.input.height, card.input.width, 3)) * 255).astype(np.uint8)
     in_card, in_model = (SegmentationPipeline.from_model(path, device="cpu").logits(image)
@@ -227,10 +226,10 @@ def test_offsets_go_into_the_bias_of_a_quantized_onnx_graph(precision, tmp_path)
     card = ModelCard.load(source.with_suffix(".json"))
     quantized = tmp_path / f"random_{precision}.onnx"
     if precision == "int8":
-        quantize_int8(source, quantized, calibration_inputs(str(data), 8, card))
+        quantize_int8(source, quantized, calibration_inputs(open_dataset(data, "train"), 8, card))
     else:
         convert_fp16(source, quantized)
-    offsets = np.linspace(-0.3, 0.3, len(CAMVID_CLASSES)).astype(np.float32)
+    offsets = np.linspace(-0.3, 0.3, CAMVID_CLASSES.num_classes).astype(np.float32)
     fold_into_onnx(quantized, tmp_path / "shifted.onnx", offsets)
     x = np.random.default_rng(2).standard_normal((1, 3, card.input.height, card.input.width)).astype(np.float32)
     shift = onnx_logits(tmp_path / "shifted.onnx", x) - onnx_logits(quantized, x)
@@ -251,7 +250,7 @@ def test_folding_into_onnx_refuses_a_graph_whose_output_no_biased_conv_makes(tmp
     del conv.input[2]
     onnx.save(model, str(tmp_path / "no_bias.onnx"))
     with pytest.raises(ValueError, match="no Conv with a bias"):
-        fold_into_onnx(tmp_path / "no_bias.onnx", tmp_path / "x.onnx", np.zeros(len(CAMVID_CLASSES), np.float32))
+        fold_into_onnx(tmp_path / "no_bias.onnx", tmp_path / "x.onnx", np.zeros(CAMVID_CLASSES.num_classes, np.float32))
 
 
 def test_the_shipped_flip_averaged_model_is_the_single_pass_network_with_refitted_offsets():
@@ -267,7 +266,7 @@ def test_the_shipped_flip_averaged_model_is_the_single_pass_network_with_refitte
 
 def test_the_shipped_flip_card_segments_the_clip_as_its_network_with_the_offsets_folded_into_the_bias():
     """The pipeline's logit_offsets on ONNX give the masks of the torch network with the offsets in its
-    classifier's bias (what camvid_mobile_unet_flip shipped as a 15 MB copy before): on the committed clip they
+    classifier's bias (what camvid_mobile_unet_flip shipped as a 15 MB copy up to 0.1.5): on the committed clip they
     agreed on all but 1 of 4.1 M pixels, the ONNX export's float rounding."""
     flip_path = models_dir() / "camvid_mobile_unet_flip.json"
     flipped = ModelCard.load(flip_path)
@@ -277,6 +276,6 @@ def test_the_shipped_flip_card_segments_the_clip_as_its_network_with_the_offsets
     fold_into_classifier(backend.model, np.array(flipped.logit_offsets, np.float32))
     folded = SegmentationPipeline(backend, folded_card)
     clip = open_dataset(REPO / "data" / "camvid_clip", "test")
-    frames = [clip.load(sample)[0] for sample in clip.items()[::3]]
+    frames = [clip.load(sample)[0] for sample in clip.samples()[::3]]
     agreement = np.mean([np.mean(card_only.segment(f).mask == folded.segment(f).mask) for f in frames])
     assert agreement >= 0.99999, agreement

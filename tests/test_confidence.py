@@ -8,9 +8,12 @@ import math
 import re
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 from ros_harness import connect, make_image_msg
 from scipy.special import softmax
 from test_node import scene
@@ -30,7 +33,7 @@ from seg_node.ros.camera_health import OK, WARN
 from seg_node.ros.image_messages import stamp_ns
 from seg_node.ros_tools.stress import StatusRecorder
 from seg_node.toolchain.data import open_dataset
-from seg_node.toolchain.data.camvid import read_rgb
+from seg_node.toolchain.data.base import read_rgb
 from seg_node.toolchain.evaluation.calibrate_confidence import (
     clean_recall_threshold,
     expected_calibration_error,
@@ -238,6 +241,7 @@ def test_diagnostics_warn_while_noisy_frames_stay_unreliable_for_the_hold_time_a
     clean_scores = [send(frame) for frame in frames[:8]]
     ok = statuses.first(lambda s: s.level == OK and int(s.values["frames_processed"]) >= 8)
     assert min(clean_scores) > threshold and ok.values["confidence_threshold"] == f"{threshold:.3f}"
+    assert ok.values["reliability_monitor"] == "on"
 
     noisy_from = time.perf_counter()
     warned, noisy_scores = until(WARN, noisy, noisy_from)
@@ -296,13 +300,13 @@ def test_seg_calibrate_confidence_end_to_end_writes_temperature_and_threshold_in
     pipeline = SegmentationPipeline.from_model(card_path)
     assert pipeline.card.confidence.temperature == card.confidence.temperature
     dataset = open_dataset(data, "val")
-    frames = [dataset.load(sample) for sample in dataset.items()]
+    frames = [dataset.load(sample) for sample in dataset.samples()]
 
     def scored(image, label) -> tuple[float, float]:
         result = pipeline.segment(image)
         matrix = ConfusionMatrix(CLASSES)
         matrix.update(result.mask, label)
-        return result.score, matrix.mean_iou()
+        return result.score, matrix.miou()
 
     clean = [scored(image, label) for image, label in frames]
     corrupted = [(severity, index, *scored(corrupt(image, name, severity, frame_seed(index, name, severity)), label))
@@ -322,3 +326,41 @@ def test_seg_calibrate_confidence_end_to_end_writes_temperature_and_threshold_in
     assert recorded["flagged"]["unreliable"] == pytest.approx(np.mean(np.array(lost) < result["threshold"]), abs=0.01)
     assert recorded["score_median"]["clean"] == pytest.approx(np.median(clean_scores), abs=1e-3)
     assert recorded["score_median"]["sev3plus"] == pytest.approx(np.median(severe), abs=1e-3)
+
+
+def labels_only_card(random_model: Path, out: Path) -> Path:
+    """The random model with the argmax inside its graph (int64 labels, N x H x W, as PaddleSeg exports them) and
+    a card that says so."""
+    graph = onnx.load(random_model)
+    graph.graph.node.append(helper.make_node("ArgMax", [graph.graph.output[0].name], ["labels"], axis=1, keepdims=0))
+    del graph.graph.output[:]
+    graph.graph.output.append(helper.make_tensor_value_info("labels", TensorProto.INT64, None))
+    onnx.save(graph, out.with_suffix(".onnx"))
+    card = json.loads(random_model.with_suffix(".json").read_text())
+    card.update(files={"onnx": out.with_suffix(".onnx").name},
+                interface={"output_kind": "labels", "output_layout": "NHW"})
+    out.with_suffix(".json").write_text(json.dumps(card))
+    return out.with_suffix(".json")
+
+
+def test_a_labels_only_model_has_no_confidence_topic_and_diagnostics_say_its_monitor_is_off(
+        ros, seg_node, random_model, tmp_path):
+    card = labels_only_card(random_model, tmp_path / "labels_only")
+    node = seg_node(model=str(card), input_topics=["/labels_cam/image_raw"], qos_reliability="reliable",
+                    diagnostics_period=0.2)
+    statuses = StatusRecorder(ros, node.name)
+    outputs, publisher = connect(ros, node, "/labels_cam/image_raw", names=("mask", "latency"))
+    published = {topic for topic, _ in ros.node.get_publisher_names_and_types_by_node(node.name, "/")}
+    assert node.topic("mask") in published and node.topic("confidence") not in published
+    image = scene(8)
+    publisher.publish(make_image_msg(image, "rgb8", 3))
+    mask = outputs.mask.wait_for(1)[0]
+    expected = SegmentationPipeline.from_model(card, backend="onnxruntime", device="cpu").segment(image).mask
+    np.testing.assert_array_equal(np.frombuffer(mask.data, np.uint8).reshape(mask.height, mask.width), expected)
+    latency = {kv.key: kv.value for kv in outputs.latency.wait_for(1)[0].status[0].values}
+    assert latency["confidence_score"] == "nan"
+    status = statuses.first(lambda s: int(s.values["frames_processed"]) == 1)
+    assert (status.level, status.message) == (OK, "ok; reliability monitor off: the model gives labels only")
+    assert status.values["reliability_monitor"] == "off: the model gives labels only (no confidence)"
+    assert status.values["confidence_threshold"] == "none"
+    assert node.output().count("gives labels only") == 1, "said once, at start-up"

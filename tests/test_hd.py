@@ -17,8 +17,9 @@ from sensor_msgs.msg import Image
 from seg_node.core.pipeline import SegmentationPipeline
 from seg_node.core.postprocess import colorize, logits_to_mask, palette_lut
 from seg_node.ros.image_messages import image_message, stamp_ns
-from seg_node.toolchain.evaluation.timing import load_frames
+from seg_node.ros_tools.benchmark import NODE_STAGES, run_benchmark
 from seg_node.ros_tools.delivery import measure_delivery
+from seg_node.toolchain.evaluation.timing import load_frames
 
 
 def test_best_effort_hd_frames_reach_the_node_with_the_shipped_profile(random_model, tmp_path):
@@ -28,6 +29,20 @@ def test_best_effort_hd_frames_reach_the_node_with_the_shipped_profile(random_mo
                               log_dir=tmp_path)
     assert result["sent"] == 75 and result["frame_bytes"] == 1280 * 720 * 3
     assert result["received"] >= 0.99 * result["sent"], result
+
+
+def test_benchmark_hd_times_every_node_stage_with_the_mask_alone_and_every_output(random_model):
+    """seg-benchmark hd on a real node: each ~/latency stage (render and publish apart) and publish-to-mask, per
+    size and subscription set, beside the model alone."""
+    results = run_benchmark(["hd", "--model", str(random_model), "--sizes", "160x120,320x240", "--frames", "2",
+                             "--warmup", "1"])
+    assert results["model_only"]["median"] > 0
+    assert list(results["node"]) == ["160x120, mask", "320x240, mask", "160x120, all", "320x240, all"]
+    for label, stages in results["node"].items():
+        assert set(stages) == {*NODE_STAGES, "mask_received"} and {"render", "publish"} <= set(stages), label
+        assert all(summary["median"] >= 0 for summary in stages.values()), label
+        assert stages["total"]["median"] >= stages["inference"]["median"] > 0, label
+        assert stages["mask_received"]["median"] >= stages["inference"]["median"], label
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +104,7 @@ def test_visualization_outputs_at_a_reduced_size_and_the_mask_at_full_size(ros, 
                     overlay_alpha=1.0)
     inboxes = {name: ros.subscribe(Image, node.topic(name)) for name in ("mask", "color_mask", "overlay")}
     publisher = ros.publisher(Image, "/vis_cam/image_raw")
-    ros.wait_for_subscribers(publisher)
-    for name in inboxes:
-        ros.wait_for_publishers(node.topic(name))
+    ros.wait_until_matched([node.topic(name) for name in inboxes], [publisher])
     pipeline = SegmentationPipeline.from_model(str(random_model))
     rng = np.random.default_rng(3)
     frame = cv2.resize(rng.integers(0, 256, (6, 8, 3), np.uint8), (160, 120), interpolation=cv2.INTER_CUBIC)
@@ -116,13 +129,14 @@ def test_visualization_outputs_at_a_reduced_size_and_the_mask_at_full_size(ros, 
     assert (got["overlay"].height, got["overlay"].width) == (got["mask"].height, got["mask"].width) == (120, 160)
 
 
-def test_started_processes_get_the_shipped_profile_unless_the_user_named_one(tmp_path):
-    from seg_node.ros_tools.node_process import DDS_PROFILE, with_dds_profile
+def test_started_processes_get_the_shipped_profile_and_localhost_discovery_unless_the_user_chose(tmp_path):
+    from seg_node.ros_tools.node_process import DDS_PROFILE, ros_environment
     assert DDS_PROFILE.is_file() and "<segment_size>" in DDS_PROFILE.read_text()
-    assert with_dds_profile({})["FASTDDS_DEFAULT_PROFILES_FILE"] == str(DDS_PROFILE)
-    mine = str(tmp_path / "mine.xml")
-    assert with_dds_profile({"FASTDDS_DEFAULT_PROFILES_FILE": mine})["FASTDDS_DEFAULT_PROFILES_FILE"] == mine
-    assert "FASTDDS_DEFAULT_PROFILES_FILE" not in with_dds_profile({"FASTRTPS_DEFAULT_PROFILES_FILE": mine})
-    assert "FASTDDS_DEFAULT_PROFILES_FILE" not in with_dds_profile(with_dds_profile({}), profile=None)
     variable = "FASTDDS_DEFAULT_PROFILES_FILE"
-    assert with_dds_profile({variable: mine}, profile=None)[variable] == mine
+    assert ros_environment({}) == {variable: str(DDS_PROFILE), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+    assert ros_environment({"ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"})["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SUBNET"
+    mine = str(tmp_path / "mine.xml")
+    assert ros_environment({variable: mine})[variable] == mine
+    assert variable not in ros_environment({"FASTRTPS_DEFAULT_PROFILES_FILE": mine})
+    assert variable not in ros_environment(ros_environment({}), dds_profile=None)
+    assert ros_environment({variable: mine}, dds_profile=None)[variable] == mine

@@ -10,12 +10,13 @@ import time
 from pathlib import Path
 
 import cv2
-from ros_harness import REPO, RosPeer
+from ros_harness import REPO
 from rosbags.rosbag2 import Reader
 from std_msgs.msg import String
 
 from seg_node.ros_tools.bag_convert import dataset_frames, write_bag
 from seg_node.ros_tools.live_eval import live_evaluate
+from seg_node.ros_tools.ros_peer import RosPeer
 from seg_node.toolchain.evaluation.evaluate import run_evaluation
 
 CLIP = REPO / "data" / "camvid_clip"
@@ -41,14 +42,15 @@ def test_the_node_runs_the_shipped_flip_averaged_model_as_the_offline_evaluation
     write_bag(dataset_frames(CLIP, "test"), bag, rate=30.0, progress=False)
     flip, single = (str(REPO / "models" / f"{name}.json") for name in ("camvid_mobile_unet_flip", "camvid_mobile_unet"))
     live = live_evaluate(bag, tmp_path / "live", model=flip, rate=0.1, node_name="seg_node_live_flip")
-    offline = {model: run_evaluation(["--model", model, "--data", str(CLIP), "--split", "test", "--threads", "2",
-                                      "--out", str(tmp_path / Path(model).stem)])["per_class_iou"]
-               for model in (flip, single)}
+    offline = {model: {name: scores["iou"] for name, scores in run_evaluation(
+        ["--model", model, "--data", str(CLIP), "--split", "test", "--threads", "2", "--out",
+         str(tmp_path / Path(model).stem)])["per_class"].items()} for model in (flip, single)}
     assert live["frames_scored"] == 24 and live["frames_dropped"] == 0 and live["node_exit_status"] == 0, live
     assert live["masks_repeated"] == 0 and live["masks_unmatched"] == 0
-    for name, iou in live["per_class_iou"].items():
+    live_iou = {name: scores["iou"] for name, scores in live["per_class"].items()}
+    for name, iou in live_iou.items():
         assert abs(iou - offline[flip][name]) <= 0.05, (name, iou, offline[flip][name])
-    assert max(abs(iou - offline[single][name]) for name, iou in live["per_class_iou"].items()) > 0.5
+    assert max(abs(iou - offline[single][name]) for name, iou in live_iou.items()) > 0.5
 
 
 def test_demo_command_writes_overlays_latency_and_a_recorded_bag(tmp_path):

@@ -4,26 +4,34 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from camvid_fixtures import write_camvid11
+from folders_fixtures import OWN_CLASSES, write_folders
 
+from seg_node.core.architectures import build_model
+from seg_node.core.architectures.efficientnet_lite import EfficientNetLiteEncoder
+from seg_node.core.architectures.weights import load_weights
 from seg_node.core.model_card import InputSpec, ModelCard
 from seg_node.core.preprocess import normalize, resize_for_network
 from seg_node.toolchain.data import CAMVID_CLASSES, open_dataset
 from seg_node.toolchain.export import export_onnx, mask_agreement, training_record
-from seg_node.core.architectures import build_model
-from seg_node.core.architectures.efficientnet_lite import (
-    IMAGENET_HEAD_PREFIXES,
-    EfficientNetLite0Encoder,
-    imagenet_weights_path,
-)
-from seg_node.core.architectures.weights import load_weights
+from seg_node.toolchain.export import main as export_main
 from seg_node.toolchain.random_model import make_random_model
+from seg_node.toolchain.training.config import (
+    DataConfig,
+    ModelConfig,
+    RecipeConfig,
+    RunConfig,
+    ScheduleConfig,
+    TrainConfig,
+    TrainingConfigError,
+)
 from seg_node.toolchain.training.losses import build_loss, distillation_loss, lovasz_softmax
-from seg_node.toolchain.training.train import train
+from seg_node.toolchain.training.train import load_teacher, parse_args, train
 
 ARCHITECTURES = [
     {"name": "unet", "base_width": 8},
@@ -60,25 +68,12 @@ def test_unknown_architecture_or_option_fails_loudly():
         build_model({"name": "unet", "kernel_sizes": [3, 3]}, 11)
 
 
-def test_efficientnet_lite0_imagenet_weights_load_with_no_missing_or_unexpected_keys():
-    state = torch.load(imagenet_weights_path(), map_location="cpu", weights_only=True)
-    encoder = EfficientNetLite0Encoder()
-    encoder_keys = set(encoder.state_dict())
-    file_keys = {k for k in state if not k.startswith(IMAGENET_HEAD_PREFIXES)}
-    assert encoder_keys == file_keys and len(encoder_keys) == 288
-    encoder.load_imagenet()
-    np.testing.assert_array_equal(encoder._conv_stem.weight.detach().numpy(), state["_conv_stem.weight"].numpy())
-    features = encoder(torch.zeros(1, 3, 360, 480))
-    assert [f.shape[1] for f in features] == [16, 24, 40, 112, 320]
-    assert [f.shape[2] for f in features] == [180, 90, 45, 23, 12]
-
-
 def test_imagenet_encoder_expects_inputs_scaled_to_minus_one_one():
     """With (x - 127) / 128 the stem's BatchNorm sees activations of the variance it was trained on."""
     from ros_harness import REPO
 
-    from seg_node.toolchain.data.camvid import read_rgb
-    encoder = EfficientNetLite0Encoder().eval()
+    from seg_node.toolchain.data.base import read_rgb
+    encoder = EfficientNetLiteEncoder("lite0").eval()
     encoder.load_imagenet()
     frame = next((REPO / "data" / "camvid_clip" / "test").iterdir())
     rgb = torch.from_numpy(read_rgb(frame)).permute(2, 0, 1)[None].float()
@@ -98,8 +93,8 @@ def test_training_lowers_the_loss_and_resumes(tmp_path):
     out = tmp_path / "run"
     common = ["--data", str(data), "--arch", '{"name": "unet", "base_width": 8, "depth": 2}', "--batch-size", "4",
               "--crop", "32", "48", "--input-size", "48", "64", "--lr", "0.01", "--val-every", "1",
-              "--warmup-epochs", "0", "--threads", "2", "--out", str(out)]
-    result = train(common + ["--epochs", "3"])
+              "--warmup-epochs", "0", "--threads", "2", "--workers", "0", "--out", str(out)]
+    result = train(parse_args(common + ["--epochs", "3"]))
     with open(out / "log.csv") as handle:
         rows = list(csv.DictReader(handle))
     losses = [float(r["train_loss"]) for r in rows]
@@ -109,7 +104,7 @@ def test_training_lowers_the_loss_and_resumes(tmp_path):
     assert state["epoch"] == 3 and "optimizer" in state
     best = torch.load(out / "best.pt", weights_only=True)
     assert best["val_miou"] == result["best_val_miou"]
-    train(common + ["--epochs", "5", "--resume"])
+    train(parse_args(common + ["--epochs", "5", "--resume"]))
     with open(out / "log.csv") as handle:
         assert [int(r["epoch"]) for r in csv.DictReader(handle)] == [1, 2, 3, 4, 5]
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 5
@@ -119,58 +114,60 @@ def test_training_lowers_the_loss_and_resumes(tmp_path):
 def test_a_second_training_cycle_starts_from_the_given_weights(tmp_path):
     data = write_camvid11(tmp_path / "camvid", {"train": 4, "val": 1})
     common = ["--data", str(data), "--arch", '{"name": "unet", "base_width": 4, "depth": 2}', "--batch-size", "4",
-              "--crop", "32", "48", "--input-size", "48", "64", "--epochs", "1", "--threads", "2"]
-    train(common + ["--lr", "0.01", "--seed", "1", "--out", str(tmp_path / "first")])
+              "--crop", "32", "48", "--input-size", "48", "64", "--epochs", "1", "--threads", "2", "--workers", "0"]
+    train(parse_args(common + ["--lr", "0.01", "--seed", "1", "--out", str(tmp_path / "first")]))
     first = torch.load(tmp_path / "first" / "last.pt", weights_only=True)["model"]
-    train(common + ["--lr", "0", "--seed", "2", "--init", str(tmp_path / "first" / "last.pt"),
-                    "--out", str(tmp_path / "second")])
+    train(parse_args(common + ["--lr", "0", "--seed", "2", "--init", str(tmp_path / "first" / "last.pt"),
+                               "--out", str(tmp_path / "second")]))
     second = torch.load(tmp_path / "second" / "last.pt", weights_only=True)["model"]
     learned = [k for k in first if "running" not in k and "num_batches" not in k]
     assert learned and all(torch.equal(first[k], second[k]) for k in learned)
     record = training_record(tmp_path / "second" / "last.pt")
-    assert record["args"]["lr"] == 0 and record["initialized_from"]["args"]["lr"] == 0.01
+    assert record["config"]["schedule"]["lr"] == 0 and record["initialized_from"]["config"]["schedule"]["lr"] == 0.01
     assert record["initialized_from"]["checkpoint"] == str(tmp_path / "first" / "last.pt")
-    train(common + ["--lr", "0", "--seed", "2", "--epochs", "2", "--resume", "--out", str(tmp_path / "second")])
+    train(parse_args(common + ["--lr", "0", "--seed", "2", "--epochs", "2", "--resume",
+                               "--out", str(tmp_path / "second")]))
     resumed = training_record(tmp_path / "second" / "last.pt")
     assert resumed["resumed_at_epochs"] == [1] and resumed["best_epoch"] == 2
     assert resumed["initialized_from"]["checkpoint"] == str(tmp_path / "first" / "last.pt")
     shipped = make_random_model(tmp_path / "shipped", {"name": "unet", "base_width": 4, "depth": 2},
                                 size=(48, 64), seed=4).with_suffix(".safetensors")
-    train(common + ["--lr", "0", "--init", str(shipped), "--out", str(tmp_path / "from_card")])
+    train(parse_args(common + ["--lr", "0", "--init", str(shipped), "--out", str(tmp_path / "from_card")]))
     record = training_record(tmp_path / "from_card" / "last.pt")
     assert record["initialized_from"]["weights"] == str(shipped)
     assert record["initialized_from"]["model"] == ModelCard.load(shipped.with_suffix(".json")).name
-    train(common + ["--lr", "0", "--seed", "2", "--out", str(tmp_path / "fresh")])
+    train(parse_args(common + ["--lr", "0", "--seed", "2", "--out", str(tmp_path / "fresh")]))
     fresh = torch.load(tmp_path / "fresh" / "last.pt", weights_only=True)["model"]
     assert not all(torch.equal(first[k], fresh[k]) for k in learned)
-    for extra in (["--resume", "--init", str(tmp_path / "first" / "last.pt")], ["--init", str(tmp_path / "nope.pt")]):
-        with pytest.raises(SystemExit):
-            train(common + ["--out", str(tmp_path / "refused")] + extra)
+    for extra, message in ((["--resume", "--init", str(tmp_path / "first" / "last.pt")], "use one"),
+                           (["--init", str(tmp_path / "nope.pt")], "no such file")):
+        with pytest.raises(TrainingConfigError, match=message):
+            parse_args(common + ["--out", str(tmp_path / "refused")] + extra)
 
 
 def test_the_final_retraining_on_train_and_val_records_both_splits_and_says_val_is_not_held_out(tmp_path, capsys):
     data = write_camvid11(tmp_path / "camvid", {"train": 4, "val": 2})
     common = ["--data", str(data), "--arch", '{"name": "unet", "base_width": 4, "depth": 2}', "--batch-size", "2",
-              "--crop", "32", "48", "--input-size", "48", "64", "--epochs", "1", "--threads", "2"]
-    train(common + ["--out", str(tmp_path / "train")])
+              "--crop", "32", "48", "--input-size", "48", "64", "--epochs", "1", "--threads", "2", "--workers", "0"]
+    train(parse_args(common + ["--out", str(tmp_path / "train")]))
     assert "not held out" not in capsys.readouterr().out
-    train(common + ["--train-splits", "train", "val", "--out", str(tmp_path / "trainval")])
+    train(parse_args(common + ["--train-splits", "train", "val", "--out", str(tmp_path / "trainval")]))
     assert "val is among the training splits" in capsys.readouterr().out
     used = {run: [(d["split"], d["frames"]) for d in training_record(tmp_path / run / "last.pt")["data"]]
             for run in ("train", "trainval")}
     assert used == {"train": [("train", 4), ("val", 2)], "trainval": [("train", 4), ("val", 2), ("val", 2)]}
     with pytest.raises(SystemExit):
-        train(common + ["--train-splits", "test", "--out", str(tmp_path / "refused")])
+        parse_args(common + ["--train-splits", "test", "--out", str(tmp_path / "refused")])
 
 
 def test_weight_averaging_keeps_the_mean_of_the_epochs_from_the_given_one_and_validates_it(tmp_path):
     data = write_camvid11(tmp_path / "camvid", {"train": 8, "val": 2})
     common = ["--data", str(data), "--arch", '{"name": "unet", "base_width": 4, "depth": 2}', "--batch-size", "4",
               "--crop", "32", "48", "--input-size", "48", "64", "--lr", "0.01", "--schedule", "constant",
-              "--warmup-epochs", "0", "--val-every", "1", "--threads", "2", "--average-from", "2"]
+              "--warmup-epochs", "0", "--val-every", "1", "--threads", "2", "--workers", "0", "--average-from", "2"]
     # with a constant schedule the first two epochs of both runs are the same computation
-    train(common + ["--epochs", "2", "--out", str(tmp_path / "two")])
-    train(common + ["--epochs", "3", "--out", str(tmp_path / "three")])
+    train(parse_args(common + ["--epochs", "2", "--out", str(tmp_path / "two")]))
+    train(parse_args(common + ["--epochs", "3", "--out", str(tmp_path / "three")]))
     after_two = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["model"]
     last = torch.load(tmp_path / "three" / "last.pt", weights_only=True)
     assert int(last["averaged"]["n_averaged"]) == 2
@@ -182,8 +179,8 @@ def test_weight_averaging_keeps_the_mean_of_the_epochs_from_the_given_one_and_va
     if best["epoch"] == 3:
         assert all(torch.equal(best["model"][k], last["averaged"][f"module.{k}"]) for k in learned)
     assert training_record(tmp_path / "three" / "best.pt").get("averaged_epochs", 0) == best.get("averaged_epochs", 0)
-    with pytest.raises(SystemExit):
-        train(common[:-1] + ["4", "--epochs", "3", "--out", str(tmp_path / "refused")])
+    with pytest.raises(TrainingConfigError, match="average-from"):
+        parse_args(common[:-1] + ["4", "--epochs", "3", "--out", str(tmp_path / "refused")])
 
 
 def test_distillation_loss_is_the_softened_kl_times_t_squared_averaged_over_pixels():
@@ -203,10 +200,10 @@ def test_distillation_loss_is_the_softened_kl_times_t_squared_averaged_over_pixe
 def test_lovasz_softmax_on_hard_predictions_is_one_minus_the_iou_of_each_present_class():
     rng = np.random.default_rng(2)
     target = torch.from_numpy(rng.integers(0, 4, (2, 12, 16)))
-    target[0, :3] = 11  # void: ignored whatever is predicted there
+    target[0, :3] = 255  # unlabelled: ignored whatever is predicted there
     predicted = torch.from_numpy(rng.integers(0, 5, (2, 12, 16)))
     logits = 60.0 * torch.nn.functional.one_hot(predicted, 11).permute(0, 3, 1, 2).float()
-    valid = target != 11
+    valid = target != 255
     ious = [((predicted == c) & (target == c) & valid).sum() / (((predicted == c) | (target == c)) & valid).sum()
             for c in range(4)]
     assert float(lovasz_softmax(logits, target)) == pytest.approx(float(1 - torch.stack(ious).mean()), abs=1e-5)
@@ -216,7 +213,7 @@ def test_lovasz_softmax_on_hard_predictions_is_one_minus_the_iou_of_each_present
     painted[:, 6:, :] = 3  # class 3 painted over the lower half: over-prediction costs
     over = 60.0 * torch.nn.functional.one_hot(painted, 11).permute(0, 3, 1, 2).float()
     assert float(lovasz_softmax(over, target)) > float(lovasz_softmax(logits, target))
-    all_void = lovasz_softmax(logits.requires_grad_(), torch.full_like(target, 11))
+    all_void = lovasz_softmax(logits.requires_grad_(), torch.full_like(target, 255))
     all_void.backward()
     assert float(all_void.detach()) == 0.0 and float(logits.grad.abs().sum()) == 0.0
 
@@ -225,8 +222,9 @@ def test_ce_lovasz_adds_the_lovasz_term_on_every_second_pixel_to_the_weighted_cr
     rng = np.random.default_rng(3)
     logits = torch.from_numpy(rng.normal(0, 2, (2, 11, 10, 14))).float()
     target = torch.from_numpy(rng.integers(0, 12, (2, 10, 14)))
+    target[target == 11] = 255  # unlabelled
     weights = torch.from_numpy(rng.uniform(0.5, 2.0, 11)).float()
-    expected = (torch.nn.functional.cross_entropy(logits, target, weight=weights, ignore_index=11)
+    expected = (torch.nn.functional.cross_entropy(logits, target, weight=weights, ignore_index=255)
                 + lovasz_softmax(logits[:, :, ::2, ::2], target[:, ::2, ::2]))
     assert float(build_loss("ce_lovasz", weights)(logits, target)) == pytest.approx(float(expected), rel=1e-6)
 
@@ -237,14 +235,15 @@ def test_distillation_pulls_the_student_towards_the_teacher(tmp_path):
     teacher_card = make_random_model(tmp_path / "teacher", architecture, size=(48, 64), seed=5).with_suffix(".json")
     common = ["--data", str(data), "--arch", json.dumps(architecture), "--batch-size", "4", "--crop", "32", "48",
               "--input-size", "48", "64", "--epochs", "8", "--lr", "0.01", "--warmup-epochs", "0",
-              "--threads", "1", "--seed", "3"]
-    train(common + ["--out", str(tmp_path / "plain")])
-    train(common + ["--out", str(tmp_path / "taught"), "--teacher", str(teacher_card), "--distill-weight", "50"])
+              "--threads", "1", "--workers", "0", "--seed", "3"]
+    train(parse_args(common + ["--out", str(tmp_path / "plain")]))
+    train(parse_args(common + ["--out", str(tmp_path / "taught"), "--teacher", str(teacher_card),
+                               "--distill-weight", "50"]))
 
     spec = InputSpec(height=48, width=64)
     dataset = open_dataset(str(data), "val")
     images = torch.from_numpy(np.stack([normalize(resize_for_network(dataset.load(item)[0], spec), spec, "rgb")
-                                        for item in dataset.items()]))
+                                        for item in dataset.samples()]))
 
     def logits(weights_of):
         model = build_model(architecture, len(ModelCard.load(teacher_card).classes))
@@ -263,17 +262,88 @@ def test_distillation_pulls_the_student_towards_the_teacher(tmp_path):
 @pytest.mark.parametrize("field, value, message", [
     ("input", {"height": 48, "width": 64, "channel_order": "rgb", "mean": [123.7, 116.3, 103.5],
                "std": [128.0, 128.0, 128.0]}, "normalization"),
-    ("classes", list(reversed(CAMVID_CLASSES)), "classes")])
+    ("classes", ["Sky", "Building", *CAMVID_CLASSES.names[3:], "Lamp"], "classes")])
 def test_a_teacher_that_sees_or_predicts_differently_is_refused(field, value, message, tmp_path):
-    data = write_camvid11(tmp_path / "camvid", {"train": 4, "val": 1})
     teacher_card = make_random_model(tmp_path / "teacher", size=(48, 64)).with_suffix(".json")
     card = json.loads(teacher_card.read_text())
     card[field] = value
     teacher_card.write_text(json.dumps(card))
-    with pytest.raises(SystemExit, match=message):
-        train(["--data", str(data), "--arch", '{"name": "unet", "base_width": 4, "depth": 2}', "--epochs", "1",
-               "--crop", "32", "48", "--input-size", "48", "64", "--teacher", str(teacher_card),
-               "--out", str(tmp_path / "run")])
+    with pytest.raises(TrainingConfigError, match=message):
+        load_teacher(str(teacher_card), InputSpec(height=48, width=64), CAMVID_CLASSES, torch.device("cpu"))
+
+
+def test_a_teacher_with_the_same_classes_in_another_order_has_its_logits_reordered(tmp_path):
+    teacher_card = make_random_model(tmp_path / "teacher", size=(48, 64)).with_suffix(".json")
+    card = json.loads(teacher_card.read_text())
+    card["classes"], card["palette"] = card["classes"][::-1], card["palette"][::-1]
+    teacher_card.write_text(json.dumps(card))
+    _, order = load_teacher(str(teacher_card), InputSpec(height=48, width=64), CAMVID_CLASSES, torch.device("cpu"))
+    assert order == list(range(len(CAMVID_CLASSES.names)))[::-1]
+    _, same = load_teacher(str(make_random_model(tmp_path / "same", size=(48, 64)).with_suffix(".json")),
+                           InputSpec(height=48, width=64), CAMVID_CLASSES, torch.device("cpu"))
+    assert same is None
+
+
+def tiny_config(data, out, **schedule) -> TrainConfig:
+    """One step of a tiny U-Net on `data`: the defaults of every part but the sizes."""
+    return TrainConfig(
+        data=DataConfig(root=str(data)),
+        model=ModelConfig(arch={"name": "unet", "base_width": 4, "depth": 2}, input=InputSpec(height=32, width=48)),
+        recipe=RecipeConfig(crop=(32, 48), class_weights="none"),
+        schedule=ScheduleConfig(**{"epochs": 1, "batch_size": 2, "max_steps_per_epoch": 1, **schedule}),
+        run=RunConfig(out=str(out), threads=2, workers=0))
+
+
+def test_a_run_from_config_objects_trains_on_the_data_sets_own_classes_and_records_them(tmp_path):
+    """No command line: the library call. The model's classes, palette and the data sets' identities come from the
+    folders layout's classes.csv, and reading frames in worker processes changes no number."""
+    data = write_folders(tmp_path / "own", OWN_CLASSES, {"train": 4, "val": 2})
+    result = train(tiny_config(data, tmp_path / "run"))
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    run = json.loads(state["run"])
+    assert run["classes"] == list(OWN_CLASSES.names) and run["palette"] == OWN_CLASSES.palette
+    assert state["model"]["classifier.weight"].shape[0] == 5
+    assert [(d["split"], d["frames"]) for d in run["data"]] == [("train", 4), ("val", 2)]
+    assert all(len(d["sha256"]) == 64 for d in run["data"]) and run["config"]["data"]["root"] == "$CAMVID_ROOT"
+    assert 0 <= result["best_val_miou"] <= 100
+    in_workers = tiny_config(data, tmp_path / "workers")
+    train(replace(in_workers, run=replace(in_workers.run, workers=2)))
+    with open(tmp_path / "run" / "log.csv") as one, open(tmp_path / "workers" / "log.csv") as other:
+        assert [r["train_loss"] for r in csv.DictReader(one)] == [r["train_loss"] for r in csv.DictReader(other)]
+    export_main([str(tmp_path / "run" / "last.pt"), "--out", str(tmp_path / "own_model"), "--data", str(data)])
+    card = ModelCard.load(tmp_path / "own_model.json")
+    assert card.classes == list(OWN_CLASSES.names) and card.palette == OWN_CLASSES.palette
+    assert (card.input.height, card.input.width) == (32, 48)
+    assert card.training["data"][0]["sha256"] == run["data"][0]["sha256"]
+
+
+class TinyWithAux(torch.nn.Module):
+    """A 1x1 classifier; in training mode also one auxiliary output of all-zero logits at a quarter of the
+    resolution, whose cross-entropy is ln(C) on every labelled pixel wherever it is resized to."""
+
+    def __init__(self, num_classes: int, aux_weight: float):
+        super().__init__()
+        self.classifier = torch.nn.Conv2d(3, num_classes, 1)
+        self.aux_weights = (aux_weight,)
+
+    def forward(self, x):
+        logits = self.classifier(x)
+        if not self.training:
+            return logits
+        return logits, (torch.zeros_like(logits[:, :, ::4, ::4]),)
+
+
+def test_training_adds_each_auxiliary_output_at_its_weight_and_validates_the_main_logits(tmp_path):
+    data = write_folders(tmp_path / "own", OWN_CLASSES, {"train": 4, "val": 2})
+    losses = {}
+    for weight in (0.0, 0.5):
+        torch.manual_seed(0)
+        out = tmp_path / f"aux{weight}"
+        result = train(tiny_config(data, out, lr=0.0), model=TinyWithAux(5, weight))
+        with open(out / "log.csv") as handle:
+            losses[weight] = float(next(csv.DictReader(handle))["train_loss"])
+        assert 0 <= result["best_val_miou"] <= 100
+    assert losses[0.5] - losses[0.0] == pytest.approx(0.5 * np.log(5), abs=2e-3)
 
 
 def test_training_runs_distributed_with_torchrun(tmp_path):

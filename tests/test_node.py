@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import re
 import threading
 import time
@@ -13,12 +15,14 @@ import onnxruntime
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
-from rcl_interfaces.srv import SetParameters
-from ros_harness import Outputs, connect, diagnostic_values, make_image_msg, wait_until_matched
+from rcl_interfaces.srv import SetParameters, SetParametersAtomically
+from rclpy.qos import qos_profile_sensor_data
+from ros_harness import Outputs, connect, diagnostic_values, make_image_msg
 from sensor_msgs.msg import CompressedImage, Image
 
 from seg_node.core.image_codec import decode_raw, encode_compressed
 from seg_node.ros.image_messages import stamp_ns
+from seg_node.ros.node_parameters import PARAMETERS, RUNTIME_PARAMETERS, ParameterError, RuntimeSettings
 
 HEIGHT, WIDTH = 60, 80
 
@@ -157,7 +161,7 @@ def test_two_cameras_get_their_own_outputs(ros, seg_node, pipeline):
                     qos_reliability="reliable")
     front, rear = Outputs(ros, node, "front/"), Outputs(ros, node, "rear/")
     pub_front, pub_rear = ros.publisher(Image, "/front/image_raw"), ros.publisher(Image, "/rear/image_raw")
-    wait_until_matched(ros, front.topics + rear.topics, [pub_front, pub_rear])
+    ros.wait_until_matched(front.topics + rear.topics, [pub_front, pub_rear])
     front_rgb, rear_rgb = scene(1), scene(2, 48, 64)
     pub_front.publish(make_image_msg(front_rgb, "rgb8", 11, frame_id="front"))
     pub_rear.publish(make_image_msg(rear_rgb, "rgb8", 22, frame_id="rear"))
@@ -211,7 +215,7 @@ def _with(msg, **fields):
 def test_bad_images_are_rejected_counted_and_the_next_frame_served(ros, seg_node, diagnostics, pipeline):
     node = seg_node(input_topics=["/bad_cam/image_raw"], qos_reliability="reliable")
     outputs, publisher = connect(ros, node, "/bad_cam/image_raw", Image)
-    for index, (reason, make_bad) in enumerate(BAD_IMAGES.items()):
+    for index, make_bad in enumerate(BAD_IMAGES.values()):
         publisher.publish(make_bad())
         good_ns = 1000 + index
         publisher.publish(make_image_msg(scene(index), "rgb8", good_ns))
@@ -246,19 +250,31 @@ def test_corrupt_compressed_image_is_rejected_and_the_next_served(ros, seg_node,
     assert values["rejected_corrupt_compressed"] == "2" and values["rejected_unknown_format"] == "1"
 
 
-def set_parameter(ros, node, name, value, kind):
-    client = ros.node.create_client(SetParameters, f"/{node.name}/set_parameters")
+def call_service(ros, node, service_type, service: str, request):
+    client = ros.node.create_client(service_type, f"/{node.name}/{service}")
     assert client.wait_for_service(timeout_sec=20)
-    field = {ParameterType.PARAMETER_DOUBLE: "double_value", ParameterType.PARAMETER_BOOL: "bool_value",
-             ParameterType.PARAMETER_STRING: "string_value"}[kind]
-    parameter = Parameter(name=name, value=ParameterValue(type=kind, **{field: value}))
-    request = SetParameters.Request(parameters=[parameter])
     future = client.call_async(request)
     answered = threading.Event()
     future.add_done_callback(lambda _: answered.set())
-    assert answered.wait(20), f"no answer from /{node.name}/set_parameters in 20 s"
+    assert answered.wait(20), f"no answer from /{node.name}/{service} in 20 s"
     ros.node.destroy_client(client)
-    return future.result().results[0]
+    return future.result()
+
+
+def parameter(name, value, kind) -> Parameter:
+    field = {ParameterType.PARAMETER_DOUBLE: "double_value", ParameterType.PARAMETER_BOOL: "bool_value",
+             ParameterType.PARAMETER_STRING: "string_value"}[kind]
+    return Parameter(name=name, value=ParameterValue(type=kind, **{field: value}))
+
+
+def set_parameter(ros, node, name, value, kind):
+    request = SetParameters.Request(parameters=[parameter(name, value, kind)])
+    return call_service(ros, node, SetParameters, "set_parameters", request).results[0]
+
+
+def set_parameters_atomically(ros, node, *parameters: Parameter):
+    request = SetParametersAtomically.Request(parameters=list(parameters))
+    return call_service(ros, node, SetParametersAtomically, "set_parameters_atomically", request).result
 
 
 def test_run_time_parameters_apply_and_start_up_ones_are_refused(ros, seg_node):
@@ -296,12 +312,15 @@ def test_run_time_parameters_apply_and_start_up_ones_are_refused(ros, seg_node):
         "CUDAExecutionProvider" in onnxruntime.get_available_providers(), reason="this machine has CUDA")),
     ({"overlay_alpha": 2.0}, "overlay_alpha must be in"),
     ({"input_transport": "h264"}, "input_transport must be one of"),
+    ({"input_topics": ["/front/image_raw", "/rear/image_raw"], "camera_names": ["front"]}, "camera_names"),
 ])
 def test_bad_start_up_configuration_stops_the_node_with_a_clear_message(seg_node, parameters, message):
+    """Also when the start fails after the model is loaded (the cameras come last): FATAL, and no traceback."""
     node = seg_node(wait=False, **parameters)
     assert node.wait_exit() == 1
     output = node.output()
     assert "FATAL" in output and message in output, output
+    assert "Traceback" not in output, output
 
 
 def test_missing_card_and_truncated_model_stop_the_node(seg_node, random_model, tmp_path):
@@ -320,3 +339,127 @@ def test_missing_card_and_truncated_model_stop_the_node(seg_node, random_model, 
     (tmp_path / "unknown.json").write_text(json.dumps({**card, "architecture": {"name": "segformer"}}))
     node = seg_node(wait=False, backend="torch", model=str(tmp_path / "unknown.json"))
     assert node.wait_exit() == 1 and "FATAL" in node.output() and "unknown architecture" in node.output()
+
+
+def image_pixels(msg, channels: int = 3) -> np.ndarray:
+    return np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.width, channels)
+
+
+def test_run_time_settings_are_the_dynamic_parameters_checked_and_replaced_as_a_whole():
+    assert set(RUNTIME_PARAMETERS) == {name for name, spec in PARAMETERS.items() if spec.dynamic}
+    defaults = RuntimeSettings.from_values({name: PARAMETERS[name].default for name in RUNTIME_PARAMETERS})
+    with pytest.raises(ParameterError, match=r"^overlay_alpha must be in .*; camera_timeout must be in"):
+        defaults.updated({"overlay_alpha": 1.5, "camera_timeout": 0.0})
+    changed = defaults.updated({"overlay_alpha": 1, "publish_mask": False})
+    assert (changed.overlay_alpha, changed.publish_mask, defaults.overlay_alpha) == (1.0, False, 0.5)
+    assert isinstance(changed.overlay_alpha, float)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        changed.overlay_alpha = 0.2  # a change is a new object, swapped in whole
+
+
+def test_the_reliability_threshold_and_the_monitor_state_follow_the_settings_card_and_model():
+    defaults = RuntimeSettings.from_values({name: PARAMETERS[name].default for name in RUNTIME_PARAMETERS})
+    assert defaults.health_thresholds(0.58, True).reliability_threshold == 0.58
+    assert defaults.reliability_monitor_state(0.58, True) == "on"
+    explicit = defaults.updated({"reliability_threshold": 0.3, "latency_budget_ms": 40.0})
+    assert explicit.health_thresholds(0.58, True).reliability_threshold == 0.3
+    assert explicit.health_thresholds(None, True).latency_budget_ms == 40.0
+    assert defaults.health_thresholds(None, True).reliability_threshold is None
+    assert defaults.reliability_monitor_state(None, True).startswith("off: no threshold (set reliability_threshold")
+    switched_off = defaults.updated({"reliability_monitor": False})
+    assert switched_off.health_thresholds(0.58, True).reliability_threshold is None
+    assert switched_off.reliability_monitor_state(0.58, True) == "off: reliability_monitor is false"
+    assert explicit.health_thresholds(0.58, False).reliability_threshold is None
+    assert explicit.reliability_monitor_state(0.58, False) == "off: the model gives labels only (no confidence)"
+
+
+def test_a_change_of_several_run_time_parameters_applies_whole_or_not_at_all(ros, seg_node):
+    node = seg_node(input_topics=["/atomic_cam/image_raw"], qos_reliability="reliable", overlay_alpha=0.0)
+    outputs, publisher = connect(ros, node, "/atomic_cam/image_raw")
+    rgb, double = scene(6), ParameterType.PARAMETER_DOUBLE
+    refused = set_parameters_atomically(ros, node, parameter("overlay_alpha", 1.0, double),
+                                        parameter("visualization_scale", 2.0, double))
+    assert not refused.successful and "visualization_scale must be in" in refused.reason
+    publisher.publish(make_image_msg(rgb, "rgb8", 1))
+    np.testing.assert_array_equal(image_pixels(wait_stamp(outputs.overlay, 1)), rgb)  # alpha still 0, full size
+
+    accepted = set_parameters_atomically(ros, node, parameter("overlay_alpha", 1.0, double),
+                                         parameter("visualization_scale", 0.5, double))
+    assert accepted.successful, accepted.reason
+    publisher.publish(make_image_msg(rgb, "rgb8", 2))
+    overlay, colors = wait_stamp(outputs.overlay, 2), wait_stamp(outputs.color_mask, 2)
+    assert (overlay.height, overlay.width) == (colors.height, colors.width) == (HEIGHT // 2, WIDTH // 2)
+    np.testing.assert_array_equal(image_pixels(overlay), image_pixels(colors))  # both changes in the same frame
+    assert wait_stamp(outputs.mask, 2).width == WIDTH
+
+
+STAGES = ("decode", "preprocess", "inference", "postprocess", "render", "publish")
+
+
+def test_latency_times_rendering_apart_from_publishing_and_the_stages_make_up_the_total(ros, seg_node):
+    node = seg_node(input_topics=["/stage_cam/image_raw"], qos_reliability="reliable")
+    outputs, publisher = connect(ros, node, "/stage_cam/image_raw")
+
+    def timings(ns: int) -> dict[str, float]:
+        publisher.publish(make_image_msg(scene(ns, 240, 320), "rgb8", ns))
+        values = diagnostic_values(wait_stamp(outputs.latency, ns).status[0])
+        assert list(values) == [f"{key}_ms" for key in ("queue", *STAGES, "total", "age")] + [
+            "confidence_score", "frames_lost", "batch_size"]
+        return {key[:-3]: float(value) for key, value in values.items() if key.endswith("_ms")}
+
+    rendered = timings(1)
+    assert min(rendered.values()) >= 0.0 and rendered["render"] > 0.0
+    stages = sum(rendered[stage] for stage in STAGES)
+    assert stages <= rendered["total"] + 0.01  # each printed to 0.001 ms
+    assert rendered["total"] - stages < max(2.0, 0.2 * rendered["total"]), rendered  # only bookkeeping between
+    for name in ("publish_color_mask", "publish_overlay"):
+        assert set_parameter(ros, node, name, False, ParameterType.PARAMETER_BOOL).successful
+    unrendered = timings(2)
+    assert unrendered["render"] < 0.1 < rendered["render"], (unrendered, rendered)
+
+
+def test_frames_lost_in_transport_are_counted_per_camera_and_warn_with_the_profile_hint(ros, seg_node, diagnostics):
+    """A best-effort 1920x1080 sender without the large-image profile (this test process: see conftest) to the
+    node (with it): Fast DDS loses most frames whole and reports each loss to the node's subscription."""
+    assert not os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE"), "the sender must run without the profile"
+    node = seg_node(input_topics=["/lossy_cam/image_raw"], camera_timeout=600.0, diagnostics_period=0.5)
+    outputs = Outputs(ros, node, names=("mask", "latency"))
+    best_effort = ros.node.create_publisher(Image, "/lossy_cam/image_raw", qos_profile_sensor_data)
+    small = ros.publisher(Image, "/lossy_cam/image_raw")
+    ros.wait_until_matched(outputs.topics, [best_effort, small])
+    hd = make_image_msg(scene(1, 1080, 1920), "rgb8", 1)
+    for _ in range(40):
+        best_effort.publish(hd)
+        time.sleep(0.05)  # a 20 Hz camera (pacing the sender, not waiting for the node)
+    warned = node_status(diagnostics, node, lambda s: "lost in transport" in s.message, timeout=30)
+    assert warned.level == b"\x01", warned.message
+    assert re.match(r"\d+ frame\(s\) lost in transport \(DDS loses images over 512 KB", warned.message)
+    assert "FASTDDS_DEFAULT_PROFILES_FILE=" in warned.message and "fastdds_large_images.xml" in warned.message
+    lost = int(diagnostic_values(warned)["frames_lost"])
+    small.publish(make_image_msg(scene(2), "rgb8", 2))
+    latency = diagnostic_values(wait_stamp(outputs.latency, 2).status[0])
+    received = int(diagnostic_values(node_status(diagnostics, node))["frames_received"])
+    assert lost >= 20 and int(latency["frames_lost"]) >= lost, (lost, latency["frames_lost"])
+    assert int(latency["frames_lost"]) + received <= 41
+
+
+def test_a_camera_whose_frames_keep_being_replaced_is_not_starved_by_one_in_lockstep_ahead_of_it():
+    """Two cameras in lockstep, faster than the model: each serve goes to the camera that has waited longest
+    since its first untaken frame, so both are served in turn (ordering by the newest frame's arrival served the
+    camera a millisecond ahead every time)."""
+    from types import SimpleNamespace
+
+    from seg_node.ros.camera_health import CameraHealth
+    from seg_node.ros.segmentation_node import Camera, SegNode
+
+    cameras = [Camera(name, f"/{name}/image_raw", CameraHealth(0.0), outputs=None) for name in ("left", "right")]
+    node = SimpleNamespace(cameras=cameras, batch_cameras=False, max_pixels=1 << 24, _running=True,
+                           _wakeup=threading.Condition(), _now=lambda: 1.0)
+    served = []
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    for frame in range(12):
+        for camera in cameras:  # both cameras deliver a new frame before the model finishes the last one
+            SegNode._on_image(node, camera, make_image_msg(rgb, "rgb8", frame))
+        (job,) = SegNode._take_frames(node)
+        served.append(job.camera.name)
+    assert served.count("left") == served.count("right") == 6, served

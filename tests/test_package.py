@@ -23,6 +23,7 @@ from sensor_msgs.msg import Image
 
 from seg_node.ros import node_parameters as params
 from seg_node.ros.launch_arguments import LAUNCH_PARAMETERS, parameter_overrides
+from seg_node.ros_tools.node_process import NodeStartError, running_seg_node
 
 LAUNCH_FILES = sorted((REPO / "launch").glob("*.launch.py"))
 
@@ -123,13 +124,33 @@ def test_seg_node_launch_has_the_documented_arguments():
 
 
 def test_launch_arguments_left_empty_keep_the_parameter_file_and_given_ones_reach_a_real_node(seg_node):
-    assert parameter_overrides({name: "" for name in LAUNCH_PARAMETERS}) == {}
+    assert parameter_overrides(dict.fromkeys(LAUNCH_PARAMETERS, "")) == {}
     overrides = parameter_overrides({"image": "/front/image_raw, /rear/image_raw", "backend": "torch",
                                      "device": "cpu", "model": " ", "transport": ""})
     assert overrides == {"input_topics": ["/front/image_raw", "/rear/image_raw"], "backend": "torch", "device": "cpu"}
     node = seg_node(**overrides)  # over config/seg_node.yaml, the order launch_ros passes them in
     started = next(line for line in node.output().splitlines() if "segmenting" in line)
     assert "['/front/image_raw', '/rear/image_raw']" in started and "torch" in started, started
+
+
+def test_the_node_harness_waits_for_the_graph_and_stops_the_node_cleanly(ros, random_model, tmp_path):
+    """running_seg_node returns once every camera's outputs and inputs are on the graph and the node has finished
+    starting (its start-up log is written), stops it with exit 0 on leaving, and reports a node that cannot start
+    with its log."""
+    parameters = {"model": str(random_model), "input_topics": ["/front/image_raw", "/rear/image_raw"],
+                  "camera_names": [], "input_transport": "compressed"}
+    with running_seg_node(parameters, name="seg_harness_check", peer=ros, log_dir=tmp_path) as node:
+        published = {t for t, _ in ros.node.get_publisher_names_and_types_by_node(node.name, "/")}
+        subscribed = {t for t, _ in ros.node.get_subscriber_names_and_types_by_node(node.name, "/")}
+        assert {f"/seg_harness_check/{camera}/{output}" for camera in ("front", "rear")
+                for output in ("mask", "latency")} <= published
+        assert {"/front/image_raw/compressed", "/rear/image_raw/compressed"} <= subscribed
+        assert "segmenting" in node.output()
+    assert node.process.returncode == 0
+    with (pytest.raises(NodeStartError, match=r"exited with 1:\n(.|\n)*model file .*missing\.onnx does not exist"),
+          running_seg_node({"model": str(tmp_path / "missing.onnx")}, name="seg_harness_bad", peer=ros,
+                           log_dir=tmp_path)):
+        pass
 
 
 def test_parameter_file_documents_exactly_the_declared_parameters():
@@ -175,7 +196,11 @@ def test_camera_publisher_refuses_a_bad_parameter_with_a_message(parameter, mess
     (["seg-eval", "--model", "/nonexistent/model.json", "--out", "unused"], "does not exist"),
     (["seg-eval", "--data", "/nonexistent/camvid", "--out", "unused"], "/nonexistent/camvid"),
     (["seg-export", "/nonexistent/best.pt", "--out", "unused"], "/nonexistent/best.pt"),
-    (["seg-benchmark", "--data", "/nonexistent/camvid"], "/nonexistent/camvid"),
+    (["seg-benchmark", "latency", "--data", "/nonexistent/camvid"], "/nonexistent/camvid"),
+    (["seg-benchmark", "hd", "--model", "/nonexistent/model.json"], "does not exist"),
+    (["seg-stress", "soak", "--model", "/nonexistent/model.json"], "--random-model"),
+    (["seg-bag-replay", "/nonexistent/bag"], "/nonexistent/bag"),
+    (["seg-live-eval", "/nonexistent/bag", "--out", "unused"], "/nonexistent/bag"),
     (["seg-prune", "--model", "/nonexistent/model.json", "--ratio", "0.5", "--out", "unused"], "does not exist"),
     (["seg-camvid-compact", "--data", "/nonexistent/camvid", "--out", "unused"], "/nonexistent/camvid"),
 ])

@@ -10,6 +10,7 @@ import pytest
 import torch
 from test_node import scene
 
+from seg_node.core.architectures.weights import WeightsError
 from seg_node.core.backends import BackendError
 from seg_node.core.latency_stats import latency_summary
 from seg_node.core.model_card import ModelCard, ModelCardError
@@ -17,7 +18,6 @@ from seg_node.core.pipeline import SegmentationPipeline
 from seg_node.core.postprocess import argmax_channels, logits_to_mask
 from seg_node.ros_tools.benchmark import run_benchmark
 from seg_node.toolchain.evaluation.timing import CLIP
-from seg_node.core.architectures.weights import WeightsError
 from seg_node.toolchain.random_model import make_random_model
 
 
@@ -96,20 +96,45 @@ def test_logit_offsets_in_a_card_are_added_to_its_networks_logits_after_flip_ave
     assert (shifted.segment(image).mask != averaged.segment(image).mask).mean() > 0.05
 
 
-def test_benchmark_reports_every_stage_of_a_model_and_its_baseline_in_one_run(random_model, tmp_path, capsys):
+def test_benchmark_latency_reports_every_stage_of_a_model_and_its_baseline_in_one_run(random_model, tmp_path, capsys):
     """Two turns of the pipelines (a full block of frames and a part of one), every stage summarized."""
     figures = tmp_path / "latency.json"
-    results = run_benchmark(["--model", str(flip_averaged_card(random_model, tmp_path)), "--baseline-model",
-                             str(random_model), "--baseline-backend", "onnxruntime", "--data", str(CLIP),
-                             "--frames", "12", "--warmup", "1", "--json", str(figures)])
+    argv = ["latency", "--model", str(flip_averaged_card(random_model, tmp_path)), "--baseline-model",
+            str(random_model), "--baseline-backend", "onnxruntime", "--data", str(CLIP), "--frames", "12",
+            "--warmup", "1", "--json", str(figures)]
+    results = run_benchmark(argv)
     labels = ["flip_averaged (onnxruntime)", f"{ModelCard.load(random_model.with_suffix('.json')).name} (onnxruntime)"]
-    assert list(results) == labels and json.loads(figures.read_text()) == results
+    assert list(results) == labels
+    record = json.loads(figures.read_text())
+    assert record["latency"] == results and record["command"].startswith("seg-benchmark latency --model ")
     for stages in results.values():
         assert set(stages) == {"preprocess", "inference", "postprocess", "total", "model_only"}
         assert all(0 < summary["median"] <= summary["p95"] <= summary["max"] for summary in stages.values())
         assert stages["total"]["median"] >= stages["inference"]["median"]
     printed = capsys.readouterr().out
     assert "12 frames of 480x360" in printed and "flip_averaged (onnxruntime) pipeline is " in printed
+
+
+def test_benchmark_upsampling_and_confidence_report_each_mode_and_size(random_model):
+    upsampling = run_benchmark(["upsampling", "--model", str(random_model), "--data", str(CLIP), "--limit", "1",
+                                "--scales", "2"])
+    assert list(upsampling) == ["2x"] and upsampling["2x"]["logits"]["equal_to_logits"] == 1.0
+    assert upsampling["2x"]["boundaries"]["equal_to_logits"] > 0.99
+    assert all(0 <= mode["miou"] <= 100 for mode in upsampling["2x"].values())
+    confidence = run_benchmark(["confidence", "--model", str(random_model), "--sizes", "64x48,320x240", "--frames",
+                                "2", "--warmup", "0"])
+    assert list(confidence) == ["64x48", "320x240"]
+    assert all(set(steps) == {"score", "confidence_map", "mask"} and steps["mask"]["median"] > 0
+               for steps in confidence.values())
+
+
+@pytest.mark.parametrize("command, foreign", [("latency", "--sizes"), ("delivery", "--frames"),
+                                              ("upsampling", "--warmup"), ("confidence", "--node"),
+                                              ("hd", "--baseline-model")])
+def test_each_benchmark_subcommand_takes_only_its_own_options(command, foreign, capsys):
+    with pytest.raises(SystemExit) as refused:
+        run_benchmark([command, foreign, "1"])
+    assert refused.value.code == 2 and f"unrecognized arguments: {foreign}" in capsys.readouterr().err
 
 
 def test_argmax_and_upsampling_modes():
@@ -129,7 +154,7 @@ def test_argmax_and_upsampling_modes():
                     reason="this machine has CUDA")
 def test_cuda_requests_without_cuda_fail_with_a_clear_message(random_model):
     for backend in ("torch", "onnxruntime"):
-        with pytest.raises(BackendError, match="CUDA|cuda"):
+        with pytest.raises(BackendError, match=r"CUDA|cuda"):
             SegmentationPipeline.from_model(random_model, backend=backend, device="cuda")
     with pytest.raises(BackendError, match="fp16"):
         SegmentationPipeline.from_model(random_model, backend="torch", device="cpu", precision="fp16")
@@ -158,6 +183,14 @@ def card_dict(random_model, stem=None):
     (lambda c: c.update(flip_average="yes"), "flip_average"),
     (lambda c: c.update(logit_offsets=[0.5] * 3), "logit_offsets needs one finite number per class"),
     (lambda c: c.update(logit_offsets=[float("nan")] * 11), "logit_offsets"),
+    (lambda c: c.update(interface={"input_layout": "CHW"}), "interface.input_layout must be one of"),
+    (lambda c: c.update(interface={"colour_space": "yuv"}), "bad interface spec"),
+    (lambda c: c.update(interface={"size_multiple": 32}), "size_multiple must be null or an integer >= 1 with"),
+    (lambda c: c.update(interface={"output_layout": "NHW"}), "'NHW' .no class axis. fits only output_kind 'labels'"),
+    (lambda c: c.update(interface={"input_dtype": "uint8"}), "uint8 input takes pixels without normalization"),
+    (lambda c: c.update(interface={"output_kind": "labels"}, flip_average=True), "no scores to flip-average"),
+    (lambda c: c.update(interface={"output_kind": "probabilities"}, logit_offsets=[0.5] * 11),
+     "logit_offsets need an output of logits"),
 ])
 def test_bad_model_cards_are_refused_naming_the_field(random_model, change, message):
     card = card_dict(random_model)
@@ -214,3 +247,49 @@ def test_every_architecture_runs_through_both_backends(tmp_path):
         masks = [SegmentationPipeline.from_model(onnx_path, backend=b, device="cpu").segment(scene(2, 64, 96)).mask
                  for b in ("torch", "onnxruntime")]
         assert (masks[0] == masks[1]).mean() >= 0.999, arch["name"]
+
+
+def counting_calls(pipeline: SegmentationPipeline) -> list:
+    """The batch sizes of the pipeline's backend calls, as they happen."""
+    calls, infer = [], pipeline.backend.infer
+    pipeline.backend.infer = lambda batch: calls.append(len(batch)) or infer(batch)
+    return calls
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_a_batch_of_cameras_frames_goes_through_one_backend_call_with_the_masks_of_one_by_one(
+        dynamic_batch_model, backend):
+    """Four cameras' frames of three sizes and both channel orders: one call of four, the masks, scores and
+    confidence images of segment() frame by frame."""
+    pipeline = SegmentationPipeline.from_model(dynamic_batch_model, backend=backend, device="cpu")
+    assert pipeline.card.interface.batch == "dynamic" and pipeline.backend.batches
+    images = [scene(0, 60, 80), scene(1, 96, 128)[..., ::-1], scene(2, 120, 160), scene(3, 60, 80)[..., ::-1]]
+    orders, confidence = ["rgb", "bgr", "rgb", "bgr"], [True, False, False, True]
+    alone = [pipeline.segment(image, order, wanted) for image, order, wanted in zip(images, orders, confidence)]
+    calls = counting_calls(pipeline)
+    together = pipeline.segment_batch(images, orders, confidence)
+    assert calls == [4] and pipeline.network_input.shape[0] == 4
+    for one, batched, image, wanted in zip(alone, together, images, confidence):
+        assert batched.mask.shape == image.shape[:2]
+        assert (batched.mask == one.mask).mean() >= (1.0 if backend == "onnxruntime" else 0.9999)
+        assert batched.score == pytest.approx(one.score, abs=1e-5)
+        assert (batched.confidence is not None) == wanted
+        assert set(batched.timings_ms) == set(one.timings_ms)
+        assert batched.timings_ms["total"] >= batched.timings_ms["inference"] > 0
+    assert len({result.mask.tobytes() for result in together}) == 4
+
+
+def test_a_lone_frame_through_segment_batch_is_segment(random_model):
+    """A model with a fixed batch of one: a lone camera's frame is one call, as segment(); several frames run
+    one by one inside the backend, with the same masks."""
+    pipeline = SegmentationPipeline.from_model(random_model, device="cpu")
+    assert not pipeline.backend.batches
+    image = scene(5, 90, 120)
+    expected = pipeline.segment(image)
+    calls = counting_calls(pipeline)
+    (lone,) = pipeline.segment_batch([image])
+    np.testing.assert_array_equal(lone.mask, expected.mask)
+    assert lone.score == expected.score and calls == [1] and pipeline.network_input.shape[0] == 1
+    images = [scene(seed, 90, 120) for seed in range(3)]
+    for result, image in zip(pipeline.segment_batch(images), images):
+        np.testing.assert_array_equal(result.mask, pipeline.segment(image).mask)

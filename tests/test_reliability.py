@@ -9,6 +9,7 @@ palette, cards that disagree with the model's classes or input size, a pickle in
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import time
 from collections import Counter
@@ -368,7 +369,7 @@ def test_backend_failure_is_logged_counted_error_while_it_lasts_then_recovers(ro
     failing_from = time.perf_counter()
     for index in range(5):
         publisher.publish(make_image_msg(bright, "rgb8", 100 + index))
-        statuses.first(lambda s: s.values["frames_failed"] == str(index + 1))
+        statuses.first(lambda s, failed=str(index + 1): s.values["frames_failed"] == failed)
     error = statuses.first(lambda s: s.level == ERROR, since=failing_from)
     assert "frame(s) failed:" in error.message and "bright_image_guard" in error.message, error.message
 
@@ -382,7 +383,7 @@ def test_backend_failure_is_logged_counted_error_while_it_lasts_then_recovers(ro
     assert not failed_stamps, "a failed frame must not get a mask"
 
     history = [s for s in statuses.statuses if s.arrived > failing_from and s.arrived <= recovered.arrived]
-    for before, after in zip(history, history[1:]):
+    for before, after in itertools.pairwise(history):
         if int(after.values["frames_failed"]) > int(before.values["frames_failed"]):
             assert after.level == ERROR, f"a period with failures reported {after.level}: {after.message}"
     assert "frame failed" in node.output() and "bright_image_guard" in node.output()
@@ -429,7 +430,7 @@ def test_a_hung_backend_turns_diagnostics_error_and_ctrl_c_still_exits_cleanly(r
     bright = np.full((60, 80, 3), 250, np.uint8)
     for index in range(2, 8):  # the camera keeps sending; the worker hangs on the first it takes
         publisher.publish(make_image_msg(bright, "rgb8", index))
-        statuses.first(lambda s: s.values["frames_received"] == str(index))
+        statuses.first(lambda s, received=str(index): s.values["frames_received"] == received)
     error = statuses.first(lambda s: s.level == ERROR, since=hung_from)
     assert "inference stalled" in error.message and error.values["frames_processed"] == "1", error.message
     assert float(error.values["seconds_since_last_mask"]) > 1.0 and error.values["worker_alive"] == "true"
@@ -497,7 +498,7 @@ def test_with_sim_time_ages_rates_and_stamps_follow_the_bag_clock(ros, seg_node)
             publisher.publish(make_image_msg(scene(index), "rgb8", ns))
             wait_mask(masks, ns)
             values = {kv.key: float(kv.value) for kv in latency.wait_for(
-                1, 20.0, lambda m: stamp_ns(m.header.stamp) == ns)[0].status[0].values}
+                1, 20.0, lambda m, sent=ns: stamp_ns(m.header.stamp) == sent)[0].status[0].values}
             assert values["age_ms"] == pytest.approx((now - ns) / 1e6, abs=1.0)
         return tick
 

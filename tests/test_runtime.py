@@ -15,7 +15,7 @@ from seg_node.core.model_files import resolve_model
 
 
 def test_the_onnx_pipeline_imports_neither_torch_nor_rclpy():
-    """In a fresh interpreter, as a node starts: before the fix backends/__init__ imported torch_backend."""
+    """In a fresh interpreter, as a node starts: up to 0.1.5 backends/__init__ imported torch_backend."""
     code = ("import sys\n"
             "import seg_node.core, seg_node.core.pipeline\n"
             "from seg_node.core.pipeline import SegmentationPipeline\n"
@@ -57,9 +57,9 @@ def test_a_real_session_that_falls_back_to_cpu_is_refused(device):
     here the GPU providers are absent, which takes the same path as one that fails to initialise."""
     card, card_path = resolve_model(None)
     model = card_path.parent / card.files["onnx"]
-    with pytest.warns(UserWarning, match="not in available provider names"):
-        with pytest.raises(BackendError, match=f"asked for {PROVIDERS[device][0]} but runs on CPUExecutionProvider"):
-            open_session(model, ort.SessionOptions(), PROVIDERS[device])
+    with (pytest.warns(UserWarning, match="not in available provider names"),
+          pytest.raises(BackendError, match=f"asked for {PROVIDERS[device][0]} but runs on CPUExecutionProvider")):
+        open_session(model, ort.SessionOptions(), PROVIDERS[device])
     assert open_session(model, ort.SessionOptions(), PROVIDERS["cpu"]).get_providers() == ["CPUExecutionProvider"]
 
 
@@ -79,7 +79,8 @@ def test_tensorrt_settings_become_provider_options(random_model):
 def test_the_node_logs_its_warm_up_inference_before_it_is_ready(seg_node):
     node = seg_node(input_topics=["/warmup_cam/image_raw"])
     lines = node.output().splitlines()
-    warm = [index for index, line in enumerate(lines) if "warm-up inference (onnxruntime on cpu (fp32)):" in line]
+    warm = [index for index, line in enumerate(lines)
+            if "warm-up inference (onnxruntime on cpu (fp32), batch 1):" in line]
     ready = [index for index, line in enumerate(lines) if "segmenting" in line]
     assert warm and ready and warm[0] < ready[0], node.output()
     assert float(lines[warm[0]].rsplit(":", 1)[1].split()[0]) > 0.0

@@ -1,12 +1,12 @@
 """Stopping the nodes as `ros2 launch` does: under a terminal Ctrl-C a node gets two SIGINTs (the terminal's
-and launch's forwarded one), often while frames are in flight. Each must exit 0 with no traceback and no error.
-
-Before the fix, the second SIGINT landed in the cleanup (a KeyboardInterrupt traceback while joining the
-worker), and the worker logged "frame failed: ... publisher's context is invalid" as the context went away.
+and launch's forwarded one), often while frames are in flight. Each must exit 0 with no traceback and no error:
+the second SIGINT must not land in the cleanup, and the worker must not report the closing context as a failed
+frame. And camera_publisher playing a video file without loop stops by itself at its end, with exit 0.
 """
 
 from __future__ import annotations
 
+import itertools
 import signal
 import subprocess
 import threading
@@ -77,3 +77,33 @@ def test_camera_publisher_streaming_exits_0_quietly_on_two_sigints(ros, tmp_path
     log = process.stdout.read()
     assert status == 0, log
     assert not [word for word in ERRORS if word in log], log
+
+
+def test_camera_publisher_ends_with_exit_0_when_a_video_file_ends_without_loop(ros, tmp_path):
+    """camera.launch.py ends when camera_publisher exits: with loop:=false the file's end must end it, not leave
+    it warning every 5 s with seg_node going STALE."""
+    video = write_clip(tmp_path / "clip.avi", 160, 120, 12)
+    process = start_camera_publisher("/finite_pub", video, 100.0, "loop:=false")
+    try:
+        status = process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    log = process.stdout.read()
+    assert status == 0, log
+    assert "the source ended after 12 frames (loop is false): stopping" in log, log
+    assert not [word for word in ERRORS + ("no frame from the source",) if word in log], log
+
+
+def test_camera_publisher_with_loop_plays_a_video_file_again_from_its_start(ros, tmp_path):
+    video = write_clip(tmp_path / "clip.avi", 160, 120, 6)  # frame i is grey at level 42 i
+    inbox = ros.subscribe(Image, "/looping_pub/image_raw", qos=qos_profile_sensor_data)
+    process = start_camera_publisher("/looping_pub", video, 100.0)
+    try:
+        frames = inbox.wait_for(13, timeout=30)  # more than twice the file's 6 frames
+        assert process.poll() is None, "it must keep running"
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(30)
+    levels = [frame.data[0] for frame in frames]
+    assert any(last > 190 and first < 20 for last, first in itertools.pairwise(levels)), levels  # 210 -> 0

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .errors import UserError
 
-#: errors whose message says what the user has to fix (CamVidLayoutError is a FileNotFoundError)
+#: errors whose message says what the user has to fix (FileNotFoundError: a path given, or an install, is missing)
 USER_ERRORS = (UserError, FileNotFoundError)
 
 

@@ -76,7 +76,11 @@ def raw_pixels(encoding: str, height: int, width: int, step: int, data, max_pixe
 def decode_raw(encoding: str, height: int, width: int, step: int, data, max_pixels: int = DEFAULT_MAX_PIXELS
                ) -> DecodedImage:
     """Image fields -> H x W x 3 uint8; rgb8/bgr8 stay zero-copy views, other encodings are converted."""
-    pixels = raw_pixels(encoding, height, width, step, data, max_pixels)
+    return convert_raw(raw_pixels(encoding, height, width, step, data, max_pixels), encoding)
+
+
+def convert_raw(pixels: np.ndarray, encoding: str) -> DecodedImage:
+    """What raw_pixels returned for `encoding` -> H x W x 3 uint8, without checking it again."""
     _, conversion, order = RAW_ENCODINGS[encoding]
     if conversion is not None:
         return DecodedImage(cv2.cvtColor(np.ascontiguousarray(pixels), conversion), order)
@@ -124,7 +128,11 @@ def check_compressed(format_field: str, data, max_pixels: int = DEFAULT_MAX_PIXE
 
 def decode_compressed(format_field: str, data, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
     """CompressedImage fields -> H x W x 3 uint8 (BGR, as OpenCV decodes)."""
-    kind, dimensions = check_compressed(format_field, data, max_pixels)
+    return decode_checked(*check_compressed(format_field, data, max_pixels), data)
+
+
+def decode_checked(kind: str, dimensions: tuple[int, int], data) -> DecodedImage:
+    """Compressed data that check_compressed found to be `kind` of `dimensions` -> H x W x 3 uint8 (BGR)."""
     buffer = np.frombuffer(data, np.uint8)
     pixels = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     if pixels is None or pixels.shape[:2] != dimensions:

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import UserError
 
 CARD_FORMAT = "seg_node-model-card/1"
@@ -52,6 +54,101 @@ class InputSpec:
                                  f"{self.mean!r} and {self.std!r}")
 
 
+INPUT_LAYOUTS = ("NCHW", "NHWC")
+INPUT_DTYPES = ("float32", "uint8")
+INPUT_SIZES = ("fixed", "dynamic")
+OUTPUT_LAYOUTS = ("NCHW", "NHWC", "NHW")
+OUTPUT_KINDS = ("logits", "probabilities", "labels")
+BATCH_AXES = ("fixed", "dynamic")
+
+
+def rounded_size(height: int, width: int, multiple: int) -> tuple[int, int]:
+    """height x width, each rounded to the nearest multiple of `multiple`, halves up (at least one multiple)."""
+    return tuple(max(1, int(side / multiple + 0.5)) * multiple for side in (height, width))
+
+
+@dataclass
+class InterfaceSpec:
+    """How the ONNX graph takes images and gives classes, so models from other toolchains run unchanged. The
+    defaults are this project's exports: one N x 3 x H x W float32 input, N x C x h x w float32 logits.
+
+    input_size: "fixed" feeds the card's height x width (the graph's own); "dynamic" (the graph takes any size)
+    does too, or, with `size_multiple`, the image's own size rounded to that multiple. output_kind: "logits",
+    "probabilities" (a softmax inside the graph) or "labels" (an argmax inside the graph: integer class ids,
+    N x h x w with output_layout "NHW", or with a channel axis of 1). batch: "dynamic" when the graph takes N
+    images in one run (several cameras' frames batched), "fixed" when it takes one. input_name and output_name
+    None: the graph's only input, its first output."""
+
+    input_name: str | None = None
+    input_layout: str = "NCHW"
+    input_dtype: str = "float32"
+    input_size: str = "fixed"
+    size_multiple: int | None = None
+    output_name: str | None = None
+    output_layout: str = "NCHW"
+    output_kind: str = "logits"
+    batch: str = "fixed"
+
+    def validate(self, where: str) -> None:
+        for name, allowed in (("input_layout", INPUT_LAYOUTS), ("input_dtype", INPUT_DTYPES),
+                              ("input_size", INPUT_SIZES), ("output_layout", OUTPUT_LAYOUTS),
+                              ("output_kind", OUTPUT_KINDS), ("batch", BATCH_AXES)):
+            if getattr(self, name) not in allowed:
+                raise ModelCardError(f"{where}: interface.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("input_name", "output_name"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value):
+                raise ModelCardError(f"{where}: interface.{name} must be a tensor name or null, got {value!r}")
+        if self.size_multiple is not None and not (
+                isinstance(self.size_multiple, int) and not isinstance(self.size_multiple, bool)
+                and self.size_multiple >= 1 and self.input_size == "dynamic"):
+            raise ModelCardError(f"{where}: interface.size_multiple must be null or an integer >= 1 with "
+                                 f"input_size 'dynamic', got {self.size_multiple!r} with {self.input_size!r}")
+        if self.output_layout == "NHW" and self.output_kind != "labels":
+            raise ModelCardError(f"{where}: interface.output_layout 'NHW' (no class axis) fits only output_kind "
+                                 f"'labels', got {self.output_kind!r}")
+
+    @property
+    def has_scores(self) -> bool:
+        """Per-class scores (logits or probabilities), hence a confidence; labels-only models have none."""
+        return self.output_kind != "labels"
+
+    @property
+    def input_dtype_numpy(self) -> type:
+        return np.uint8 if self.input_dtype == "uint8" else np.float32
+
+    def input_shape(self, batch: int, height: int, width: int) -> tuple[int, int, int, int]:
+        return (batch, 3, height, width) if self.input_layout == "NCHW" else (batch, height, width, 3)
+
+    def network_size(self, spec: InputSpec, height: int, width: int) -> tuple[int, int]:
+        """The size fed to the network for an image of height x width."""
+        if self.size_multiple is None:
+            return spec.height, spec.width
+        return rounded_size(height, width, self.size_multiple)
+
+    def output_problem(self, shape: tuple | list, num_classes: int) -> str | None:
+        """What is wrong with an output of this shape for this card, or None; dimensions that are not integers
+        (symbolic in a graph) are not checked."""
+        rank = 3 if self.output_layout == "NHW" else 4
+        if len(shape) != rank:
+            return (f"the model's output has shape {list(shape)}, but interface.output_layout "
+                    f"{self.output_layout!r} needs {rank} axes")
+        if self.output_layout == "NHW":
+            return None
+        axis = 1 if self.output_layout == "NCHW" else 3
+        expected = 1 if self.output_kind == "labels" else num_classes
+        found, other = shape[axis], shape[4 - axis]
+        if not isinstance(found, int) or found == expected:
+            return None
+        hint = (f"; axis {4 - axis} has {expected}: the output is {'NHWC' if axis == 1 else 'NCHW'}, set "
+                "interface.output_layout" if other == expected else "")
+        if self.output_kind == "labels":
+            return (f"the model's labels output {list(shape)} has {found} at its channel axis {axis} "
+                    f"({self.output_layout}), where labels need 1{hint}")
+        return (f"the model outputs {found} classes (axis {axis} of its {self.output_layout} output "
+                f"{list(shape)}) but its card lists {num_classes}{hint}")
+
+
 @dataclass
 class ConfidenceSpec:
     """How the pipeline turns logits into confidence (seg_node.core.confidence): the softmax temperature, and
@@ -71,6 +168,16 @@ class ConfidenceSpec:
                                  f"got {self.threshold!r}")
         if not isinstance(self.calibration, dict):
             raise ModelCardError(f"{where}: confidence.calibration must be an object, got {self.calibration!r}")
+
+
+def sub_spec(spec_class: type, value: Any, block: str, where: str, fields_hint: str):
+    """One nested block of a card (input, confidence, interface) as its dataclass, or an error naming the block."""
+    if not isinstance(value, dict):
+        raise ModelCardError(f"{where}: {block} must be an object {fields_hint}")
+    try:
+        return spec_class(**value)
+    except TypeError as exc:
+        raise ModelCardError(f"{where}: bad {block} spec: {exc}") from exc
 
 
 @dataclass
@@ -93,6 +200,8 @@ class ModelCard:
     #: name another model's files and differ from it only in offsets instead of shipping a copy of its weights
     logit_offsets: list[float] = field(default_factory=list)
     confidence: ConfidenceSpec = field(default_factory=ConfidenceSpec)
+    #: the ONNX graph's input and output (absent: this project's NCHW float32 image in, NCHW float32 logits out)
+    interface: InterfaceSpec = field(default_factory=InterfaceSpec)
     notes: str = ""
     format: str = CARD_FORMAT
 
@@ -126,6 +235,20 @@ class ModelCard:
                                  f"or none, got {self.logit_offsets!r}")
         self.input.validate(where)
         self.confidence.validate(where)
+        self.interface.validate(where)
+        self.validate_interface_fit(where)
+
+    def validate_interface_fit(self, where: str) -> None:
+        """The fields that depend on the interface: raw-pixel inputs and what needs per-class scores."""
+        if self.interface.input_dtype == "uint8" and (self.input.mean != [0, 0, 0] or self.input.std != [1, 1, 1]):
+            raise ModelCardError(f"{where}: a uint8 input takes pixels without normalization: input.mean must be "
+                                 f"[0, 0, 0] and input.std [1, 1, 1], got {self.input.mean} and {self.input.std}")
+        if self.logit_offsets and self.interface.output_kind != "logits":
+            raise ModelCardError(f"{where}: logit_offsets need an output of logits, this model's is "
+                                 f"{self.interface.output_kind}")
+        if not self.interface.has_scores and (self.flip_average or self.confidence.threshold is not None):
+            raise ModelCardError(f"{where}: a model that outputs labels has no scores to flip-average or to take a "
+                                 "confidence from: flip_average must be false and confidence.threshold null")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -134,7 +257,7 @@ class ModelCard:
         Path(path).write_text(self.to_json())
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "model card") -> "ModelCard":
+    def from_dict(cls, data: dict[str, Any], where: str = "model card") -> ModelCard:
         required = ("name", "architecture", "classes", "palette", "input", "files")
         missing = [k for k in required if k not in data]
         if missing:
@@ -143,23 +266,17 @@ class ModelCard:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ModelCardError(f"{where}: unknown field(s) {', '.join(unknown)}")
-        try:
-            spec = InputSpec(**data["input"])
-        except TypeError as exc:
-            raise ModelCardError(f"{where}: bad input spec: {exc}") from exc
-        confidence = data.get("confidence", {})
-        try:
-            confidence = ConfidenceSpec(**confidence) if isinstance(confidence, dict) else None
-        except TypeError as exc:
-            raise ModelCardError(f"{where}: bad confidence spec: {exc}") from exc
-        if confidence is None:
-            raise ModelCardError(f"{where}: confidence must be an object {{temperature, threshold, calibration}}")
-        card = cls(**{**data, "input": spec, "confidence": confidence})
+        spec = sub_spec(InputSpec, data["input"], "input", where, "{width, height, mean, std, channel_order}")
+        confidence = sub_spec(ConfidenceSpec, data.get("confidence", {}), "confidence", where,
+                              "{temperature, threshold, calibration}")
+        interface = sub_spec(InterfaceSpec, data.get("interface", {}), "interface", where,
+                             "(see docs/your_own_model.md)")
+        card = cls(**{**data, "input": spec, "confidence": confidence, "interface": interface})
         card.validate(where)
         return card
 
     @classmethod
-    def load(cls, path: str | Path) -> "ModelCard":
+    def load(cls, path: str | Path) -> ModelCard:
         path = Path(path)
         if not path.is_file():
             raise ModelCardError(f"model card {path} not found: every model file needs its .json card beside it")

@@ -1,4 +1,5 @@
-"""Network logits -> class mask at the image's size -> colorized mask and overlay."""
+"""Network output (logits, probabilities or labels) -> class mask at the image's size -> class colours (the
+display outputs: render.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,50 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from .errors import UserError
+from .model_card import InterfaceSpec
+
 UPSAMPLING_MODES = ("boundaries", "logits", "labels")
+
+
+class ModelOutputError(UserError, RuntimeError):
+    """The model's output for a frame cannot become a mask (NaN or infinite scores, class ids beyond the card's
+    classes, a class axis of another size): that frame fails, with the reason, and the next one is served."""
+
+
+def decode_output(output: np.ndarray, interface: InterfaceSpec, num_classes: int) -> np.ndarray:
+    """The model's output in its layout -> N x C x h x w float32 scores (logits or probabilities), or N x h x w
+    uint8 class ids for a labels output; checked, so a broken output fails the frame instead of painting one."""
+    problem = interface.output_problem(output.shape, num_classes)
+    if problem:
+        raise ModelOutputError(problem)
+    if interface.output_layout == "NHWC":
+        output = output.transpose(0, 3, 1, 2)
+    if interface.output_kind == "labels":
+        return checked_labels(output.reshape(output.shape[0], *output.shape[-2:]), num_classes)
+    scores = np.ascontiguousarray(output, np.float32)
+    if not np.isfinite(scores).all():
+        bad = int(scores.size - np.isfinite(scores).sum())
+        raise ModelOutputError(f"the model's {interface.output_kind} hold {bad} NaN or infinite value(s) of "
+                               f"{scores.size}: no mask for this frame")
+    return scores
+
+
+def checked_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Integer class ids -> uint8, refusing ids outside the card's classes (a card that does not fit the model)."""
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        raise ModelOutputError(f"the model's labels hold class id {high if high >= num_classes else low}, outside "
+                               f"the card's {num_classes} classes (0-{num_classes - 1}): the card's classes do not "
+                               "match the model")
+    return labels.astype(np.uint8)
+
+
+def upsample_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """h x w class ids -> height x width by nearest neighbour."""
+    if labels.shape == (height, width):
+        return labels
+    return cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
 
 
 def argmax_channels(logits: np.ndarray) -> np.ndarray:
@@ -51,8 +95,8 @@ def refine_boundaries(logits: np.ndarray, height: int, width: int) -> np.ndarray
     classes, rows, cols = logits.shape
     labels = argmax_channels(logits)
     mask = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
-    row_low, row_weight, row_first, row_count = _linear_taps(rows, height)
-    col_low, col_weight, col_first, col_count = _linear_taps(cols, width)
+    _, row_weight, row_first, row_count = _linear_taps(rows, height)
+    _, col_weight, col_first, col_count = _linear_taps(cols, width)
     padded = np.pad(labels, ((0, 1), (0, 1)), mode="edge")
     corner = padded[:-1, :-1]
     mixed = (corner != padded[:-1, 1:]) | (corner != padded[1:, :-1]) | (corner != padded[1:, 1:])
@@ -95,7 +139,7 @@ def logits_to_mask(logits: np.ndarray, height: int, width: int, upsampling: str 
     if logits.shape[1:] == (height, width):
         return argmax_channels(logits)
     if upsampling == "labels":
-        return cv2.resize(argmax_channels(logits), (width, height), interpolation=cv2.INTER_NEAREST)
+        return upsample_labels(argmax_channels(logits), height, width)
     if upsampling == "boundaries" and height >= logits.shape[1] and width >= logits.shape[2]:
         return refine_boundaries(logits, height, width)  # when shrinking, full-size logits are the cheap way
     channels_last = np.ascontiguousarray(logits.transpose(1, 2, 0))
@@ -117,17 +161,3 @@ def colorize(mask: np.ndarray, lut: np.ndarray) -> np.ndarray:
     same lookup without the 3-channel copy of the mask, and 6x faster than cv2.LUT on it (1.8 vs 11 ms at HD)."""
     return cv2.applyColorMap(mask, lut)
 
-
-def overlay(image: np.ndarray, color_mask: np.ndarray, alpha: float) -> np.ndarray:
-    """(1 - alpha) * image + alpha * colours, both H x W x 3 in the same channel order."""
-    return cv2.addWeighted(image, 1.0 - alpha, color_mask, alpha, 0.0)
-
-
-def for_display(image: np.ndarray, mask: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """The image (area filter) and its mask (nearest) at `scale` of their size, for the outputs meant for eyes;
-    unchanged at 1.0."""
-    if scale >= 1.0:
-        return image, mask
-    size = (max(1, round(mask.shape[1] * scale)), max(1, round(mask.shape[0] * scale)))
-    return (cv2.resize(image, size, interpolation=cv2.INTER_AREA),
-            cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST))

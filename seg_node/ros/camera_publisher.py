@@ -1,6 +1,7 @@
 """camera_publisher: publish a V4L2 device or a video file as sensor_msgs/Image (bgr8) on image_raw.
 
-For machines without usb_cam or v4l2_camera, and for replaying recorded drives as a live camera.
+For machines without usb_cam or v4l2_camera, and for replaying recorded drives as a live camera. A video file
+played without `loop` ends the node (exit 0) at its last frame, so a launch built around it ends too.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
+from ..core.command_line import reports_user_errors
 from .image_messages import image_message
-from .node_main import spin_node
+from .node_main import NodeFinished, spin_node
 
 
 class CameraPublisher(Node):
@@ -46,7 +48,10 @@ class CameraPublisher(Node):
 
     def _publish_frame(self) -> None:
         ok, frame = self.capture.read()
-        if not ok and self.is_file and self.loop:
+        if not ok and self.is_file and not self.loop:
+            self.get_logger().info(f"the source ended after {self.published} frames (loop is false): stopping")
+            raise NodeFinished
+        if not ok and self.is_file:
             self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
             ok, frame = self.capture.read()
         if not ok:
@@ -63,6 +68,7 @@ class CameraPublisher(Node):
         super().destroy_node()
 
 
+@reports_user_errors
 def main(args: list[str] | None = None) -> int:
     return spin_node(CameraPublisher, args, "camera_publisher", (ValueError,))
 

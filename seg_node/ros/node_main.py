@@ -1,4 +1,5 @@
-"""The shared `main()` of this package's rclpy nodes: start-up errors exit 1 with a message, Ctrl-C exits 0.
+"""The shared `main()` of this package's rclpy nodes: start-up errors exit 1 with a message, Ctrl-C exits 0, and
+so does a node whose work is done (a callback raises NodeFinished).
 
 Under `ros2 launch`, a terminal Ctrl-C reaches a node twice (the terminal's SIGINT, then launch's forwarded
 one), often while it is cleaning up. rclpy's own signal handler (installed by rclpy.init) shuts the context
@@ -11,13 +12,17 @@ from __future__ import annotations
 
 import signal
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class NodeFinished(Exception):
+    """Raised by a node's callback when it has nothing more to do (a finite source ended): the node exits 0."""
 
 
 def ignore_stop_signals() -> None:
@@ -43,7 +48,7 @@ def spin_node(make_node: Callable[[], Node], args: list[str] | None, label: str,
     except startup_errors as exc:
         print(f"[{label}] FATAL: {exc}", file=sys.stderr, flush=True)
         return 1
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except (KeyboardInterrupt, ExternalShutdownException, NodeFinished):
         pass
     except Exception:
         if rclpy.ok():

@@ -1,18 +1,27 @@
 """The node's parameters: one table of names, defaults, descriptions and checks, with no rclpy imports.
 
-`validate` is used both at start-up (a bad value stops the node) and in the set-parameters callback.
+`validate` is used both at start-up (a bad value stops the node) and in the set-parameters callback; the run-time
+(dynamic) ones are held together in one frozen `RuntimeSettings`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..core.backends import BACKENDS, DEVICES, PRECISIONS
+from ..core.errors import UserError
 from ..core.postprocess import UPSAMPLING_MODES
+from .camera_health import HealthThresholds
 
 TRANSPORTS = ("raw", "compressed")
 RELIABILITIES = ("best_effort", "reliable")
+#: batch_cameras values (words that ROS parameter files and -p read as strings, unlike true/false or on/off)
+CAMERA_BATCHING = ("auto", "always", "never")
+#: devices where one inference for several cameras' frames costs about one frame's: `auto` batches there
+BATCHING_DEVICES = ("cuda", "tensorrt")
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,10 @@ PARAMETERS: dict[str, ParamSpec] = {
     "reliability_hold": ParamSpec(2.0, "seconds the score must stay under the threshold before diagnostics WARN",
                                   in_range(0.0, 3600.0), dynamic=True),
     "diagnostics_period": ParamSpec(1.0, "seconds between /diagnostics summaries", in_range(0.01, 3600.0)),
+    "batch_cameras": ParamSpec("auto", "frames waiting from several cameras go through one inference (each camera's "
+                                       "newest; a lone camera's frame never waits for others): auto (on for cuda and "
+                                       "tensorrt with a model that takes a batch; off on CPU, where it does not pay), "
+                                       "always, never", one_of(CAMERA_BATCHING)),
     "max_image_pixels": ParamSpec(4096 * 4096, "larger images are rejected before decoding",
                                   in_range(1, 1 << 31)),
     "hardware_id": ParamSpec("", "hardware_id in /diagnostics (empty: seg_node/<backend>/<device>)"),
@@ -133,3 +146,75 @@ def camera_names(topics: list[str], names: list[str]) -> list[str]:
     if len(set(names)) != len(names) or any(not n.replace("_", "").isalnum() for n in names):
         raise ValueError(f"camera_names must be distinct names of letters, digits and _, got {names}")
     return names
+
+
+def batches_cameras(choice: str, device: str, model_batches: bool) -> bool:
+    """Whether the worker segments several cameras' waiting frames in one call: `choice` is batch_cameras, `device`
+    the one the backend runs on, `model_batches` whether its model takes a batch in one run."""
+    if choice == "auto":
+        return device.partition(":")[0] in BATCHING_DEVICES and model_batches
+    return choice == "always"
+
+
+class ParameterError(UserError):
+    """A parameter value the node refuses; the message names each bad parameter and what it must be."""
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """The run-time parameters (those with dynamic=True), checked together. The set-parameters callback builds a
+    new one and swaps it in with one assignment, so the worker and the diagnostics timer always read one
+    consistent set, never half of a change."""
+
+    upsampling: str
+    overlay_alpha: float
+    visualization_scale: float
+    publish_mask: bool
+    publish_color_mask: bool
+    publish_overlay: bool
+    latency_budget_ms: float
+    error_rate_threshold: float
+    camera_timeout: float
+    output_timeout: float
+    reliability_monitor: bool
+    reliability_threshold: float
+    reliability_hold: float
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> RuntimeSettings:
+        """The settings from {parameter: value} (every run-time parameter); raises ParameterError naming each bad
+        value."""
+        problems = [problem for name, value in values.items() if (problem := validate(name, value))]
+        if problems:
+            raise ParameterError("; ".join(problems))
+        return cls(**{f.name: type(PARAMETERS[f.name].default)(values[f.name]) for f in dataclasses.fields(cls)})
+
+    def updated(self, changes: dict[str, Any]) -> RuntimeSettings:
+        """A copy with `changes` (run-time parameters only) applied, checked as a whole."""
+        return self.from_values({**dataclasses.asdict(self), **changes})
+
+    def reliability_threshold_for(self, card_threshold: float | None, has_confidence: bool) -> float | None:
+        """The confidence threshold /diagnostics checks: the parameter, else the card's; None when off."""
+        if not (self.reliability_monitor and has_confidence):
+            return None
+        return self.reliability_threshold if self.reliability_threshold >= 0 else card_threshold
+
+    def reliability_monitor_state(self, card_threshold: float | None, has_confidence: bool) -> str:
+        """"on" or "off: why", as /diagnostics states it for each camera."""
+        if not has_confidence:
+            return "off: the model gives labels only (no confidence)"
+        if not self.reliability_monitor:
+            return "off: reliability_monitor is false"
+        if self.reliability_threshold_for(card_threshold, has_confidence) is None:
+            return "off: no threshold (set reliability_threshold, or calibrate the card: seg-calibrate-confidence)"
+        return "on"
+
+    def health_thresholds(self, card_threshold: float | None, has_confidence: bool) -> HealthThresholds:
+        return HealthThresholds(
+            latency_budget_ms=self.latency_budget_ms, error_rate_threshold=self.error_rate_threshold,
+            camera_timeout=self.camera_timeout, output_timeout=self.output_timeout,
+            reliability_threshold=self.reliability_threshold_for(card_threshold, has_confidence),
+            reliability_hold=self.reliability_hold)
+
+
+RUNTIME_PARAMETERS = tuple(f.name for f in dataclasses.fields(RuntimeSettings))

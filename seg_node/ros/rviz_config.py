@@ -2,7 +2,8 @@
 mask, on the topics the node will really use (namespace, image topics, camera names from params_file).
 
 Kept free of launch and RViz imports, so it is tested here; launch/seg_node.launch.py writes its result to a
-temporary file and hands that to rviz2. config/seg_node.rviz is what it generates for the defaults.
+temporary file, hands that to rviz2 and removes it at shutdown. config/seg_node.rviz is what it generates for the
+defaults.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import yaml
 from .node_parameters import PARAMETERS, camera_names
 
 NODE_NAME = "seg_node"
+RVIZ_MISSING = ("rviz:=true but the rviz2 package is not installed (apt install ros-$ROS_DISTRO-rviz2): starting "
+                "seg_node without RViz")
 OUTPUTS = (("overlay", "Segmentation overlay"), ("color_mask", "Class colours"))
 
 

@@ -1,7 +1,11 @@
 """seg_node: segment camera images and publish class masks, colour masks, overlays and latency diagnostics.
 
-Subscription callbacks only park the newest frame of each camera; one worker thread runs the pipeline,
-so latency stays bounded when cameras are faster than the model (older frames are dropped and counted).
+Subscription callbacks only check each frame and park the newest of each camera; one worker thread decodes,
+segments, renders and publishes it, so latency stays bounded when cameras are faster than the model (older frames
+are dropped and counted). With batch_cameras on (auto: GPU devices), the frames waiting from several cameras go
+through one inference call; a lone frame is never held back for others.
+This file holds the node's parameters, topics, threads and diagnostics; the work on a frame is in
+seg_node.core (pipeline, render) and beside this file (frames, camera_outputs, camera_health).
 """
 
 from __future__ import annotations
@@ -13,24 +17,30 @@ from dataclasses import dataclass, field
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType, SetParametersResult
+from rclpy.event_handler import SubscriptionEventCallbacks, UnsupportedEventTypeError
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 
 from ..core.backends import TensorRTOptions
+from ..core.command_line import reports_user_errors
 from ..core.errors import UserError
-from ..core.image_codec import DecodedImage, ImageRejected, check_compressed, decode_compressed, decode_raw, raw_pixels
-from ..core.pipeline import SegmentationPipeline
-from ..core.postprocess import for_display
+from ..core.image_codec import DecodedImage, ImageRejected
+from ..core.pipeline import SegmentationPipeline, SegmentationResult
 from . import node_parameters
-from .camera_health import CameraHealth, HealthThresholds
-from .image_messages import image_message, stamp_ns
+from .camera_health import CameraHealth
+from .camera_outputs import CameraOutputs
+from .frames import CameraFrame, checked_frame
+from .image_messages import stamp_ns
 from .node_main import spin_node
+from .node_parameters import RUNTIME_PARAMETERS, ParameterError, RuntimeSettings
 
 PARAMETER_TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
                    float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING,
                    list: ParameterType.PARAMETER_STRING_ARRAY}
+PIPELINE_STAGES = ("preprocess", "inference", "postprocess")
+LABELS_ONLY = "the model gives labels only"
 
 
 class StartupError(RuntimeError):
@@ -42,42 +52,53 @@ class Camera:
     name: str
     topic: str
     health: CameraHealth
-    publishers: dict = field(default_factory=dict)
-    pending: object = None  # newest unprocessed message
-    pending_since: float = 0.0  # perf_counter when it arrived
+    outputs: CameraOutputs
+    pending: CameraFrame | None = None  # the newest frame the worker has not taken
+    waiting_since: float = 0.0  # perf_counter when the camera's first untaken frame arrived (newer ones replace it)
+
+
+@dataclass
+class Job:
+    """One camera's frame in the worker, from the moment it is taken to its outputs."""
+
+    camera: Camera
+    frame: CameraFrame
+    image: DecodedImage | None = None
+    decode_ms: float = 0.0
+    wanted: dict[str, bool] = field(default_factory=dict)  # CameraOutputs.wanted: the outputs to build
 
 
 class SegNode(Node):
     def __init__(self, **node_kwargs):
         super().__init__("seg_node", **node_kwargs)
-        self._declare_parameters()
-        self.pipeline = self._load_pipeline()
-        self.thresholds = HealthThresholds()
-        self._apply_dynamic({name: self.get_parameter(name).value for name in node_parameters.PARAMETERS})
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-
-        backend = self.pipeline.backend
-        self.hardware_id = self.get_parameter("hardware_id").value or f"seg_node/{backend.name}/{backend.device}"
-        self.max_pixels = self.get_parameter("max_image_pixels").value
-        self.cameras = self._create_cameras()
-        self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._reported_at = self._now()
-        self.create_timer(self.get_parameter("diagnostics_period").value, self._publish_diagnostics)
-
         self._wakeup = threading.Condition()
         self._running = True
+        self._worker: threading.Thread | None = None  # started last: a failed start has no worker to stop
+        self._declare_parameters()
+        #: the run-time settings; the set-parameters callback replaces the whole object, the worker reads it
+        self.settings = RuntimeSettings.from_values({name: self._get(name) for name in RUNTIME_PARAMETERS})
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.pipeline = self._load_pipeline()
+        backend = self.pipeline.backend
+        self.hardware_id = self._get("hardware_id") or f"seg_node/{backend.name}/{backend.device}"
+        self.max_pixels = self._get("max_image_pixels")
+        self.cameras = self._create_cameras()
+        self.batch_cameras = node_parameters.batches_cameras(self._get("batch_cameras"), backend.device,
+                                                             backend.batches)
+        if self.batch_cameras and len(self.cameras) > 1:
+            self._warm_up(self.pipeline, len(self.cameras))
+        self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._reported_at = self._now()
+        self.create_timer(self._get("diagnostics_period"), self._publish_diagnostics)
+
         self._worker = threading.Thread(target=self._work, name="seg_node_inference", daemon=True)
         self._worker.start()
-        self.get_logger().info(
-            f"segmenting {[c.topic for c in self.cameras]} with {self.pipeline.card.name} "
-            f"({backend.describe()}), {self.pipeline.card.input.width}x{self.pipeline.card.input.height} input"
-            + (", flip-averaged (two passes per frame)" if self.pipeline.card.flip_average else ""))
-        if self.reliability_monitor and self.thresholds.reliability_threshold is None:
-            self.get_logger().info("reliability_monitor: the model card has no confidence.threshold and "
-                                   "reliability_threshold is -1, so /diagnostics does not check confidence "
-                                   "(set reliability_threshold, or calibrate the card: seg-calibrate-confidence)")
+        self._log_start()
 
     # --- parameters -------------------------------------------------------------------------------
+    def _get(self, name: str):
+        return self.get_parameter(name).value
+
     def _declare_parameters(self) -> None:
         for name, spec in node_parameters.PARAMETERS.items():
             descriptor = ParameterDescriptor(
@@ -92,173 +113,208 @@ class SegNode(Node):
                 raise StartupError(f"bad parameter: {problem}")
 
     def _on_set_parameters(self, changes) -> SetParametersResult:
-        problems = [node_parameters.validate(p.name, p.value) for p in changes if p.name in node_parameters.PARAMETERS]
-        problems = [p for p in problems if p]
-        if problems:
-            return SetParametersResult(successful=False, reason="; ".join(problems))
-        self._apply_dynamic({p.name: p.value for p in changes if p.name in node_parameters.PARAMETERS})
+        """Check the change as a whole, then swap the settings in one assignment (start-up parameters are
+        read-only: rclpy refuses them before this is called)."""
+        try:
+            settings = self.settings.updated({p.name: p.value for p in changes if p.name in RUNTIME_PARAMETERS})
+        except ParameterError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        self.settings = settings
         return SetParametersResult(successful=True)
 
-    def _apply_dynamic(self, values: dict) -> None:
-        """Run-time settings: read by the worker on each frame (plain attribute writes are atomic)."""
-        for name, value in values.items():
-            if name in ("latency_budget_ms", "error_rate_threshold", "camera_timeout", "output_timeout"):
-                setattr(self.thresholds, name, float(value))
-            elif name == "upsampling":
-                self.pipeline.upsampling = value
-            elif node_parameters.PARAMETERS[name].dynamic:
-                setattr(self, name, value)
-        card_threshold = self.pipeline.card.confidence.threshold
-        threshold = self.reliability_threshold if self.reliability_threshold >= 0 else card_threshold
-        self.thresholds.reliability_threshold = threshold if self.reliability_monitor else None
-        self.thresholds.reliability_hold = float(self.reliability_hold)
-
     def _load_pipeline(self) -> SegmentationPipeline:
-        get = lambda name: self.get_parameter(name).value  # noqa: E731
-        tensorrt = TensorRTOptions(fp16=get("tensorrt_fp16"), engine_cache_dir=get("tensorrt_engine_cache_dir"))
+        tensorrt = TensorRTOptions(fp16=self._get("tensorrt_fp16"),
+                                   engine_cache_dir=self._get("tensorrt_engine_cache_dir"))
         try:
             pipeline = SegmentationPipeline.from_model(
-                get("model") or None, backend=get("backend"), device=get("device"), precision=get("precision"),
-                threads=get("threads"), upsampling=get("upsampling"), tensorrt=tensorrt)
+                self._get("model") or None, backend=self._get("backend"), device=self._get("device"),
+                precision=self._get("precision"), threads=self._get("threads"), upsampling=self.settings.upsampling,
+                tensorrt=tensorrt)
         except UserError as exc:
             raise StartupError(f"cannot load the model: {exc}") from exc
-        try:
-            seconds = pipeline.backend.warm_up()
-        except Exception as exc:  # an engine that loads but cannot run (TensorRT build, out of GPU memory)
-            raise StartupError(f"the model loaded but its warm-up inference failed: {exc}") from exc
-        self.get_logger().info(f"warm-up inference ({pipeline.backend.describe()}): {1e3 * seconds:.1f} ms")
+        self._warm_up(pipeline, 1)
         return pipeline
 
-    # --- topics -----------------------------------------------------------------------------------
-    def _create_cameras(self) -> list[Camera]:
-        topics = self.get_parameter("input_topics").value
+    def _warm_up(self, pipeline: SegmentationPipeline, batch: int) -> None:
         try:
-            names = node_parameters.camera_names(list(topics), list(self.get_parameter("camera_names").value))
+            seconds = pipeline.backend.warm_up(batch)
+        except Exception as exc:  # an engine that loads but cannot run (TensorRT build, out of GPU memory)
+            raise StartupError(f"the model loaded but its warm-up inference (batch {batch}) failed: {exc}") from exc
+        self.get_logger().info(f"warm-up inference ({pipeline.backend.describe()}, batch {batch}): "
+                               f"{1e3 * seconds:.1f} ms")
+
+    def _log_start(self) -> None:
+        card, log = self.pipeline.card, self.get_logger()
+        log.info(f"segmenting {[c.topic for c in self.cameras]} with {card.name} ({self.pipeline.backend.describe()}), "
+                 f"{card.input.width}x{card.input.height} input"
+                 + (", flip-averaged (two passes per frame)" if card.flip_average else ""))
+        if len(self.cameras) > 1:
+            log.info(f"batch_cameras {self._get('batch_cameras')}: frames waiting from several cameras are segmented "
+                     + ("in one call" if self.batch_cameras else "one by one")
+                     + ("" if self.pipeline.backend.batches else f" ({card.name} takes one image per run)"))
+        if not self.pipeline.has_confidence:
+            log.info(f"{card.name}: {LABELS_ONLY}: no ~/confidence, no confidence_score, and the reliability "
+                     "monitor is off for every camera")
+        elif self.settings.reliability_monitor and self.settings.reliability_threshold_for(*self._confidence()) is None:
+            log.info("reliability_monitor: the model card has no confidence.threshold and reliability_threshold is "
+                     "-1, so /diagnostics does not check confidence (set reliability_threshold, or calibrate the "
+                     "card: seg-calibrate-confidence)")
+
+    def _confidence(self) -> tuple[float | None, bool]:
+        """(the card's confidence threshold, whether the model gives a confidence at all)."""
+        return self.pipeline.card.confidence.threshold, self.pipeline.has_confidence
+
+    # --- topics -----------------------------------------------------------------------------------
+    def _camera_qos(self) -> QoSProfile:
+        qos = QoSProfile(depth=self._get("qos_depth"), reliability=qos_profile_sensor_data.reliability,
+                         durability=qos_profile_sensor_data.durability, history=qos_profile_sensor_data.history)
+        if self._get("qos_reliability") == "reliable":
+            qos.reliability = QoSReliabilityPolicy.RELIABLE
+        return qos
+
+    def _create_cameras(self) -> list[Camera]:
+        """Per camera: its outputs, and a subscription that also counts the messages the transport reports lost."""
+        topics = self._get("input_topics")
+        try:
+            names = node_parameters.camera_names(list(topics), list(self._get("camera_names")))
         except ValueError as exc:
             raise StartupError(f"bad parameter: {exc}") from exc
-        compressed = self.get_parameter("input_transport").value == "compressed"
-        qos = QoSProfile(depth=self.get_parameter("qos_depth").value,
-                         reliability=qos_profile_sensor_data.reliability,
-                         durability=qos_profile_sensor_data.durability,
-                         history=qos_profile_sensor_data.history)
-        if self.get_parameter("qos_reliability").value == "reliable":
-            qos.reliability = QoSReliabilityPolicy.RELIABLE
-        now = self._now()
+        compressed = self._get("input_transport") == "compressed"
+        qos, now = self._camera_qos(), self._now()
         cameras = []
         for name, topic in zip(names, topics):
-            camera = Camera(name, topic + "/compressed" if compressed else topic, CameraHealth(now))
-            prefix = f"~/{name}/" if name else "~/"
-            for output in ("mask", "color_mask", "overlay"):
-                camera.publishers[output] = self.create_publisher(Image, prefix + output, 5)
-            camera.publishers["confidence"] = self.create_publisher(Image, prefix + "confidence", 5)
-            camera.publishers["latency"] = self.create_publisher(DiagnosticArray, prefix + "latency", 10)
-            self.create_subscription(CompressedImage if compressed else Image, camera.topic,
-                                     lambda msg, cam=camera: self._on_image(cam, msg), qos)
+            outputs = CameraOutputs(self, f"~/{name}/" if name else "~/", self.pipeline.has_confidence)
+            camera = Camera(name, topic + "/compressed" if compressed else topic, CameraHealth(now), outputs)
+            self._subscribe(camera, CompressedImage if compressed else Image, qos)
             cameras.append(camera)
         return cameras
+
+    def _subscribe(self, camera: Camera, message_type, qos) -> None:
+        """The camera's subscription, counting the messages the transport reports lost where the RMW can."""
+        on_image = lambda msg, cam=camera: self._on_image(cam, msg)  # noqa: E731
+        lost = SubscriptionEventCallbacks(message_lost=lambda info, cam=camera: cam.health.lost(
+            info.total_count_change))
+        try:
+            self.create_subscription(message_type, camera.topic, on_image, qos, event_callbacks=lost)
+        except UnsupportedEventTypeError:
+            self.get_logger().warn(f"{camera.topic}: this RMW does not report lost messages, so frames_lost "
+                                   "stays 0 and transport losses show only as a lower input rate")
+            self.create_subscription(message_type, camera.topic, on_image, qos)
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _on_image(self, camera: Camera, msg) -> None:
-        """Validate cheaply here, so a malformed frame never displaces a good one waiting for the model."""
+        """Check the frame here, once, so a malformed frame never displaces a good one waiting for the model."""
         camera.health.received(self._now())
         try:
-            self._check(msg)
+            frame = checked_frame(msg, self.max_pixels)
         except ImageRejected as exc:
-            self._reject(camera, exc)
+            self._reject(camera, exc, by_worker=False)
             return
         with self._wakeup:
             if camera.pending is not None:
                 camera.health.dropped()
-            camera.pending, camera.pending_since = msg, time.perf_counter()
+            else:
+                camera.waiting_since = frame.arrived
+            camera.pending = frame
             self._wakeup.notify()
 
-    def _reject(self, camera: Camera, exc: ImageRejected) -> None:
-        camera.health.rejected(exc.reason, self._now())
+    def _reject(self, camera: Camera, exc: ImageRejected, by_worker: bool) -> None:
+        camera.health.rejected(exc.reason, self._now(), by_worker)
         self.get_logger().error(f"{camera.topic}: rejected image: {exc}", throttle_duration_sec=1.0)
 
-    def _check(self, msg) -> None:
-        if isinstance(msg, CompressedImage):
-            check_compressed(msg.format, msg.data, self.max_pixels)
-        else:
-            raw_pixels(msg.encoding, msg.height, msg.width, msg.step, msg.data, self.max_pixels)
-
     # --- inference worker -------------------------------------------------------------------------
-    def _next_frame(self):
-        """Block until a frame waits; serve the camera whose frame has waited longest."""
+    def _take_frames(self) -> list[Job] | None:
+        """Block until a frame waits, then take the frame of the camera that has waited longest (since its first
+        untaken frame: a newer frame replacing an older one does not send its camera to the back) or, batching,
+        every camera's waiting frame; never wait for more cameras to fill a batch."""
         with self._wakeup:
             while self._running and all(c.pending is None for c in self.cameras):
                 self._wakeup.wait(timeout=0.5)
             if not self._running:
                 return None
-            camera = min((c for c in self.cameras if c.pending is not None), key=lambda c: c.pending_since)
-            msg, since = camera.pending, camera.pending_since
-            camera.pending = None
-            return camera, msg, since
+            waiting = sorted((c for c in self.cameras if c.pending is not None), key=lambda c: c.waiting_since)
+            jobs = [Job(camera, camera.pending) for camera in (waiting if self.batch_cameras else waiting[:1])]
+            for job in jobs:
+                job.camera.pending = None
+            return jobs
 
     def _work(self) -> None:
-        while (job := self._next_frame()) is not None:
-            camera = job[0]
+        """Segment the frames taken together in one call, then render and publish each camera's; a failure fails
+        the frames it touched (the batch's, or one camera's outputs), never the worker."""
+        while (jobs := self._take_frames()) is not None:
+            started, settings = time.perf_counter(), self.settings  # the settings of the moment, for the whole batch
             try:
-                self._process(*job)
-            except Exception as exc:  # one frame's failure, in inference or in publishing, must not stop the worker
-                if not (self._running and self.context.ok()):
-                    return  # shutdown began mid-frame (ROS context gone, backend cancelled): not a frame failure
-                camera.health.failed(f"{type(exc).__name__}: {exc}", self._now())
-                self.get_logger().error(f"{camera.topic}: frame failed: {exc}", throttle_duration_sec=1.0)
+                jobs = self._decoded(jobs, settings)
+                results = self._segment(jobs, settings)
+            except Exception as exc:
+                if not self._frames_failed(jobs, exc):
+                    return
+                continue
+            for job, result in zip(jobs, results):
+                try:
+                    self._publish(job, result, settings, started, len(jobs))
+                except Exception as exc:
+                    if not self._frames_failed([job], exc):
+                        return
 
-    def _decode(self, msg) -> DecodedImage:
-        if isinstance(msg, CompressedImage):
-            return decode_compressed(msg.format, msg.data, self.max_pixels)
-        return decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data, self.max_pixels)
+    def _frames_failed(self, jobs: list[Job], exc: Exception) -> bool:
+        """Count and log a failure of these frames; False when it is shutdown that interrupted them."""
+        if not (self._running and self.context.ok()):
+            return False  # shutdown began mid-frame (ROS context gone, backend cancelled): not a frame failure
+        for job in jobs:
+            job.camera.health.failed(f"{type(exc).__name__}: {exc}", self._now())
+            self.get_logger().error(f"{job.camera.topic}: frame failed: {exc}", throttle_duration_sec=1.0)
+        return True
 
-    def _process(self, camera: Camera, msg, arrived: float) -> None:
-        started = time.perf_counter()
-        try:
-            image = self._decode(msg)
-        except ImageRejected as exc:
-            self._reject(camera, exc)
-            return
-        decoded = time.perf_counter()
-        confidence = camera.publishers["confidence"].get_subscription_count() > 0
-        result = self.pipeline.segment(image.pixels, image.channel_order, confidence)
-        self._publish_outputs(camera, msg.header, image, result.mask)
-        if result.confidence is not None:
-            camera.publishers["confidence"].publish(image_message(result.confidence, "mono8", msg.header))
+    def _decoded(self, jobs: list[Job], settings: RuntimeSettings) -> list[Job]:
+        """The jobs whose frame decodes, with their image and the outputs their camera wants; the others are
+        rejected."""
+        decoded = []
+        for job in jobs:
+            began = time.perf_counter()
+            try:
+                job.image = job.frame.decode()
+                job.decode_ms = 1e3 * (time.perf_counter() - began)
+                job.wanted = job.camera.outputs.wanted(settings)
+            except ImageRejected as exc:
+                self._reject(job.camera, exc, by_worker=True)
+                continue
+            except Exception as exc:  # counted once, as this job's failure; the others go on
+                self._frames_failed([job], exc)
+                continue
+            decoded.append(job)
+        return decoded
+
+    def _segment(self, jobs: list[Job], settings: RuntimeSettings) -> list[SegmentationResult]:
+        """One pipeline call for all the jobs (a lone frame: a batch of one, as segment() runs it)."""
+        self.pipeline.upsampling = settings.upsampling  # only this thread runs the pipeline
+        return self.pipeline.segment_batch([job.image.pixels for job in jobs],
+                                           [job.image.channel_order for job in jobs],
+                                           [job.wanted["confidence"] for job in jobs])
+
+    def _publish(self, job: Job, result: SegmentationResult, settings: RuntimeSettings, started: float,
+                 batch_size: int) -> None:
+        """Render and publish one camera's outputs, then its ~/latency: its own queue, decode, render and publish
+        times, the batch's preprocess and inference, and a total from the moment the worker took the frames."""
+        camera, image, header = job.camera, job.image, job.frame.header
+        rendering = time.perf_counter()
+        display = self.pipeline.render(image.pixels, image.channel_order, result.mask, settings.visualization_scale,
+                                       settings.overlay_alpha, job.wanted["color_mask"], job.wanted["overlay"])
+        rendered = time.perf_counter()
+        camera.outputs.publish(header, result, display, job.wanted)
         finished = time.perf_counter()
         now = self._now()  # with sim time it reads 0 until the first /clock: an age against that is decades off
-        age_ms = 1e3 * (now - stamp_ns(msg.header.stamp) * 1e-9) if now > 0.0 else float("nan")
-        timings = {"queue": 1e3 * (started - arrived), "decode": 1e3 * (decoded - started), **result.timings_ms,
-                   "publish": 1e3 * (finished - decoded) - result.timings_ms["total"]}
-        timings["total"] = 1e3 * (finished - started)
-        timings["age"] = age_ms
-        camera.health.processed(now, timings["queue"], timings["total"], age_ms, result.score)
-        self._publish_latency(camera, msg.header, timings, result.score)
-
-    def _publish_outputs(self, camera: Camera, header, image: DecodedImage, mask) -> None:
-        pubs = camera.publishers
-        wanted = {name: getattr(self, f"publish_{name}") and pubs[name].get_subscription_count() > 0
-                  for name in ("mask", "color_mask", "overlay")}
-        if wanted["mask"]:
-            pubs["mask"].publish(image_message(mask, "mono8", header))
-        if wanted["color_mask"] or wanted["overlay"]:
-            pixels, labels = for_display(image.pixels, mask, self.visualization_scale)
-            colors = self.pipeline.colorize(labels)
-            if wanted["color_mask"]:
-                pubs["color_mask"].publish(image_message(colors, "rgb8", header))
-            if wanted["overlay"]:
-                shown = DecodedImage(pixels, image.channel_order).as_rgb()
-                blended = self.pipeline.overlay(shown, colors, self.overlay_alpha)
-                pubs["overlay"].publish(image_message(blended, "rgb8", header))
-
-    def _publish_latency(self, camera: Camera, header, timings: dict, score: float) -> None:
-        status = DiagnosticStatus(
-            level=DiagnosticStatus.OK, name=f"{self.get_name()}: {camera.name or 'camera'} latency",
-            message=f"{timings['total']:.1f} ms", hardware_id=self.hardware_id,
-            values=[KeyValue(key=f"{k}_ms", value=f"{v:.3f}") for k, v in timings.items()]
-            + [KeyValue(key="confidence_score", value=f"{score:.4f}")])
-        camera.publishers["latency"].publish(DiagnosticArray(header=header, status=[status]))
+        timings = {"queue": 1e3 * (started - job.frame.arrived), "decode": job.decode_ms,
+                   **{stage: result.timings_ms[stage] for stage in PIPELINE_STAGES},
+                   "render": 1e3 * (rendered - rendering), "publish": 1e3 * (finished - rendered),
+                   "total": 1e3 * (finished - started),
+                   "age": 1e3 * (now - stamp_ns(header.stamp) * 1e-9) if now > 0.0 else float("nan")}
+        camera.outputs.publish_latency(header, f"{self.get_name()}: {camera.name or 'camera'} latency",
+                                       self.hardware_id, timings, result.score, camera.health.frames_lost(),
+                                       batch_size)
+        camera.health.processed(now, timings["queue"], timings["total"], timings["age"], result.score)
 
     # --- diagnostics ------------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
@@ -267,25 +323,30 @@ class SegNode(Node):
             for camera in self.cameras:
                 camera.health.restart_clock(now)
         self._reported_at = now
-        backend, card = self.pipeline.backend, self.pipeline.card
-        statuses = []
-        for camera in self.cameras:
-            report = camera.health.report(now, self.thresholds, self._worker.is_alive())
-            values = {"input_topic": camera.topic, "backend": backend.name, "device": backend.device,
-                      "precision": backend.precision, "model": card.name, **report.values,
-                      "latency_budget_ms": f"{self.thresholds.latency_budget_ms:.1f}"}
-            statuses.append(DiagnosticStatus(
-                level=bytes([report.level]), name=f"{self.get_name()}: {camera.name or 'camera'}",
-                message=report.message, hardware_id=self.hardware_id,
-                values=[KeyValue(key=k, value=v) for k, v in values.items()]))
-        array = DiagnosticArray(status=statuses)
+        array = DiagnosticArray(status=[self._camera_status(camera, now) for camera in self.cameras])
         array.header.stamp = self.get_clock().now().to_msg()
         self.diagnostics_publisher.publish(array)
+
+    def _camera_status(self, camera: Camera, now: float) -> DiagnosticStatus:
+        settings, backend, confidence = self.settings, self.pipeline.backend, self._confidence()
+        report = camera.health.report(now, settings.health_thresholds(*confidence), self._worker.is_alive())
+        values = {"input_topic": camera.topic, "backend": backend.name, "device": backend.device,
+                  "precision": backend.precision, "model": self.pipeline.card.name, **report.values,
+                  "latency_budget_ms": f"{settings.latency_budget_ms:.1f}",
+                  "reliability_monitor": settings.reliability_monitor_state(*confidence)}
+        message = report.message
+        if not self.pipeline.has_confidence:  # stated in every status: OK must not read as "monitored"
+            message += f"; reliability monitor off: {LABELS_ONLY}"
+        return DiagnosticStatus(level=bytes([report.level]), name=f"{self.get_name()}: {camera.name or 'camera'}",
+                                message=message, hardware_id=self.hardware_id,
+                                values=[KeyValue(key=k, value=v) for k, v in values.items()])
 
     def stop_worker(self, grace: float = 1.0) -> None:
         """Let the frame in progress finish, then join the worker; a backend still inside one call after
         `grace` seconds (hung) is cancelled where the library can, so that the node is never destroyed under
         a running worker."""
+        if self._worker is None:
+            return
         with self._wakeup:
             self._running = False
             self._wakeup.notify_all()
@@ -300,6 +361,7 @@ class SegNode(Node):
         super().destroy_node()
 
 
+@reports_user_errors
 def main(args: list[str] | None = None) -> int:
     return spin_node(SegNode, args, "seg_node", (StartupError,))
 

@@ -1,13 +1,16 @@
-"""seg-camvid-to-bag: write CamVid frames (or any folder of images) into a rosbag2, as a camera driver records them.
+"""seg-dataset-to-bag: write a data set split (any registered layout) or a folder of images into a rosbag2, as a
+camera driver records them.
 
 A bag is the reproducible way to feed a ROS pipeline: `ros2 bag play` or `seg-bag-replay` turn it back into live
-topics, and the ground-truth labels travel on their own topic with the same stamps for live evaluation.
+topics, and the ground-truth labels travel on their own topic with the same stamps for live evaluation, with the
+data set's class table as classes.csv beside metadata.yaml (seg-live-eval matches it to the model's classes).
 Written with the pure-Python `rosbags` library, so it runs without ROS installed.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import posixpath
 import re
@@ -18,15 +21,18 @@ from decimal import Decimal, InvalidOperation
 from functools import partial
 from pathlib import Path
 
-import cv2
 import numpy as np
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 from tqdm import tqdm
 
+from ..core.command_line import reports_user_errors
+from ..core.errors import UserError
 from ..core.image_codec import COMPRESSED_FORMATS, encode_compressed, encode_raw
-from ..toolchain.data.camvid import VOID_INDEX, CamVidLayoutError, open_dataset, read_rgb
+from ..toolchain.data import ClassTable, open_dataset
+from ..toolchain.data.arguments import add_dataset_arguments
+from ..toolchain.data.base import read_rgb
 
 # rosbags 0.11 writes rosbag2 metadata versions 8 and 9 only (Humble itself writes 5). Humble's reader has no
 # upper version check: it reads the fields it knows and ignores newer ones (custom_data, ros_distro,
@@ -39,6 +45,7 @@ RAW_IMAGE_ENCODINGS = ("rgb8", "bgr8")
 VIDEO_FPS = 30  # CamVid frame numbers count frames of the 30 fps source video
 VIDEO_FRAME_NAME = re.compile(r"^(?P<sequence>.+)_f?(?P<number>\d+)$")  # Seq05VD_f00030, 0001TP_008550
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+CLASSES_FILE = "classes.csv"  # the labels' class table, beside metadata.yaml
 NS_PER_S = 1_000_000_000
 DEFAULT_START_NS = 1_700_000_000 * NS_PER_S
 IMAGE_TYPE, COMPRESSED_TYPE = "sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"
@@ -49,7 +56,7 @@ RECORDED_QOS = Qos(history=QosHistory.KEEP_LAST, depth=10, reliability=QosReliab
                    avoid_ros_namespace_conventions=False)
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError):
     """Input or options that cannot make a bag; the message says what to change."""
 
 
@@ -65,6 +72,14 @@ class Frame:
         """(sequence, frame number) from a CamVid-style name, None for other names."""
         match = VIDEO_FRAME_NAME.match(self.name)
         return (match["sequence"], int(match["number"])) if match else None
+
+
+@dataclass(frozen=True)
+class FrameSet:
+    """Frames to write and the class table of their labels (None for unlabelled frames)."""
+
+    frames: list[Frame]
+    classes: ClassTable | None
 
 
 @dataclass(frozen=True)
@@ -95,54 +110,31 @@ def _select(items: list, sequence: str | None, limit: int | None, source: str) -
 
 
 def dataset_frames(root, split: str = "test", sequence: str | None = None, limit: int | None = None,
-                   layout: str = "auto") -> list[Frame]:
-    """Frames of a CamVid split (any layout `open_dataset` reads), labels as 11-class ids with void = 11."""
-    try:
-        dataset = open_dataset(root, split, layout)
-    except (CamVidLayoutError, ValueError) as exc:
-        raise ConversionError(str(exc)) from exc
-    samples = _select(dataset.items(), sequence, limit, str(dataset.root / split))
-    return [Frame(sample.name, partial(dataset.load, sample)) for sample in samples]
-
-
-def _read_label(path: Path, image_shape: tuple[int, ...]) -> np.ndarray:
-    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if label is None or label.ndim != 2 or label.dtype != np.uint8:
-        raise ConversionError(f"{path}: expected a single-channel 8-bit PNG of class ids")
-    if label.shape != image_shape[:2]:
-        raise ConversionError(f"{path}: label is {label.shape[1]}x{label.shape[0]}, "
-                              f"its image is {image_shape[1]}x{image_shape[0]}")
-    return np.minimum(label, VOID_INDEX)
+                   layout: str = "auto", **layout_options) -> FrameSet:
+    """Frames of a data set split (any layout `open_dataset` reads), labels as its class ids, 255 unlabelled."""
+    dataset = open_dataset(root, split, layout, **layout_options)
+    samples = _select(dataset.samples(), sequence, limit, f"{dataset.root} split {split}")
+    return FrameSet([Frame(sample.name, partial(dataset.load, sample)) for sample in samples], dataset.classes)
 
 
 def _load_unlabelled(image_path: Path) -> tuple[np.ndarray, None]:
     return read_rgb(image_path), None
 
 
-def _load_labelled(image_path: Path, label_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    rgb = read_rgb(image_path)
-    return rgb, _read_label(label_path, rgb.shape)
-
-
-def folder_frames(frames_dir, labels_dir=None, sequence: str | None = None, limit: int | None = None
-                  ) -> list[Frame]:
-    """Images of a plain folder sorted by name; labels (class-id PNGs) share the image's name or its stem."""
+def folder_frames(frames_dir, sequence: str | None = None, limit: int | None = None) -> FrameSet:
+    """Unlabelled images of a plain folder, sorted by name (labelled frames: the folders data set layout)."""
     frames_dir = Path(frames_dir)
     if not frames_dir.is_dir():
         raise ConversionError(f"frames folder {frames_dir} does not exist")
     images = _select(sorted(p for p in frames_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
                      sequence, limit, str(frames_dir))
-    if labels_dir is None:
-        return [Frame(image.stem, partial(_load_unlabelled, image)) for image in images]
-    labels_dir = Path(labels_dir)
-    if not labels_dir.is_dir():
-        raise ConversionError(f"labels folder {labels_dir} does not exist")
-    label_paths = [next((p for p in (labels_dir / image.name, labels_dir / f"{image.stem}.png") if p.is_file()),
-                        None) for image in images]
-    unlabelled = [image.name for image, label in zip(images, label_paths) if label is None]
-    if unlabelled:
-        raise ConversionError(f"{labels_dir}: no label for {len(unlabelled)} frames, e.g. {unlabelled[:5]}")
-    return [Frame(image.stem, partial(_load_labelled, image, label)) for image, label in zip(images, label_paths)]
+    return FrameSet([Frame(image.stem, partial(_load_unlabelled, image)) for image in images], None)
+
+
+def bag_classes(bag: str | Path) -> ClassTable | None:
+    """The class table of a bag's labels (classes.csv beside metadata.yaml), None when the bag has none."""
+    path = Path(bag) / CLASSES_FILE
+    return ClassTable.from_csv(path) if path.is_file() else None
 
 
 def frame_stamps(frames: list[Frame], rate: float | None = 30.0, real_time: bool = False,
@@ -162,7 +154,7 @@ def frame_stamps(frames: list[Frame], rate: float | None = 30.0, real_time: bool
         raise ConversionError(f"--real-time needs one sequence, the frames span {sequences}: pick one with "
                               f"--sequence, or use --rate 1 for CamVid's 1 s spacing")
     numbers = [number for _, number in positions]
-    if any(later <= earlier for earlier, later in zip(numbers, numbers[1:])):
+    if any(later <= earlier for earlier, later in itertools.pairwise(numbers)):
         raise ConversionError("--real-time needs increasing frame numbers, the sorted names repeat one")
     return [start_ns + round((number - numbers[0]) * NS_PER_S / VIDEO_FPS) for number in numbers]
 
@@ -178,16 +170,46 @@ def _check_topic(topic: str, option: str) -> str:
     return topic
 
 
-def write_bag(frames: list[Frame], output, *, topic: str = "/camera/image_raw", label_topic: str | None = None,
-              encoding: str = "rgb8", compressed: str | None = None, jpeg_quality: int = 90,
-              frame_id: str = "camera", rate: float | None = 30.0, real_time: bool = False,
-              start_ns: int = DEFAULT_START_NS, storage: str = "mcap", progress: bool = True) -> BagSummary:
-    """Write `frames` as Image (or CompressedImage on <topic>/compressed) and their labels as mono8 Image.
+class MessageMaker:
+    """Serialized Image, CompressedImage and label messages with the stamps and frame id of a camera driver."""
 
-    Header stamps equal the bag's receive timestamps, so playback with or without sim time agrees with the
-    stamps. A failed conversion removes the half-written bag.
-    """
-    output = Path(output)
+    def __init__(self, frame_id: str, encoding: str, compressed: str | None, jpeg_quality: int):
+        self.frame_id, self.encoding, self.compressed, self.jpeg_quality = frame_id, encoding, compressed, jpeg_quality
+        self.typestore = get_typestore(Stores.ROS2_HUMBLE)
+
+    @property
+    def image_type(self) -> str:
+        return COMPRESSED_TYPE if self.compressed else IMAGE_TYPE
+
+    def header(self, stamp_ns: int):
+        Header, Time = self.typestore.types["std_msgs/msg/Header"], self.typestore.types["builtin_interfaces/msg/Time"]
+        sec, nanosec = divmod(stamp_ns, NS_PER_S)
+        return Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=self.frame_id)
+
+    def raw(self, pixels: np.ndarray, pixel_encoding: str, stamp_ns: int) -> bytes:
+        height, width, step, data = encode_raw(pixels, pixel_encoding)
+        message = self.typestore.types[IMAGE_TYPE](header=self.header(stamp_ns), height=height, width=width,
+                                                   encoding=pixel_encoding, is_bigendian=0, step=step,
+                                                   data=np.frombuffer(data, np.uint8))
+        return self.typestore.serialize_cdr(message, IMAGE_TYPE)
+
+    def image(self, rgb: np.ndarray, stamp_ns: int) -> bytes:
+        if not self.compressed:
+            pixels = rgb if self.encoding == "rgb8" else np.ascontiguousarray(rgb[..., ::-1])
+            return self.raw(pixels, self.encoding, stamp_ns)
+        data = encode_compressed(rgb, "rgb", self.compressed, self.jpeg_quality)
+        # image_transport's format: original encoding; codec compressed <encoding inside the codec>
+        message = self.typestore.types[COMPRESSED_TYPE](
+            header=self.header(stamp_ns), format=f"{self.encoding}; {self.compressed} compressed bgr8",
+            data=np.frombuffer(data, np.uint8))
+        return self.typestore.serialize_cdr(message, COMPRESSED_TYPE)
+
+    def label(self, label: np.ndarray, stamp_ns: int) -> bytes:
+        return self.raw(label, "mono8", stamp_ns)
+
+
+def check_output_options(output: Path, storage: str, encoding: str, compressed: str | None, jpeg_quality: int
+                         ) -> None:
     if output.exists():
         raise ConversionError(f"{output} already exists; remove it or choose another --output")
     if storage not in STORAGES:
@@ -198,55 +220,55 @@ def write_bag(frames: list[Frame], output, *, topic: str = "/camera/image_raw", 
         raise ConversionError(f"--compressed must be one of {COMPRESSED_FORMATS}, got {compressed!r}")
     if not 0 <= jpeg_quality <= 100:
         raise ConversionError(f"--jpeg-quality must be 0..100, got {jpeg_quality}")
-    if not frames:
+
+
+def write_frames(writer: Writer, frames: list[Frame], stamps: list[int], maker: MessageMaker, image_topic: str,
+                 label_topic: str, progress: bool, desc: str) -> dict[str, int]:
+    """Each frame's image, and its label when it has one; returns the message count per topic."""
+    image_connection = writer.add_connection(image_topic, maker.image_type, typestore=maker.typestore,
+                                             offered_qos_profiles=[RECORDED_QOS])
+    label_connection, counts = None, {image_topic: 0}
+    for frame, stamp_ns in zip(tqdm(frames, desc=desc, unit="frame", disable=not progress), stamps):
+        rgb, label = frame.load()
+        writer.write(image_connection, stamp_ns, maker.image(rgb, stamp_ns))
+        counts[image_topic] += 1
+        if label is None:
+            continue
+        if label_connection is None:
+            label_connection = writer.add_connection(label_topic, IMAGE_TYPE, typestore=maker.typestore,
+                                                     offered_qos_profiles=[RECORDED_QOS])
+            counts[label_topic] = 0
+        writer.write(label_connection, stamp_ns, maker.label(label, stamp_ns))
+        counts[label_topic] += 1
+    return counts
+
+
+def write_bag(frames: FrameSet, output, *, topic: str = "/camera/image_raw", label_topic: str | None = None,
+              encoding: str = "rgb8", compressed: str | None = None, jpeg_quality: int = 90,
+              frame_id: str = "camera", rate: float | None = 30.0, real_time: bool = False,
+              start_ns: int = DEFAULT_START_NS, storage: str = "mcap", progress: bool = True) -> BagSummary:
+    """Write `frames` as Image (or CompressedImage on <topic>/compressed), their labels as mono8 Image and the
+    labels' class table as classes.csv beside metadata.yaml.
+
+    Header stamps equal the bag's receive timestamps, so playback with or without sim time agrees with the
+    stamps. A failed conversion removes the half-written bag.
+    """
+    output = Path(output)
+    check_output_options(output, storage, encoding, compressed, jpeg_quality)
+    if not frames.frames:
         raise ConversionError("no frames to write")
     image_topic = _check_topic(topic, "--topic") + ("/compressed" if compressed else "")
     label_topic = _check_topic(label_topic or label_topic_for(topic), "--label-topic")
     if label_topic == image_topic:
         raise ConversionError(f"images and labels would share the topic {image_topic}; set --label-topic")
-    stamps = frame_stamps(frames, rate, real_time, start_ns)
-    typestore = get_typestore(Stores.ROS2_HUMBLE)
-    Image, CompressedImage = typestore.types[IMAGE_TYPE], typestore.types[COMPRESSED_TYPE]
-    Header, Time = typestore.types["std_msgs/msg/Header"], typestore.types["builtin_interfaces/msg/Time"]
-
-    def header(stamp_ns: int):
-        sec, nanosec = divmod(stamp_ns, NS_PER_S)
-        return Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=frame_id)
-
-    def image_message(pixels: np.ndarray, pixel_encoding: str, stamp_ns: int):
-        height, width, step, data = encode_raw(pixels, pixel_encoding)
-        return Image(header=header(stamp_ns), height=height, width=width, encoding=pixel_encoding,
-                     is_bigendian=0, step=step, data=np.frombuffer(data, np.uint8))
-
-    counts = {image_topic: 0}
+    stamps = frame_stamps(frames.frames, rate, real_time, start_ns)
+    maker = MessageMaker(frame_id, encoding, compressed, jpeg_quality)
     try:
         with Writer(output, version=BAG_VERSION, storage_plugin=STORAGES[storage]) as writer:
-            image_connection = writer.add_connection(image_topic, COMPRESSED_TYPE if compressed else IMAGE_TYPE,
-                                                     typestore=typestore, offered_qos_profiles=[RECORDED_QOS])
-            label_connection = None
-            for frame, stamp_ns in zip(tqdm(frames, desc=output.name, unit="frame", disable=not progress),
-                                       stamps):
-                rgb, label = frame.load()
-                if compressed:
-                    data = encode_compressed(rgb, "rgb", compressed, jpeg_quality)
-                    # image_transport's format: original encoding; codec compressed <encoding inside the codec>
-                    message = CompressedImage(header=header(stamp_ns), format=f"{encoding}; {compressed} "
-                                              f"compressed bgr8", data=np.frombuffer(data, np.uint8))
-                    msgtype = COMPRESSED_TYPE
-                else:
-                    pixels = rgb if encoding == "rgb8" else np.ascontiguousarray(rgb[..., ::-1])
-                    message, msgtype = image_message(pixels, encoding, stamp_ns), IMAGE_TYPE
-                writer.write(image_connection, stamp_ns, typestore.serialize_cdr(message, msgtype))
-                counts[image_topic] += 1
-                if label is None:
-                    continue
-                if label_connection is None:
-                    label_connection = writer.add_connection(label_topic, IMAGE_TYPE, typestore=typestore,
-                                                             offered_qos_profiles=[RECORDED_QOS])
-                    counts[label_topic] = 0
-                writer.write(label_connection, stamp_ns,
-                             typestore.serialize_cdr(image_message(label, "mono8", stamp_ns), IMAGE_TYPE))
-                counts[label_topic] += 1
+            counts = write_frames(writer, frames.frames, stamps, maker, image_topic, label_topic, progress,
+                                  output.name)
+        if label_topic in counts and frames.classes is not None:
+            frames.classes.to_csv(output / CLASSES_FILE)
     except BaseException:
         shutil.rmtree(output, ignore_errors=True)
         raise
@@ -265,13 +287,11 @@ def _seconds_to_ns(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="seg-camvid-to-bag", description=__doc__.split("\n\n")[0])
-    source = parser.add_argument_group("input: a CamVid folder, or --frames")
-    source.add_argument("--data", help="CamVid folder (default: $CAMVID_ROOT)")
-    source.add_argument("--split", default="test", help="CamVid split: train, val or test (default: %(default)s)")
-    source.add_argument("--layout", default="auto", help="CamVid layout: auto, camvid11 or camvid32 (default: auto)")
-    source.add_argument("--frames", help="a plain folder of images instead of CamVid")
-    source.add_argument("--labels", help="with --frames: folder of class-id PNGs named like the images")
+    parser = argparse.ArgumentParser(prog="seg-dataset-to-bag", description=__doc__.split("\n\n")[0])
+    add_dataset_arguments(parser, class_map=False)
+    source = parser.add_argument_group("frames")
+    source.add_argument("--split", default="test", help="data set split (default: %(default)s)")
+    source.add_argument("--frames", help="a plain folder of unlabelled images instead of a data set")
     source.add_argument("--sequence", help="only frames whose name starts with this, e.g. Seq05VD")
     source.add_argument("--limit", type=int, help="at most this many frames")
     output = parser.add_argument_group("output")
@@ -295,24 +315,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+@reports_user_errors
+def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        if args.frames:
-            frames = folder_frames(args.frames, args.labels, args.sequence, args.limit)
-        elif args.labels:
-            raise ConversionError("--labels goes with --frames; CamVid folders bring their own labels")
-        else:
-            frames = dataset_frames(args.data, args.split, args.sequence, args.limit, args.layout)
-        summary = write_bag(frames, args.output, topic=args.topic, label_topic=args.label_topic,
-                            encoding=args.encoding, compressed=args.compressed, jpeg_quality=args.jpeg_quality,
-                            frame_id=args.frame_id, rate=args.rate, real_time=args.real_time,
-                            start_ns=args.start_time, storage=args.storage, progress=not args.no_progress)
-    except (ConversionError, OSError) as exc:
-        raise SystemExit(f"seg-camvid-to-bag: {exc}") from exc
-    print(summary.describe(), flush=True)
-    return 0
+    if args.frames:
+        frames = folder_frames(args.frames, args.sequence, args.limit)
+    else:
+        frames = dataset_frames(args.data, args.split, args.sequence, args.limit, args.layout,
+                                ignore_colours=tuple(args.ignore_colour))
+    summary = write_bag(frames, args.output, topic=args.topic, label_topic=args.label_topic,
+                        encoding=args.encoding, compressed=args.compressed, jpeg_quality=args.jpeg_quality,
+                        frame_id=args.frame_id, rate=args.rate, real_time=args.real_time,
+                        start_ns=args.start_time, storage=args.storage, progress=not args.no_progress)
+    print(summary.describe() + (f", classes in {summary.path / CLASSES_FILE}" if frames.classes else ""),
+          flush=True)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

@@ -3,7 +3,8 @@
 Reads any rosbag2 (mcap or sqlite3, written by rosbags or recorded by `ros2 bag record`) with the pure-Python
 `rosbags` library and publishes it on the recorded topics, with the recorded spacing scaled by --rate. Header
 stamps stay as recorded; --clock publishes the bag time on /clock, so nodes with use_sim_time follow the bag.
-`BagReplayer` is the same player as a class, to run inside one process next to its subscribers.
+Ctrl-C or SIGTERM ends playback as the end of the bag does (exit status 0). `BagReplayer` is the same player
+as a class, to run inside one process next to its subscribers.
 """
 
 from __future__ import annotations
@@ -12,26 +13,33 @@ import argparse
 import array
 import importlib
 import math
+import posixpath
+import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from rclpy.utilities import remove_ros_args
 from rosbags.interfaces import MessageDefinitionFormat
 from rosbags.rosbag2 import Reader, ReaderError
 from rosbags.typesys import Stores, get_types_from_idl, get_types_from_msg, get_typestore
 from rosgraph_msgs.msg import Clock
 from rosidl_parser.definition import AbstractNestedType, Array, BasicType, NamespacedType
+
+from ..core.command_line import reports_user_errors
+from ..core.errors import UserError
+from ..ros.node_main import STOP_SIGNALS, ignore_stop_signals
 
 NS_PER_S = 1_000_000_000
 CLOCK_TOPIC = "/clock"
@@ -40,8 +48,14 @@ RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": Reliabilit
 IDL_SEPARATOR = "=" * 80 + "\n"
 
 
-class ReplayError(ValueError):
-    """A bag or options that cannot be replayed; the message says what to change."""
+class ReplayError(UserError):
+    """A bag or options that cannot be replayed, or subscribers that did not come; the message says what to
+    change."""
+
+
+def is_label_topic(topic: str) -> bool:
+    """Ground-truth label images travel on <camera>/labels (seg-dataset-to-bag): for evaluation, not a camera."""
+    return posixpath.basename(topic) == "labels"
 
 
 @dataclass
@@ -58,7 +72,7 @@ class ReplaySummary:
                 f"in {self.wall_duration:.3f} s")
 
 
-@lru_cache(maxsize=None)
+@cache
 def rclpy_class(msgtype: str):
     """'sensor_msgs/msg/Image' -> the installed sensor_msgs.msg.Image class."""
     *namespaces, name = msgtype.split("/")
@@ -206,7 +220,7 @@ class BagReplayer:
             # Reliable: matches rclpy's and rclcpp's best-effort /clock subscriptions and reliable ones alike.
             self._clock_publisher = self.node.create_publisher(Clock, CLOCK_TOPIC, QoSProfile(depth=qos_depth))
         self.wait_topics = list(wait_topics) if wait_topics is not None else \
-            [topic for topic, msgtype in types.items() if msgtype in IMAGE_TYPES]
+            [topic for topic, msgtype in types.items() if msgtype in IMAGE_TYPES and not is_label_topic(topic)]
         waitable = set(self._publishers) | ({CLOCK_TOPIC} if clock else set())
         unknown = sorted(set(self.wait_topics) - waitable)
         if unknown:
@@ -216,7 +230,7 @@ class BagReplayer:
         return self._clock_publisher if topic == CLOCK_TOPIC else self._publishers[topic]
 
     def wait_until_subscribed(self) -> None:
-        """Block until every wait topic has `wait_for_subscribers` subscribers; TimeoutError names the rest."""
+        """Block until every wait topic has `wait_for_subscribers` subscribers; ReplayError names the rest."""
         deadline = time.monotonic() + self.wait_timeout
         while True:
             lacking = {topic: count for topic in self.wait_topics
@@ -224,7 +238,7 @@ class BagReplayer:
             if not lacking:
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"after {self.wait_timeout} s, fewer than {self.wait_for_subscribers} subscribers "
+                raise ReplayError(f"after {self.wait_timeout} s, fewer than {self.wait_for_subscribers} subscribers "
                                    f"on {lacking} (topic: subscribers); --wait-topics chooses the topics to wait for")
             if self._stop.wait(0.02):
                 return
@@ -279,10 +293,7 @@ class BagReplayer:
 
     def summary(self) -> ReplaySummary:
         """What has been published so far (a copy)."""
-        if self._started is None:
-            wall_duration = 0.0
-        else:
-            wall_duration = (self._finished or time.monotonic()) - self._started
+        wall_duration = 0.0 if self._started is None else (self._finished or time.monotonic()) - self._started
         return ReplaySummary(dict(self._summary.published), self._summary.clock_messages, self._summary.passes,
                              wall_duration)
 
@@ -322,37 +333,59 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wait-for-subscribers", type=int, default=0, metavar="N",
                         help="before starting, wait until each of the --wait-topics has N subscribers")
     parser.add_argument("--wait-topics", nargs="+",
-                        help="topics --wait-for-subscribers waits on (default: the Image and CompressedImage topics)")
+                        help="topics --wait-for-subscribers waits on (default: the camera topics, i.e. the Image "
+                             "and CompressedImage topics except .../labels)")
     parser.add_argument("--wait-timeout", type=float, default=30.0, metavar="SECONDS",
                         help="give up waiting for subscribers after this long (default: %(default)s)")
     return parser
 
 
+class StopRequest:
+    """Notes the first SIGINT or SIGTERM for `play_until_stopped`. The handler only sets a flag: a Python handler
+    runs between any two bytecodes of the main thread, possibly inside a lock it would need, and rclpy's own
+    handler (left out by rclpy.init here) would invalidate the context that the publishers' last
+    acknowledgements are awaited on."""
+
+    def __init__(self):
+        self.requested = False
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._note)
+
+    def _note(self, signum, frame) -> None:
+        self.requested = True
+
+
+def play_until_stopped(replayer: BagReplayer, stop: StopRequest) -> ReplaySummary:
+    """Play in a worker thread until the bag ends or a stop is requested, which ends playback as the end of the
+    bag does (the last messages acknowledged)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="bag_replay") as pool:
+        playing = pool.submit(replayer.run)
+        while not playing.done():
+            if stop.requested:
+                replayer.stop()
+            wait([playing], timeout=0.05)
+        return playing.result()
+
+
+@reports_user_errors
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(remove_ros_args(["seg-bag-replay", *argv])[1:])
-    rclpy.init(args=["seg-bag-replay", *argv])
+    stop = StopRequest()
+    rclpy.init(args=["seg-bag-replay", *argv], signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("bag_replay")
-    replayer = None
     try:
-        replayer = BagReplayer(node, args.bag, rate=args.rate, loop=args.loop, start_offset=args.start_offset,
-                               topics=args.topics, reliability=args.qos, qos_depth=args.qos_depth, clock=args.clock,
-                               wait_for_subscribers=args.wait_for_subscribers, wait_topics=args.wait_topics,
-                               wait_timeout=args.wait_timeout)
-        print(f"seg-bag-replay: {args.bag} at {args.rate:g}x: {', '.join(replayer.topics)}", flush=True)
-        replayer.run()
-    except (ReplayError, TimeoutError, OSError) as exc:
-        print(f"seg-bag-replay: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        with BagReplayer(node, args.bag, rate=args.rate, loop=args.loop, start_offset=args.start_offset,
+                         topics=args.topics, reliability=args.qos, qos_depth=args.qos_depth, clock=args.clock,
+                         wait_for_subscribers=args.wait_for_subscribers, wait_topics=args.wait_topics,
+                         wait_timeout=args.wait_timeout) as replayer:
+            print(f"seg-bag-replay: {args.bag} at {args.rate:g}x: {', '.join(replayer.topics)}", flush=True)
+            summary = play_until_stopped(replayer, stop)
     finally:
-        if replayer is not None:
-            replayer.close()
+        ignore_stop_signals()  # this process is ending: nothing may interrupt the cleanup, however many signals come
         node.destroy_node()
         rclpy.try_shutdown()
-    if replayer is not None:
-        print(f"seg-bag-replay: {replayer.summary().describe()}", flush=True)
+    print(f"seg-bag-replay: {summary.describe()}", flush=True)
     return 0
 
 

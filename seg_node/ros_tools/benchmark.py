@@ -1,10 +1,14 @@
-"""Latency benchmark: the pipeline per stage, the model alone, and the node end to end, in one run.
+"""seg-benchmark: what the pipeline, the model and the running node cost, one subcommand per question.
 
-    seg-benchmark --model models/camvid_mobile_unet.onnx --backend onnxruntime \\
-                  --baseline-model models/camvid_mobile_unet.onnx --baseline-backend torch --node
+    seg-benchmark latency --model A.onnx --baseline-model B.onnx --baseline-backend torch --node
+    seg-benchmark hd --frames 50 --warmup 5
+    seg-benchmark delivery --seconds 10
+    seg-benchmark upsampling --data $CAMVID_ROOT
+    seg-benchmark confidence --frames 50
 
-Frames come from a CamVid split (--data) or the clip committed in data/camvid_clip. Figures are medians and
-95th percentiles in milliseconds on this machine; nothing here is asserted, it is printed.
+Frames come from a data set's split (--data) or the CamVid clip committed in data/camvid_clip. Figures are
+medians and 95th percentiles in milliseconds on this machine; nothing here is asserted: they are printed, and
+written with the command line to --json.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
+from sensor_msgs.msg import Image
 from tqdm import tqdm
 
 from ..core.command_line import reports_user_errors
@@ -25,9 +31,18 @@ from ..core.errors import UserError
 from ..core.latency_stats import latency_summary
 from ..core.model_card import command_line
 from ..core.pipeline import SegmentationPipeline
-from ..toolchain.data import open_dataset
+from ..ros.image_messages import image_message
+from ..toolchain.data.arguments import add_dataset_arguments, dataset_from_args
 from ..toolchain.evaluation.timing import benchmark_pipelines, load_frames
+from .delivery import measure_delivery
+from .node_process import DDS_PROFILE, camera_topic_for, running_seg_node, use_ros_environment
 
+HD_SIZES = ((480, 360), (640, 480), (1280, 720), (1920, 1080))
+DELIVERY_SIZES = ((640, 480), (1280, 720), (1920, 1080))
+CONFIDENCE_SIZES = ((480, 360), (1920, 1080))
+#: the node's ~/latency stages (ms) that the hd subcommand reports
+NODE_STAGES = ("decode", "preprocess", "inference", "postprocess", "render", "publish", "total")
+OUTPUT_SETS = {"mask": ("mask",), "all": ("mask", "color_mask", "overlay")}
 
 
 @dataclass
@@ -37,47 +52,9 @@ class Case:
     backend: str
 
 
-def benchmark_node(case: Case, frames, threads: int, warmup: int) -> dict:
-    """Publish one frame, wait for its mask, repeat: publish-to-mask latency of the running node."""
-    from sensor_msgs.msg import Image
-
-    from ..ros.image_messages import image_message
-    from .node_process import SegNodeProcess
-    from .ros_peer import RosPeer
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    name = f"seg_node_bench_{os.getpid()}"
-    topic = f"/{name}_camera/image_raw"
-    parameters = {"backend": case.backend, "device": "cpu", "threads": threads, "input_topics": [topic],
-                  "qos_reliability": "reliable", "publish_color_mask": False, "publish_overlay": False}
-    if case.model:
-        parameters["model"] = case.model
-    node = SegNodeProcess(name, parameters)
-    peer = RosPeer("seg_node_benchmark")
-    try:
-        node.wait_until_ready()
-        masks = peer.subscribe(Image, f"/{name}/mask")
-        publisher = peer.publisher(Image, topic)
-        peer.wait_for_subscribers(publisher)
-        peer.wait_for_publishers(f"/{name}/mask")
-        latencies = []
-        for index, frame in enumerate(tqdm(frames[:warmup] + frames, desc=f"{case.label}: node", leave=False)):
-            msg = image_message(frame, "rgb8")
-            msg.header.stamp.sec = index + 1
-            sent = time.perf_counter()
-            publisher.publish(msg)
-            masks.wait_for(index + 1, timeout=60)
-            if index >= warmup:
-                latencies.append(1e3 * (masks.arrivals[index] - sent))
-        return latency_summary(latencies)
-    finally:
-        peer.close()
-        node.stop()
-
-
-HD_SIZES = ((480, 360), (640, 480), (1280, 720), (1920, 1080))
-DELIVERY_SIZES = ((640, 480), (1280, 720), (1920, 1080))
-NODE_STAGES = ("decode", "preprocess", "inference", "postprocess", "publish", "total")
-OUTPUT_SETS = {"mask": ("mask",), "all": ("mask", "color_mask", "overlay")}
+def sizes_text(sizes) -> str:
+    """((640, 480), (1920, 1080)) -> '640x480,1920x1080', as --sizes takes them."""
+    return ",".join(f"{width}x{height}" for width, height in sizes)
 
 
 def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
@@ -88,70 +65,151 @@ def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
         raise UserError(f"sizes are WIDTHxHEIGHT separated by commas, got {text!r}") from exc
 
 
+def node_parameters(model: str | None, backend: str, threads: int, topic: str, **outputs) -> dict:
+    """The node for a timing run: on the CPU, one reliable camera, `outputs` (publish_*, upsampling) as given."""
+    return {"backend": backend, "device": "cpu", "threads": threads, "input_topics": [topic],
+            "qos_reliability": "reliable", **outputs, **({"model": model} if model else {})}
+
+
+# --- latency ---------------------------------------------------------------------------------------------------
+def benchmark_node(case: Case, frames, threads: int, warmup: int) -> dict:
+    """Publish one frame, wait for its mask, repeat: publish-to-mask latency of the running node."""
+    name = f"seg_node_bench_{os.getpid()}"
+    topic = camera_topic_for(name)
+    parameters = node_parameters(case.model, case.backend, threads, topic, publish_color_mask=False,
+                                 publish_overlay=False)
+    with running_seg_node(parameters, name=name) as node:
+        masks = node.peer.subscribe(Image, node.topic("mask"))
+        publisher = node.peer.publisher(Image, topic)
+        node.peer.wait_until_matched([node.topic("mask")], [publisher])
+        latencies = []
+        for index, frame in enumerate(tqdm(frames[:warmup] + frames, desc=f"{case.label}: node", leave=False)):
+            msg = image_message(frame, "rgb8")
+            msg.header.stamp.sec = index + 1
+            sent = time.perf_counter()
+            publisher.publish(msg)
+            masks.wait_for(index + 1, timeout=60)
+            if index >= warmup:
+                latencies.append(1e3 * (masks.arrivals[index] - sent))
+    return latency_summary(latencies)
+
+
+def format_row(label: str, result: dict) -> str:
+    cells = [f"{result[k]['median']:7.1f} / {result[k]['p95']:6.1f}" if k in result else f"{'-':>16}"
+             for k in ("preprocess", "inference", "postprocess", "total", "model_only", "node")]
+    return f"| {label:<34} | " + " | ".join(cells) + " |"
+
+
+def print_latency(results: dict, cases: list[Case], frames, threads: int) -> None:
+    height, width = frames[0].shape[:2]
+    print(f"\nlatency in ms, median / p95, {len(frames)} frames of {width}x{height}, {threads} threads, CPU")
+    print(f"| {'model (backend)':<34} | " + " | ".join(f"{h:>16}" for h in (
+        "preprocess", "inference", "postprocess", "pipeline total", "model only", "node end-to-end")) + " |")
+    print("|" + "---|" * 7)
+    for label, result in results.items():
+        print(format_row(label, result))
+    if len(cases) == 2:
+        model, baseline = (results[c.label]["total"]["median"] for c in cases)
+        comparison = f"{baseline / model:.2f}x faster" if model <= baseline else f"{model / baseline:.2f}x slower"
+        print(f"\n{cases[0].label} pipeline is {comparison} than {cases[1].label} "
+              f"(median total {model:.1f} ms vs {baseline:.1f} ms)")
+
+
+def run_latency(args) -> dict:
+    """The pipeline per stage and the model alone, for the model and an optional baseline taking turns on the
+    same frames; with --node, also each one's node end to end."""
+    frames = load_frames(args.data, args.split, args.frames)
+    cases = [Case("model", args.model, args.backend)]
+    if args.baseline_model:
+        cases.append(Case("baseline", args.baseline_model, args.baseline_backend))
+    pipelines = {}
+    for case in cases:
+        pipeline = SegmentationPipeline.from_model(case.model, case.backend, "cpu", threads=args.threads)
+        case.label = f"{pipeline.card.name} ({case.backend})"
+        pipelines[case.label] = pipeline
+    results = benchmark_pipelines(pipelines, frames, args.warmup)
+    del pipelines, pipeline  # free the sessions' threads before the node runs
+    if args.node:
+        for case in cases:
+            results[case.label]["node"] = benchmark_node(case, frames, args.threads, args.warmup)
+    print_latency(results, cases, frames, args.threads)
+    return results
+
+
+# --- hd --------------------------------------------------------------------------------------------------------
+class HdLink:
+    """The peer's side of the node in the hd run: a camera publisher, the node's ~/latency and the outputs
+    subscribed so far."""
+
+    def __init__(self, node, topic: str):
+        self.node, self.peer = node, node.peer
+        self.publisher = self.peer.publisher(Image, topic)
+        self.latency = self.peer.subscribe(DiagnosticArray, node.topic("latency"))
+        self.outputs = {}
+        self.stamp = 0
+        self.peer.wait_until_matched([node.topic("latency")], [self.publisher])
+
+    def subscribe(self, outputs) -> None:
+        for output in outputs:
+            if output not in self.outputs:
+                self.outputs[output] = self.peer.subscribe(Image, self.node.topic(output))
+        self.peer.wait_until_matched([self.node.topic(output) for output in outputs])
+
+    def round_trip(self, msg, outputs) -> tuple[dict[str, float], float]:
+        """Publish `msg`, wait for its `outputs` and ~/latency report: (the report's values, publish-to-mask ms)."""
+        self.stamp += 1
+        msg.header.stamp.sec = self.stamp
+        mine = lambda m, s=self.stamp: m.header.stamp.sec == s  # noqa: E731
+        sent = time.perf_counter()
+        self.publisher.publish(msg)
+        for output in outputs:
+            self.outputs[output].wait_for(1, 60, mine)
+        report = self.latency.wait_for(1, 60, mine)[0]
+        mask = self.outputs["mask"]
+        mask_index = next(i for i, m in enumerate(mask.messages) if mine(m))
+        return {kv.key: float(kv.value) for kv in report.status[0].values}, 1e3 * (mask.arrivals[mask_index] - sent)
+
+    def forget(self) -> None:
+        """Keep the inboxes small at HD."""
+        for inbox in (self.latency, *self.outputs.values()):
+            inbox.messages.clear()
+            inbox.arrivals.clear()
+
+
+def time_size(link: HdLink, frames, size: tuple[int, int], outputs, warmup: int, label: str) -> dict:
+    """Each node stage and publish-to-mask at one image size, frames upscaled as bgr8, one at a time."""
+    messages = [image_message(cv2.resize(frame, size, interpolation=cv2.INTER_LINEAR)[..., ::-1], "bgr8")
+                for frame in frames]
+    stages = {stage: [] for stage in NODE_STAGES + ("mask_received",)}
+    for index, msg in enumerate(tqdm(messages[:warmup] + messages, desc=label, leave=False)):
+        values, mask_ms = link.round_trip(msg, outputs)
+        if index >= warmup:
+            stages["mask_received"].append(mask_ms)
+            for stage in NODE_STAGES:
+                stages[stage].append(values[f"{stage}_ms"])
+    link.forget()
+    return {stage: latency_summary(v) for stage, v in stages.items()}
+
+
 def benchmark_node_hd(model: str | None, backend: str, threads: int, frames, sizes, warmup: int,
                       upsampling: str) -> dict:
     """One node, frames upscaled to each size as bgr8, one at a time (reliable): each stage from ~/latency and
     publish-to-mask-received, first with only ~/mask subscribed, then with every output subscribed."""
-    from diagnostic_msgs.msg import DiagnosticArray
-    from sensor_msgs.msg import Image
-
-    from ..ros.image_messages import image_message
-    from .node_process import SegNodeProcess, use_dds_profile
-    from .ros_peer import RosPeer
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    use_dds_profile()
     name = f"seg_node_hd_{os.getpid()}"
-    topic = f"/{name}_camera/image_raw"
-    parameters = {"backend": backend, "device": "cpu", "threads": threads, "input_topics": [topic],
-                  "qos_reliability": "reliable", "upsampling": upsampling, **({"model": model} if model else {})}
-    node = SegNodeProcess(name, parameters)
-    peer = RosPeer("seg_node_hd_benchmark")
+    topic = camera_topic_for(name)
     results = {}
-    try:
-        node.wait_until_ready()
-        publisher = peer.publisher(Image, topic)
-        latency = peer.subscribe(DiagnosticArray, node.topic("latency"))
-        inboxes = {}
-        peer.wait_for_subscribers(publisher)
-        stamp = 0
+    with running_seg_node(node_parameters(model, backend, threads, topic, upsampling=upsampling), name=name) as node:
+        link = HdLink(node, topic)
         for outputs_label, outputs in OUTPUT_SETS.items():
-            for output in outputs:
-                if output not in inboxes:
-                    inboxes[output] = peer.subscribe(Image, node.topic(output))
-                    peer.wait_for_publishers(node.topic(output))
+            link.subscribe(outputs)
             for width, height in sizes:
-                messages = [image_message(cv2.resize(frame, (width, height), interpolation=cv2.INTER_LINEAR)[..., ::-1],
-                                          "bgr8") for frame in frames]
-                stages = {stage: [] for stage in NODE_STAGES + ("mask_received",)}
                 label = f"{width}x{height}, {outputs_label}"
-                for index, msg in enumerate(tqdm(messages[:warmup] + messages, desc=label, leave=False)):
-                    stamp += 1
-                    msg.header.stamp.sec = stamp
-                    mine = lambda m, s=stamp: m.header.stamp.sec == s  # noqa: E731
-                    sent = time.perf_counter()
-                    publisher.publish(msg)
-                    for output in outputs:  # warm-up frames also wait until every subscription has matched
-                        inboxes[output].wait_for(1, 60, mine)
-                    report = latency.wait_for(1, 60, mine)[0]
-                    if index < warmup:
-                        continue
-                    mask_index = next(i for i, m in enumerate(inboxes["mask"].messages) if mine(m))
-                    stages["mask_received"].append(1e3 * (inboxes["mask"].arrivals[mask_index] - sent))
-                    values = {kv.key: float(kv.value) for kv in report.status[0].values}
-                    for stage in NODE_STAGES:
-                        stages[stage].append(values[f"{stage}_ms"])
-                results[label] = {stage: latency_summary(v) for stage, v in stages.items()}
-                for inbox in (latency, *inboxes.values()):  # keep the inboxes small at HD
-                    inbox.messages.clear()
-                    inbox.arrivals.clear()
-        return results
-    finally:
-        peer.close()
-        node.stop()
+                results[label] = time_size(link, frames, (width, height), outputs, warmup, label)
+    return results
 
 
 def print_hd(results: dict, model_only: dict, frames: int, threads: int) -> None:
-    print(f"\nnode latency in ms, median / p95, {frames} CamVid frames upscaled (bgr8, reliable, one at a time), "
+    print(f"\nnode latency in ms, median / p95, {frames} frames upscaled (bgr8, reliable, one at a time), "
           f"{threads} threads, CPU; model only (in-process, network input): "
           f"{model_only['median']:.1f} / {model_only['p95']:.1f}")
     columns = NODE_STAGES + ("mask_received",)
@@ -163,19 +221,30 @@ def print_hd(results: dict, model_only: dict, frames: int, threads: int) -> None
         print(f"| {label:<16} | " + " | ".join(cells) + f" | {ratio:.2f}x |")
 
 
-def benchmark_delivery(sizes, seconds: float, rate: float, model: str | None, backend: str, threads: int) -> list:
-    """Best-effort frames at `rate` for `seconds` at each size, received by the node, with and without the
+def run_hd(args) -> dict:
+    """The node per stage and publish-to-mask at HD sizes, beside the model alone in this process."""
+    frames = load_frames(args.data, args.split, args.frames)
+    pipeline = SegmentationPipeline.from_model(args.model, args.backend, "cpu", threads=args.threads)
+    model_only = benchmark_pipelines({"model": pipeline}, frames, args.warmup)["model"]["model_only"]
+    del pipeline  # free the session's threads before the node runs
+    node = benchmark_node_hd(args.model, args.backend, args.threads, frames, args.sizes, args.warmup,
+                             args.upsampling)
+    print_hd(node, model_only, len(frames), args.threads)
+    return {"model_only": model_only, "node": node}
+
+
+# --- delivery --------------------------------------------------------------------------------------------------
+def run_delivery(args) -> list:
+    """Best-effort frames at --rate for --seconds at each size, received by the node, with and without the
     shipped Fast DDS profile."""
-    from .delivery import measure_delivery
-    from .node_process import DDS_PROFILE
-    parameters = {"backend": backend, "threads": threads, **({"model": model} if model else {})}
+    parameters = {"backend": args.backend, "threads": args.threads, **({"model": args.model} if args.model else {})}
     rows = []
-    for width, height in sizes:
+    for width, height in args.sizes:
         for profile in (DDS_PROFILE, None):
-            rows.append(measure_delivery(width, height, rate, seconds, profile, parameters))
+            rows.append(measure_delivery(width, height, args.rate, args.seconds, profile, parameters))
             print(f"  {rows[-1]['size']}, {rows[-1]['profile']}: {rows[-1]['received']}/{rows[-1]['sent']}",
                   flush=True)
-    print(f"\nbest-effort delivery to the node (its default QoS), bgr8 at {rate:g} Hz for {seconds:g} s, "
+    print(f"\nbest-effort delivery to the node (its default QoS), bgr8 at {args.rate:g} Hz for {args.seconds:g} s, "
           "frames_received in /diagnostics")
     print("| size | frame | with config/fastdds_large_images.xml | Fast DDS defaults |")
     print("|---|---|---|---|")
@@ -186,42 +255,43 @@ def benchmark_delivery(sizes, seconds: float, rate: float, model: str | None, ba
     return rows
 
 
-def upsampling_quality(model: str | None, backend: str, threads: int, data: str | None, split: str,
-                       limit: int | None, scales=(2, 4)) -> dict:
-    """mIoU of each upsampling mode on CamVid frames upscaled `scales`x (bilinear image, nearest labels; the
-    network sees the frame resized back to its input), the share of pixels equal to full bilinear logits' mask,
-    and postprocess time."""
+# --- upsampling ------------------------------------------------------------------------------------------------
+def upsampling_scores(pipeline: SegmentationPipeline, dataset, samples, scale: int) -> dict:
+    """mIoU, pixels equal to the full bilinear logits' mask and postprocess time of each upsampling mode, on
+    frames upscaled `scale`x (bilinear image, nearest labels)."""
     from ..core.postprocess import UPSAMPLING_MODES, logits_to_mask
     from ..toolchain.evaluation.metrics import ConfusionMatrix
-    pipeline = SegmentationPipeline.from_model(model, backend, "cpu", threads=threads)
-    dataset = open_dataset(data, split)
-    samples = dataset.items()[:limit] if limit else dataset.items()
-    classes = len(pipeline.card.classes)
-    results = {}
-    for scale in scales:
-        matrices = {mode: ConfusionMatrix(classes) for mode in UPSAMPLING_MODES}
-        agree = dict.fromkeys(UPSAMPLING_MODES, 0)
-        times = {mode: [] for mode in UPSAMPLING_MODES}
-        pixels = 0
-        for sample in tqdm(samples, desc=f"upsampling at {scale}x", leave=False):
-            image, label = dataset.load(sample)
-            height, width = image.shape[0] * scale, image.shape[1] * scale
-            big = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-            big_label = cv2.resize(label, (width, height), interpolation=cv2.INTER_NEAREST)
-            logits = pipeline.logits(big)
-            masks = {}
-            for mode in UPSAMPLING_MODES:
-                started = time.perf_counter()
-                masks[mode] = logits_to_mask(logits, height, width, mode)
-                times[mode].append(1e3 * (time.perf_counter() - started))
-                matrices[mode].update(masks[mode], big_label)
-            for mode in UPSAMPLING_MODES:
-                agree[mode] += int(np.count_nonzero(masks[mode] == masks["logits"]))
-            pixels += height * width
-        results[f"{scale}x"] = {mode: {"miou": 100 * matrices[mode].mean_iou(), "equal_to_logits": agree[mode] / pixels,
-                                       "postprocess_ms": latency_summary(times[mode])} for mode in UPSAMPLING_MODES}
-    print(f"\nupsampling on {len(samples)} CamVid {split} frames upscaled, {pipeline.card.name}: mIoU, pixels equal to "
-          "full bilinear logits' mask, postprocess ms median / p95 (2 threads)")
+    matrices = {mode: ConfusionMatrix(len(pipeline.card.classes)) for mode in UPSAMPLING_MODES}
+    agree = dict.fromkeys(UPSAMPLING_MODES, 0)
+    times = {mode: [] for mode in UPSAMPLING_MODES}
+    pixels = 0
+    for sample in tqdm(samples, desc=f"upsampling at {scale}x", leave=False):
+        image, label = dataset.load(sample)
+        height, width = image.shape[0] * scale, image.shape[1] * scale
+        big_label = cv2.resize(label, (width, height), interpolation=cv2.INTER_NEAREST)
+        logits = pipeline.logits(cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR))
+        masks = {}
+        for mode in UPSAMPLING_MODES:
+            started = time.perf_counter()
+            masks[mode] = logits_to_mask(logits, height, width, mode)
+            times[mode].append(1e3 * (time.perf_counter() - started))
+            matrices[mode].update(masks[mode], big_label)
+        for mode in UPSAMPLING_MODES:
+            agree[mode] += int(np.count_nonzero(masks[mode] == masks["logits"]))
+        pixels += height * width
+    return {mode: {"miou": 100 * matrices[mode].miou(), "equal_to_logits": agree[mode] / pixels,
+                   "postprocess_ms": latency_summary(times[mode])} for mode in UPSAMPLING_MODES}
+
+
+def run_upsampling(args) -> dict:
+    """mIoU of each upsampling mode on a data set's frames upscaled --scales times, labels matched to the model's
+    classes by name."""
+    pipeline = SegmentationPipeline.from_model(args.model, args.backend, "cpu", threads=args.threads)
+    dataset = dataset_from_args(args, args.split, model_classes=list(pipeline.card.classes))
+    samples = dataset.samples()[:args.limit] if args.limit else dataset.samples()
+    results = {f"{scale}x": upsampling_scores(pipeline, dataset, samples, scale) for scale in args.scales}
+    print(f"\nupsampling on {len(samples)} {args.split} frames upscaled, {pipeline.card.name}: mIoU, pixels "
+          f"equal to full bilinear logits' mask, postprocess ms median / p95 ({args.threads} threads)")
     print("| upscale | mode | mIoU | vs logits | equal pixels | postprocess ms |")
     print("|---|---|---|---|---|---|")
     for scale, modes in results.items():
@@ -232,32 +302,35 @@ def upsampling_quality(model: str | None, backend: str, threads: int, data: str 
     return results
 
 
-CONFIDENCE_SIZES = ((480, 360), (1920, 1080))
-
-
-def confidence_cost(model: str | None, backend: str, threads: int, frames, sizes, warmup: int) -> dict:
-    """What confidence adds to the pipeline, per image size: the frame score (every frame; it reads the
-    network-resolution logits, so its cost does not depend on the size) and the ~/confidence map (only while
-    subscribed: softmax at network resolution, resized to the image), beside the mask's postprocess."""
+# --- confidence ------------------------------------------------------------------------------------------------
+def confidence_cost(pipeline: SegmentationPipeline, frames, size: tuple[int, int], warmup: int) -> dict:
+    """At one image size: the frame score (every frame; it reads the network-resolution logits, so its cost does
+    not depend on the size), the ~/confidence map (only while subscribed: softmax at network resolution,
+    resized to the image) and, for scale, the mask's postprocess."""
     from ..core.confidence import confidence_image, frame_score
     from ..core.postprocess import logits_to_mask
-    pipeline = SegmentationPipeline.from_model(model, backend, "cpu", threads=threads)
     temperature = pipeline.card.confidence.temperature
-    results = {}
-    for width, height in sizes:
-        times = {"score": [], "confidence_map": [], "mask": []}
-        for index, frame in enumerate(tqdm(frames[:warmup] + frames, desc=f"confidence {width}x{height}",
-                                           leave=False)):
-            logits = pipeline.logits(cv2.resize(frame, (width, height), interpolation=cv2.INTER_LINEAR))
-            steps = {"score": lambda: frame_score(logits, temperature),
-                     "confidence_map": lambda: confidence_image(logits, height, width, temperature),
-                     "mask": lambda: logits_to_mask(logits, height, width, pipeline.upsampling)}
-            for step, run in steps.items():
-                started = time.perf_counter()
-                run()
-                if index >= warmup:
-                    times[step].append(1e3 * (time.perf_counter() - started))
-        results[f"{width}x{height}"] = {step: latency_summary(values) for step, values in times.items()}
+    width, height = size
+    steps = {"score": lambda logits: frame_score(logits, temperature),
+             "confidence_map": lambda logits: confidence_image(logits, height, width, temperature),
+             "mask": lambda logits: logits_to_mask(logits, height, width, pipeline.upsampling)}
+    times = {step: [] for step in steps}
+    for index, frame in enumerate(tqdm(frames[:warmup] + frames, desc=f"confidence {width}x{height}",
+                                       leave=False)):
+        logits = pipeline.logits(cv2.resize(frame, (width, height), interpolation=cv2.INTER_LINEAR))
+        for step, run in steps.items():
+            started = time.perf_counter()
+            run(logits)
+            if index >= warmup:
+                times[step].append(1e3 * (time.perf_counter() - started))
+    return {step: latency_summary(values) for step, values in times.items()}
+
+
+def run_confidence(args) -> dict:
+    """What confidence adds to the pipeline, per image size."""
+    frames = load_frames(args.data, args.split, args.frames)
+    pipeline = SegmentationPipeline.from_model(args.model, args.backend, "cpu", threads=args.threads)
+    results = {f"{w}x{h}": confidence_cost(pipeline, frames, (w, h), args.warmup) for w, h in args.sizes}
     print(f"\nconfidence cost in ms, median / p95, {len(frames)} frames, {pipeline.card.name}, network input "
           f"{pipeline.card.input.width}x{pipeline.card.input.height}: the score runs on every frame, the map only "
           "while ~/confidence is subscribed")
@@ -269,107 +342,73 @@ def confidence_cost(model: str | None, backend: str, threads: int, frames, sizes
     return results
 
 
-def format_row(label: str, result: dict) -> str:
-    cells = [f"{result[k]['median']:7.1f} / {result[k]['p95']:6.1f}" if k in result else f"{'-':>16}"
-             for k in ("preprocess", "inference", "postprocess", "total", "model_only", "node")]
-    return f"| {label:<34} | " + " | ".join(cells) + " |"
+# --- command line ----------------------------------------------------------------------------------------------
+def option_groups() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """(the model options every subcommand has, the frame options of those that time frames)."""
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("--model", help="model card or file (default: the packaged model)")
+    model.add_argument("--backend", default="onnxruntime")
+    model.add_argument("--threads", type=int, default=2)
+    model.add_argument("--json", help="write the figures and the command line to this file")
+    frames = argparse.ArgumentParser(add_help=False)
+    frames.add_argument("--data", help="data set folder for the frames (default: $CAMVID_ROOT, else the clip)")
+    frames.add_argument("--split", default="test")
+    frames.add_argument("--frames", type=int, default=50)
+    frames.add_argument("--warmup", type=int, default=5)
+    return model, frames
 
 
-def run_benchmark(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="model under test (default: the packaged model)")
-    parser.add_argument("--backend", default="onnxruntime")
-    parser.add_argument("--baseline-model", help="a second model to compare against, in the same run")
-    parser.add_argument("--baseline-backend", default="torch")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--frames", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--data", help="CamVid folder for the frames (default: $CAMVID_ROOT, else the clip)")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--node", action="store_true", help="also measure the running node end to end")
-    parser.add_argument("--json", help="write the figures to this file")
-    hd = parser.add_argument_group("HD cameras (instead of the table above)")
-    hd.add_argument("--hd", action="store_true", help="the node per stage and publish-to-mask at --hd-sizes (bgr8), "
-                    "only ~/mask subscribed and all outputs, beside model-only inference")
-    hd.add_argument("--hd-sizes", type=parse_sizes, default=HD_SIZES, help="WxH,... (default: %(default)s)")
-    hd.add_argument("--upsampling", default="boundaries", help="the node's upsampling for --hd")
-    hd.add_argument("--delivery", action="store_true",
-                    help="best-effort frames received by the node, with and without the shipped Fast DDS profile")
-    hd.add_argument("--delivery-sizes", type=parse_sizes, default=DELIVERY_SIZES)
-    hd.add_argument("--delivery-seconds", type=float, default=10.0)
-    hd.add_argument("--rate", type=float, default=30.0, help="camera rate for --delivery (Hz)")
-    hd.add_argument("--upsampling-quality", action="store_true",
-                    help="mIoU of each upsampling mode on CamVid frames upscaled 2x and 4x (needs CamVid)")
-    hd.add_argument("--limit", type=int, help="--upsampling-quality: only the first N frames")
-    hd.add_argument("--confidence", action="store_true",
-                    help="cost of the frame confidence score and the ~/confidence map at --confidence-sizes")
-    hd.add_argument("--confidence-sizes", type=parse_sizes, default=CONFIDENCE_SIZES,
-                    help="WxH,... (default: %(default)s)")
-    args = parser.parse_args(argv)
-    if args.hd or args.delivery or args.upsampling_quality or args.confidence:
-        return run_hd_benchmark(args, argv)
+def build_parser() -> argparse.ArgumentParser:
+    model, frames = option_groups()
+    parser = argparse.ArgumentParser(prog="seg-benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    latency = commands.add_parser("latency", parents=[model, frames], help="pipeline per stage, model alone, "
+                                  "node end to end (--node), against a baseline")
+    latency.set_defaults(run=run_latency)
+    latency.add_argument("--baseline-model", help="a second model to compare against, in the same run")
+    latency.add_argument("--baseline-backend", default="torch")
+    latency.add_argument("--node", action="store_true", help="also measure the running node end to end")
+    hd = commands.add_parser("hd", parents=[model, frames], help="the node per stage at HD sizes (bgr8), only "
+                             "~/mask subscribed and all outputs, beside model-only inference")
+    hd.set_defaults(run=run_hd)
+    hd.add_argument("--sizes", type=parse_sizes, default=sizes_text(HD_SIZES), help="WxH,... (default: %(default)s)")
+    hd.add_argument("--upsampling", default="boundaries", help="the node's upsampling (default: %(default)s)")
+    delivery = commands.add_parser("delivery", parents=[model], help="best-effort frames received by the node, "
+                                   "with and without the shipped Fast DDS profile")
+    delivery.set_defaults(run=run_delivery)
+    delivery.add_argument("--sizes", type=parse_sizes, default=sizes_text(DELIVERY_SIZES),
+                          help="WxH,... (default: %(default)s)")
+    delivery.add_argument("--seconds", type=float, default=10.0, help="how long the camera sends, per size")
+    delivery.add_argument("--rate", type=float, default=30.0, help="camera rate (Hz)")
+    upsampling = commands.add_parser("upsampling", parents=[model], help="mIoU of each upsampling mode on a data "
+                                     "set's frames upscaled (needs a labelled data set)")
+    upsampling.set_defaults(run=run_upsampling)
+    add_dataset_arguments(upsampling)
+    upsampling.add_argument("--split", default="test")
+    upsampling.add_argument("--limit", type=int, help="only the first N frames")
+    upsampling.add_argument("--scales", type=int, nargs="+", default=[2, 4], help="upscale factors")
+    confidence = commands.add_parser("confidence", parents=[model, frames], help="cost of the frame confidence "
+                                     "score and the ~/confidence map")
+    confidence.set_defaults(run=run_confidence)
+    confidence.add_argument("--sizes", type=parse_sizes, default=sizes_text(CONFIDENCE_SIZES),
+                            help="WxH,... (default: %(default)s)")
+    return parser
 
-    frames = load_frames(args.data, args.split, args.frames)
-    cases = [Case("model", args.model, args.backend)]
-    if args.baseline_model:
-        cases.append(Case("baseline", args.baseline_model, args.baseline_backend))
-    pipelines = {}
-    for case in cases:
-        pipeline = SegmentationPipeline.from_model(case.model, case.backend, "cpu", threads=args.threads)
-        case.label = f"{pipeline.card.name} ({case.backend})"
-        pipelines[case.label] = pipeline
-    results = benchmark_pipelines(pipelines, frames, args.warmup)
-    del pipelines, pipeline
-    if args.node:
-        for case in cases:
-            results[case.label]["node"] = benchmark_node(case, frames, args.threads, args.warmup)
 
-    height, width = frames[0].shape[:2]
-    print(f"\nlatency in ms, median / p95, {len(frames)} frames of {width}x{height}, {args.threads} threads, CPU")
-    print(f"| {'model (backend)':<34} | " + " | ".join(f"{h:>16}" for h in (
-        "preprocess", "inference", "postprocess", "pipeline total", "model only", "node end-to-end")) + " |")
-    print("|" + "---|" * 7)
-    for label, result in results.items():
-        print(format_row(label, result))
-    if len(cases) == 2:
-        model, baseline = (results[c.label]["total"]["median"] for c in cases)
-        comparison = f"{baseline / model:.2f}x faster" if model <= baseline else f"{model / baseline:.2f}x slower"
-        print(f"\n{cases[0].label} pipeline is {comparison} than {cases[1].label} "
-              f"(median total {model:.1f} ms vs {baseline:.1f} ms)")
+def run_benchmark(argv: list[str] | None = None):
+    """Run one subcommand; its figures are returned and, with --json, written beside the command line."""
+    args = build_parser().parse_args(argv)
+    results = args.run(args)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    return results
-
-
-def run_hd_benchmark(args, argv: list[str] | None) -> dict:
-    """--confidence, --upsampling-quality, --hd and --delivery, in that order, in one run."""
-    results = {"command": command_line("seg-benchmark", argv)}
-    if args.confidence:
-        results["confidence"] = confidence_cost(args.model, args.backend, args.threads,
-                                                load_frames(args.data, args.split, args.frames),
-                                                args.confidence_sizes, args.warmup)
-    if args.upsampling_quality:
-        results["upsampling_quality"] = upsampling_quality(args.model, args.backend, args.threads, args.data,
-                                                           args.split, args.limit)
-    if args.hd:
-        frames = load_frames(args.data, args.split, args.frames)
-        pipeline = SegmentationPipeline.from_model(args.model, args.backend, "cpu", threads=args.threads)
-        model_only = benchmark_pipelines({"model": pipeline}, frames, args.warmup)["model"]["model_only"]
-        del pipeline
-        node = benchmark_node_hd(args.model, args.backend, args.threads, frames, args.hd_sizes, args.warmup,
-                                 args.upsampling)
-        print_hd(node, model_only, len(frames), args.threads)
-        results["hd"] = {"model_only": model_only, "node": node}
-    if args.delivery:
-        results["delivery"] = benchmark_delivery(args.delivery_sizes, args.delivery_seconds, args.rate, args.model,
-                                                 args.backend, args.threads)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        record = {"command": command_line("seg-benchmark", argv), args.command: results}
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     return results
 
 
 @reports_user_errors
 def main(argv: list[str] | None = None) -> None:
+    use_ros_environment()
     run_benchmark(argv)
 
 

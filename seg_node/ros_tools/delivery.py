@@ -17,10 +17,21 @@ import time
 from pathlib import Path
 
 import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
 
-from .node_process import DDS_PROFILE, SegNodeProcess, with_dds_profile
+from ..core.command_line import reports_user_errors
+from ..ros.image_messages import image_message
+from .node_process import DDS_PROFILE, camera_topic_for, ros_environment, running_seg_node
 
 DIAGNOSTICS_PERIOD = 0.2  # s: the node's /diagnostics period during a measurement
+
+
+class SenderError(RuntimeError):
+    """The camera process failed; the message ends with its output."""
 
 
 def pattern_frame(width: int, height: int) -> np.ndarray:
@@ -30,73 +41,83 @@ def pattern_frame(width: int, height: int) -> np.ndarray:
                       ((x // 32 + y // 32) % 2) * 255]).astype(np.uint8)
 
 
+class DeliverySender:
+    """The camera side: a best-effort publisher of one pattern frame, and the node's frames_received counts
+    from /diagnostics, in arrival order."""
+
+    def __init__(self, node_name: str, topic: str, width: int, height: int, timeout: float):
+        self.node_name, self.size, self.timeout = node_name, f"{width}x{height}", timeout
+        self.node = rclpy.create_node(f"seg_delivery_sender_{os.getpid()}")
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self.reports: list[int] = []
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 50)
+        self.publisher = self.node.create_publisher(Image, topic, qos_profile_sensor_data)
+        self.msg = image_message(pattern_frame(width, height), "bgr8")
+        self.deadline = time.monotonic() + timeout
+
+    def _on_diagnostics(self, msg) -> None:
+        for status in msg.status:
+            values = {kv.key: kv.value for kv in status.values}
+            if status.name.startswith(self.node_name + ":") and "frames_received" in values:
+                self.reports.append(int(values["frames_received"]))
+
+    def publish(self) -> None:
+        self.msg.header.stamp = self.node.get_clock().now().to_msg()
+        self.publisher.publish(self.msg)
+
+    def spin_until(self, condition, publishing_rate: float | None = None) -> None:
+        """Spin until `condition()`, publishing at `publishing_rate` meanwhile if given."""
+        while not condition():
+            if time.monotonic() > self.deadline:
+                raise TimeoutError(f"delivery to {self.node_name} at {self.size}: no progress in {self.timeout} s "
+                                   f"(reports {self.reports[-5:]})")
+            if publishing_rate:
+                self.publish()
+            self.executor.spin_once(timeout_sec=1.0 / publishing_rate if publishing_rate else 0.05)
+
+    def quiet(self) -> bool:
+        """Two equal reports in a row after the last frame sent: nothing is in flight any more."""
+        return len(self.reports) >= 2 and self.reports[-1] == self.reports[-2]
+
+    def count_after_quiet(self) -> int:
+        self.reports.clear()
+        self.spin_until(self.quiet)
+        return self.reports[-1]
+
+    def publish_at(self, rate: float, count: int) -> float:
+        """`count` frames at `rate`, spinning between them; the seconds it took."""
+        started = time.perf_counter()
+        for index in range(count):
+            self.publish()
+            next_at = started + (index + 1) / rate
+            while (left := next_at - time.perf_counter()) > 0:
+                self.executor.spin_once(timeout_sec=left)
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+
 def send(node_name: str, topic: str, width: int, height: int, rate: float, seconds: float,
          timeout: float = 60.0) -> dict:
-    """The camera side: publish `rate` x `seconds` frames, return how many the node counted as received.
+    """Publish `rate` x `seconds` frames, return how many the node counted as received.
 
     The count is taken between two quiet moments (no frame in flight, two equal /diagnostics reports), after
     warm-up frames have reached the node, so discovery and start-up losses are not counted."""
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import qos_profile_sensor_data
-    from sensor_msgs.msg import Image
-
-    from ..ros.image_messages import image_message
-
     rclpy.init()
-    node = rclpy.create_node(f"seg_delivery_sender_{os.getpid()}")
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    reports: list[int] = []
-
-    def on_diagnostics(msg) -> None:
-        for status in msg.status:
-            values = {kv.key: kv.value for kv in status.values}
-            if status.name.startswith(node_name + ":") and "frames_received" in values:
-                reports.append(int(values["frames_received"]))
-
-    node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 50)
-    publisher = node.create_publisher(Image, topic, qos_profile_sensor_data)
-    msg = image_message(pattern_frame(width, height), "bgr8")
-    deadline = time.monotonic() + timeout
-
-    def spin_until(condition, publishing: bool = False) -> None:
-        while not condition():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"delivery to {node_name} at {width}x{height}: no progress in {timeout} s "
-                                   f"(reports {reports[-5:]})")
-            if publishing:
-                msg.header.stamp = node.get_clock().now().to_msg()
-                publisher.publish(msg)
-            executor.spin_once(timeout_sec=1.0 / rate if publishing else 0.05)
-
-    def quiet() -> bool:
-        """Two equal reports in a row after the last frame sent: nothing is in flight any more."""
-        return len(reports) >= 2 and reports[-1] == reports[-2]
-
+    sender = DeliverySender(node_name, topic, width, height, timeout)
     try:
-        spin_until(lambda: publisher.get_subscription_count() > 0)
-        spin_until(lambda: bool(reports) and reports[-1] > 0, publishing=True)  # warm-up frames got through
-        reports.clear()
-        spin_until(quiet)
-        before = reports[-1]
-        count = int(round(rate * seconds))
-        started = time.perf_counter()
-        for index in range(count):
-            msg.header.stamp = node.get_clock().now().to_msg()
-            publisher.publish(msg)
-            next_at = started + (index + 1) / rate
-            while (left := next_at - time.perf_counter()) > 0:
-                executor.spin_once(timeout_sec=left)
-        sent_seconds = time.perf_counter() - started
-        reports.clear()
-        spin_until(quiet)
-        return {"size": f"{width}x{height}", "sent": count, "received": reports[-1] - before,
-                "send_seconds": round(sent_seconds, 2), "frame_bytes": len(msg.data)}
+        sender.spin_until(lambda: sender.publisher.get_subscription_count() > 0)
+        sender.spin_until(lambda: bool(sender.reports) and sender.reports[-1] > 0, publishing_rate=rate)
+        before = sender.count_after_quiet()
+        count = round(rate * seconds)
+        sent_seconds = sender.publish_at(rate, count)
+        return {"size": sender.size, "sent": count, "received": sender.count_after_quiet() - before,
+                "send_seconds": round(sent_seconds, 2), "frame_bytes": len(sender.msg.data)}
     finally:
-        executor.shutdown()
-        node.destroy_node()
+        sender.close()
         rclpy.try_shutdown()
 
 
@@ -105,27 +126,24 @@ def measure_delivery(width: int, height: int, rate: float = 30.0, seconds: float
                      log_dir: str | Path | None = None, name: str | None = None) -> dict:
     """Start seg_node with its default camera QoS and a sender process, both with `profile` (None: Fast DDS's
     defaults), and return the sender's counts plus the share received."""
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     name = name or f"seg_delivery_{os.getpid()}_{width}x{height}_{'profile' if profile else 'default'}"
-    topic = f"/{name}_camera/image_raw"
-    node = SegNodeProcess(name, {"input_topics": [topic], "diagnostics_period": DIAGNOSTICS_PERIOD,
-                                 "device": "cpu", **(parameters or {})}, log_dir=log_dir, dds_profile=profile)
-    try:
-        node.wait_until_ready()
+    topic = camera_topic_for(name)
+    parameters = {"input_topics": [topic], "diagnostics_period": DIAGNOSTICS_PERIOD, "device": "cpu",
+                  **(parameters or {})}
+    with running_seg_node(parameters, name=name, log_dir=log_dir, dds_profile=profile):
         command = [sys.executable, "-m", __name__, "--node", name, "--topic", topic, "--width", str(width),
                    "--height", str(height), "--rate", str(rate), "--seconds", str(seconds)]
-        sender = subprocess.run(command, env=with_dds_profile(profile=profile), capture_output=True, text=True,
-                                timeout=seconds + 120)
-        if sender.returncode != 0:
-            raise RuntimeError(f"delivery sender failed ({sender.returncode}):\n{sender.stderr[-2000:]}")
-        result = json.loads(sender.stdout.strip().splitlines()[-1])
-    finally:
-        node.stop()
+        sender = subprocess.run(command, env=ros_environment(dds_profile=profile), capture_output=True,
+                                text=True, timeout=seconds + 120)
+    if sender.returncode != 0:
+        raise SenderError(f"delivery sender failed ({sender.returncode}):\n{sender.stderr[-2000:]}")
+    result = json.loads(sender.stdout.strip().splitlines()[-1])
     result["received_share"] = result["received"] / result["sent"]
     result["profile"] = str(profile) if profile else "Fast DDS defaults"
     return result
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="The camera side of measure_delivery (run by it).")
     parser.add_argument("--node", required=True, help="name of the seg_node whose /diagnostics count frames")

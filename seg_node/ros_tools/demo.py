@@ -14,9 +14,10 @@ import shutil
 from pathlib import Path
 
 from ..core.command_line import reports_user_errors
-from .bag_convert import dataset_frames, write_bag
 from ..toolchain.evaluation.timing import CLIP
+from .bag_convert import dataset_frames, write_bag
 from .live_eval import live_evaluate, print_result
+from .node_process import use_ros_environment
 
 
 @reports_user_errors
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--camera-hz", type=float, default=10.0, help="frame rate written into the bag")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    use_ros_environment()
 
     out = Path(args.out)
     if out.exists():

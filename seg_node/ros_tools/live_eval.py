@@ -12,37 +12,51 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
+from sensor_msgs.msg import Image
 from tqdm import tqdm
 
 from ..core.command_line import reports_user_errors
+from ..core.errors import UserError
 from ..core.image_codec import decode_compressed, decode_raw
 from ..core.latency_stats import latency_summary
+from ..core.model_files import resolve_model
 from ..ros.image_messages import stamp_ns
-from ..toolchain.data import CAMVID_CLASSES
+from ..toolchain.data.class_match import label_lut, read_class_map
 from ..toolchain.evaluation.metrics import ConfusionMatrix
-from .bag_convert import BAG_VERSION, COMPRESSED_TYPE, IMAGE_TYPE, RECORDED_QOS, label_topic_for
+from .bag_convert import (
+    BAG_VERSION,
+    CLASSES_FILE,
+    COMPRESSED_TYPE,
+    IMAGE_TYPE,
+    RECORDED_QOS,
+    bag_classes,
+    label_topic_for,
+)
+from .bag_replay import BagReplayer, ReplaySummary, is_label_topic
+from .node_process import running_seg_node, use_ros_environment
+from .ros_peer import Inbox
 
 RECORDED_OUTPUTS = {"mask": IMAGE_TYPE, "overlay": IMAGE_TYPE, "latency": "diagnostic_msgs/msg/DiagnosticArray"}
 
 
 def read_bag_images(bag: Path, image_topic: str | None, label_topic: str | None):
-    """(image topic, its type, {stamp: RGB image}, {stamp: label}) from a bag written by seg-camvid-to-bag."""
+    """(image topic, its type, {stamp: RGB image}, {stamp: label}) from a bag written by seg-dataset-to-bag."""
     typestore = get_typestore(Stores.ROS2_HUMBLE)
     with Reader(bag) as reader:
         image_connections = [c for c in reader.connections if c.msgtype in (IMAGE_TYPE, COMPRESSED_TYPE)
                              and (image_topic is None or c.topic == image_topic)]
-        candidates = [c for c in image_connections if not c.topic.endswith("/labels")]
+        candidates = [c for c in image_connections if not is_label_topic(c.topic)]
         if not candidates:
-            raise SystemExit(f"{bag}: no image topic {image_topic or ''} in {[c.topic for c in reader.connections]}")
+            raise UserError(f"{bag}: no image topic {image_topic or ''} in {[c.topic for c in reader.connections]}")
         image_connection = candidates[0]
         label_topic = label_topic or label_topic_for(image_connection.topic.removesuffix("/compressed"))
         label_connections = [c for c in reader.connections if c.topic == label_topic]
@@ -57,6 +71,19 @@ def read_bag_images(bag: Path, image_topic: str | None, label_topic: str | None)
             else:
                 images[stamp] = decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data).as_rgb().copy()
     return image_connection.topic, image_connection.msgtype, images, labels
+
+
+def labels_in_model_ids(bag: Path, labels: dict[int, np.ndarray], model_classes: list[str],
+                        class_map: dict[str, str] | None) -> dict[int, np.ndarray]:
+    """The bag's labels in the model's class ids, its classes.csv matched to the model's classes by name."""
+    if not labels:
+        return labels
+    classes = bag_classes(bag)
+    if classes is None:
+        raise UserError(f"{bag} has labels but no {CLASSES_FILE} beside metadata.yaml to say their classes: "
+                        f"write the bag with seg-dataset-to-bag")
+    lut = label_lut(classes, model_classes, class_map)
+    return {stamp: lut[label] for stamp, label in labels.items()}
 
 
 def rounded(summary: dict[str, float]) -> dict[str, float]:
@@ -101,95 +128,119 @@ def write_overlay_media(out: Path, images: dict[int, np.ndarray], overlays: list
     return written
 
 
-def live_evaluate(bag: str | Path, out: str | Path, *, model: str | None = None, backend: str = "onnxruntime",
-                  device: str = "cpu", threads: int = 2, rate: float = 1.0, image_topic: str | None = None,
-                  label_topic: str | None = None, record: bool = False, video: bool = False, pngs: int = 4,
-                  video_fps: float = 5.0, node_name: str = "seg_node", settle: float = 3.0) -> dict:
-    from diagnostic_msgs.msg import DiagnosticArray
-    from sensor_msgs.msg import Image
-
-    from .bag_replay import BagReplayer
-    from .node_process import SegNodeProcess, use_dds_profile
-    from .ros_peer import RosPeer
-
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    use_dds_profile()
-    bag, out = Path(bag), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    topic, msgtype, images, labels = read_bag_images(bag, image_topic, label_topic)
+def node_parameters(topic: str, msgtype: str, model: str | None, backend: str, device: str, threads: int,
+                    overlays: bool) -> dict:
+    """The node for a live evaluation: on the bag's camera topic and transport, reliable and deep enough that no
+    frame is lost on the way, overlays only when they are recorded or filmed."""
     compressed = msgtype == COMPRESSED_TYPE
     parameters = {"backend": backend, "device": device, "threads": threads, "camera_names": [""],
                   "input_topics": [topic.removesuffix("/compressed") if compressed else topic],
                   "input_transport": "compressed" if compressed else "raw", "qos_reliability": "reliable",
-                  "qos_depth": 10, "publish_color_mask": False, "publish_overlay": video or record}
+                  "qos_depth": 10, "publish_color_mask": False, "publish_overlay": overlays}
     if model:
         parameters["model"] = str(model)
-    node = SegNodeProcess(node_name, parameters, log_dir=out)
-    sent_at: dict[int, float] = {}  # stamp -> when the replayer published the image
-    peer = RosPeer("seg_node_live_eval")
-    try:
-        node.wait_until_ready()
-        inboxes = {name: peer.subscribe(Image if name != "latency" else DiagnosticArray, node.topic(name))
-                   for name in ("mask", "latency") + (("overlay",) if video or record else ())}
-        for name in inboxes:
-            peer.wait_for_publishers(node.topic(name))
-        def note_publication(_, msg) -> None:
-            sent_at.setdefault(stamp_ns(msg.header.stamp), time.perf_counter())
+    return parameters
 
-        replayer = BagReplayer(peer.node, bag, rate=rate, topics=[topic], wait_for_subscribers=1,
-                               on_publish=note_publication)
-        with replayer:
-            progress = tqdm(total=len(images), desc=f"replaying {bag.name}", unit="frame")
-            runner = threading.Thread(target=replayer.run)
-            runner.start()
-            while runner.is_alive():
-                progress.n = len(inboxes["mask"])
-                progress.refresh()
-                time.sleep(0.1)
-            runner.join()
-            progress.close()
-            summary = replayer.summary()
-        settled_at, count = time.time(), len(inboxes["mask"])
-        while time.time() - settled_at < settle and count < len(images):
+
+def wait_until_settled(inbox: Inbox, expected: int, settle: float) -> None:
+    """Until `expected` messages are in, or none has come for `settle` s (the node dropped the rest)."""
+    settled_at, count = time.time(), len(inbox)
+    while time.time() - settled_at < settle and count < expected:
+        time.sleep(0.1)
+        if len(inbox) != count:
+            settled_at, count = time.time(), len(inbox)
+
+
+def replay_to_node(node, bag: Path, topic: str, rate: float, frames: int, masks: Inbox,
+                   settle: float) -> tuple[ReplaySummary, dict[int, float]]:
+    """Play the bag's image topic to the node, once it subscribes, with a progress bar of the masks received,
+    until its masks have settled: (what was published, stamp -> when it was published)."""
+    sent_at: dict[int, float] = {}
+
+    def note_publication(_, msg) -> None:
+        sent_at.setdefault(stamp_ns(msg.header.stamp), time.perf_counter())
+
+    with (BagReplayer(node.peer.node, bag, rate=rate, topics=[topic], wait_for_subscribers=1,
+                      on_publish=note_publication) as replayer,
+          ThreadPoolExecutor(1, thread_name_prefix="live_eval_replay") as pool,
+          tqdm(total=frames, desc=f"replaying {bag.name}", unit="frame") as progress):
+        playing = pool.submit(replayer.run)
+        while not playing.done():
+            progress.n = len(masks)
+            progress.refresh()
             time.sleep(0.1)
-            if len(inboxes["mask"]) != count:
-                settled_at, count = time.time(), len(inboxes["mask"])
-    finally:
-        peer.close()
-        status = node.stop()
+        summary = playing.result()
+    wait_until_settled(masks, frames, settle)
+    return summary, sent_at
 
-    masks = inboxes["mask"].messages
-    matrix = ConfusionMatrix(len(CAMVID_CLASSES))
+
+def frame_counts(masks: list, labels: dict[int, np.ndarray], frames_published: int) -> dict:
+    """Frames published, masks received, and frames that got no mask (dropped: no mask carries their stamp)."""
+    stamps = {stamp_ns(msg.header.stamp) for msg in masks}
+    return {"frames_published": frames_published, "masks_received": len(masks),
+            "frames_dropped": frames_published - len(stamps), "masks_repeated": len(masks) - len(stamps),
+            "masks_unmatched": len(stamps - set(labels))}
+
+
+def score_masks(masks: Inbox, labels: dict[int, np.ndarray], sent_at: dict[int, float],
+                model_classes: list[str]) -> dict:
+    """The masks scored against the labels of the same stamp, and each mask's ROS path latency (published ->
+    received here)."""
+    matrix = ConfusionMatrix(len(model_classes))
     path_latency, scored = [], 0
-    for msg, arrival in zip(masks, inboxes["mask"].arrivals):
+    for msg, arrival in zip(masks.messages, masks.arrivals):
         stamp = stamp_ns(msg.header.stamp)
         if stamp in labels:
             matrix.update(decode_raw("mono8", msg.height, msg.width, msg.step, msg.data).pixels[..., 0], labels[stamp])
             scored += 1
         if stamp in sent_at:
             path_latency.append(1e3 * (arrival - sent_at[stamp]))
-    node_total = [float(next(kv.value for kv in m.status[0].values if kv.key == "total_ms"))
-                  for m in inboxes["latency"].messages]
-    frames_published = sum(summary.published.values())
-    stamps = {stamp_ns(msg.header.stamp) for msg in masks}  # a frame is dropped when no mask carries its stamp
-    result = {
-        "bag": str(bag), "image_topic": topic, "model": model or "packaged default", "backend": backend,
-        "rate": rate, "frames_published": frames_published, "masks_received": len(masks),
-        "frames_dropped": frames_published - len(stamps), "masks_repeated": len(masks) - len(stamps),
-        "masks_unmatched": len(stamps - set(labels)), "frames_scored": scored,
-        **matrix.summary(CAMVID_CLASSES), "ros_path_latency_ms": rounded(latency_summary(path_latency)),
-        "node_processing_ms": rounded(latency_summary(node_total)), "node_exit_status": status,
-    }
-    written = []
+    return {"frames_scored": scored, **matrix.summary(model_classes),
+            "ros_path_latency_ms": rounded(latency_summary(path_latency))}
+
+
+def write_outputs(out: Path, result: dict, node_topics: dict[str, str], inboxes: dict[str, Inbox],
+                  images: dict[int, np.ndarray], record: bool, video: bool, pngs: int, video_fps: float) -> list[Path]:
+    """live_eval.json, and the recorded outputs bag and the overlay media when asked for."""
+    written = [out / "live_eval.json"]
     if record:
-        record_path = out / "outputs_bag"
-        record_outputs(record_path, {node.topic(name): (msgtype_of, inboxes[name].messages)
-                                     for name, msgtype_of in RECORDED_OUTPUTS.items() if name in inboxes})
-        written.append(record_path)
+        written.append(out / "outputs_bag")
+        record_outputs(written[-1], {node_topics[name]: (msgtype, inboxes[name].messages)
+                                     for name, msgtype in RECORDED_OUTPUTS.items() if name in inboxes})
     if video:
         written += write_overlay_media(out, images, inboxes["overlay"].messages, video_fps, pngs)
     (out / "live_eval.json").write_text(json.dumps(result, indent=2) + "\n")
-    result["written"] = [str(p) for p in [out / "live_eval.json", *written]]
+    return written
+
+
+def live_evaluate(bag: str | Path, out: str | Path, *, model: str | None = None, backend: str = "onnxruntime",
+                  device: str = "cpu", threads: int = 2, rate: float = 1.0, image_topic: str | None = None,
+                  label_topic: str | None = None, record: bool = False, video: bool = False, pngs: int = 4,
+                  video_fps: float = 5.0, node_name: str = "seg_node", settle: float = 3.0,
+                  class_map: dict[str, str] | None = None) -> dict:
+    bag, out = Path(bag), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    topic, msgtype, images, labels = read_bag_images(bag, image_topic, label_topic)
+    model_classes = list(resolve_model(model)[0].classes)
+    labels = labels_in_model_ids(bag, labels, model_classes, class_map)  # refuses mismatched classes up front
+    outputs = ("mask", "latency") + (("overlay",) if video or record else ())
+    parameters = node_parameters(topic, msgtype, model, backend, device, threads, overlays=video or record)
+    with running_seg_node(parameters, name=node_name, log_dir=out) as node:
+        inboxes = {name: node.peer.subscribe(DiagnosticArray if name == "latency" else Image, node.topic(name))
+                   for name in outputs}
+        node.peer.wait_until_matched([node.topic(name) for name in outputs])
+        summary, sent_at = replay_to_node(node, bag, topic, rate, len(images), inboxes["mask"], settle)
+    node_total = [float(next(kv.value for kv in m.status[0].values if kv.key == "total_ms"))
+                  for m in inboxes["latency"].messages]
+    result = {
+        "bag": str(bag), "image_topic": topic, "model": model or "packaged default", "backend": backend,
+        "rate": rate, **frame_counts(inboxes["mask"].messages, labels, sum(summary.published.values())),
+        **score_masks(inboxes["mask"], labels, sent_at, model_classes),
+        "node_processing_ms": rounded(latency_summary(node_total)), "node_exit_status": node.process.returncode,
+    }
+    written = write_outputs(out, result, {name: node.topic(name) for name in outputs}, inboxes, images, record,
+                            video, pngs, video_fps)
+    result["written"] = [str(p) for p in written]
     return result
 
 
@@ -200,7 +251,7 @@ def print_result(result: dict) -> None:
     if result["masks_repeated"] or result["masks_unmatched"]:
         print(f"{result['masks_repeated']} masks repeated a stamp, {result['masks_unmatched']} stamps match no label")
     print(f"mIoU {result['miou']:.2f}, pixel accuracy {result['pixel_accuracy']:.2f}")
-    per_class = result["per_class_iou"].items()
+    per_class = ((name, scores["iou"]) for name, scores in result["per_class"].items())
     print("  " + ", ".join(f"{k} {v if v is not None else float('nan'):.1f}" for k, v in per_class))
     if not np.isnan(latency["median"]):
         print(f"ROS path latency (published -> mask received), ms: median {latency['median']}, p95 {latency['p95']}, "
@@ -212,7 +263,7 @@ def print_result(result: dict) -> None:
 @reports_user_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bag", help="rosbag2 with images and labels (seg-camvid-to-bag)")
+    parser.add_argument("bag", help="rosbag2 with images and labels (seg-dataset-to-bag)")
     parser.add_argument("--out", required=True, help="folder for live_eval.json and the optional outputs")
     parser.add_argument("--model", help="model card or file (default: the packaged model)")
     parser.add_argument("--backend", default="onnxruntime")
@@ -224,10 +275,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--record", action="store_true", help="record masks, overlays and latency into a bag")
     parser.add_argument("--video", action="store_true", help="write overlay.mp4 and overlay PNGs")
     parser.add_argument("--pngs", type=int, default=4)
+    parser.add_argument("--class-map", help="CSV `data_class,model_class` for bag classes named otherwise")
     args = parser.parse_args(argv)
+    use_ros_environment()
     print_result(live_evaluate(args.bag, args.out, model=args.model, backend=args.backend, device=args.device,
                                threads=args.threads, rate=args.rate, image_topic=args.image_topic,
-                               label_topic=args.label_topic, record=args.record, video=args.video, pngs=args.pngs))
+                               label_topic=args.label_topic, record=args.record, video=args.video, pngs=args.pngs,
+                               class_map=read_class_map(args.class_map) if args.class_map else None))
 
 
 if __name__ == "__main__":

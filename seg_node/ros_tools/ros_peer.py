@@ -42,7 +42,7 @@ class Inbox:
 
 
 class RosPeer:
-    """One rclpy node in the test process, spun by a background executor."""
+    """One rclpy node in this process, spun by a background executor; a context manager that closes it."""
 
     def __init__(self, name: str = "seg_node_peer"):
         # A context of its own: a process may hold several peers (a test session and a live evaluation).
@@ -85,6 +85,25 @@ class RosPeer:
             if time.time() > deadline:
                 raise TimeoutError(f"no publisher on {topic} after {timeout} s")
             time.sleep(0.02)
+
+    def wait_until_matched(self, topics=(), publishers=(), timeout: float = 20.0) -> None:
+        """Each of this peer's subscriptions on `topics` has matched a publisher and each of `publishers` a
+        subscription: a node publishes an output only to subscribers it has discovered, and DDS matches the two
+        ends of a pair in one discovery exchange, so messages sent after this arrive."""
+        subscriptions = [s for s in self.node.subscriptions if s.topic_name in topics]
+        deadline = time.time() + timeout
+        while (any(s.get_publisher_count() < 1 for s in subscriptions)
+               or any(p.get_subscription_count() < 1 for p in publishers)):
+            if time.time() > deadline:
+                raise TimeoutError(f"{list(topics)} and {[p.topic_name for p in publishers]} not matched after "
+                                   f"{timeout} s")
+            time.sleep(0.02)
+
+    def __enter__(self) -> RosPeer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def close(self) -> None:
         """Stop and join the spinning thread before destroying the node: destroying a node that another

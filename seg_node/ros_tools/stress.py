@@ -24,12 +24,19 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
+from sensor_msgs.msg import Image
 from tqdm import tqdm
 
+from ..core.command_line import reports_user_errors
 from ..core.latency_stats import latency_summary
-from ..core.model_card import ModelCardError, command_line
+from ..core.model_card import ModelCard, ModelCardError, command_line
+from ..core.model_files import resolve_model
 from ..ros.image_messages import NS_PER_S, image_message, stamp_ns
+from ..toolchain.evaluation.timing import load_frames
 from ..toolchain.random_model import make_random_model
+from .node_process import camera_topic_for, running_seg_node, use_ros_environment
+from .ros_peer import RELIABLE
 
 SPREAD = "median {median:.1f} ms, p95 {p95:.1f} ms, max {max:.1f} ms"
 
@@ -49,7 +56,6 @@ class StampRecorder:
     """
 
     def __init__(self, peer, msg_type, topic: str, extract=lambda msg: None):
-        from .ros_peer import RELIABLE
         self._extract = extract
         self._changed = threading.Condition()
         self.arrivals: dict[int, float] = {}
@@ -86,9 +92,6 @@ class StatusRecorder:
     """The /diagnostics statuses of one node, in arrival order."""
 
     def __init__(self, peer, node_name: str):
-        from diagnostic_msgs.msg import DiagnosticArray
-
-        from .ros_peer import RELIABLE
         self._prefix = node_name + ":"
         self._changed = threading.Condition()
         self.statuses: list[Status] = []
@@ -130,8 +133,6 @@ class StressLink:
     """The peer's side of one running node: a camera publisher and what the node sends back, by stamp."""
 
     def __init__(self, peer, node, camera_topic: str, timeout: float = 30.0):
-        from diagnostic_msgs.msg import DiagnosticArray
-        from sensor_msgs.msg import Image
         self.node = node
         self.publisher = peer.publisher(Image, camera_topic)
         self.masks = StampRecorder(peer, Image, node.topic("mask"))
@@ -139,8 +140,7 @@ class StressLink:
         self.diagnostics = StatusRecorder(peer, node.name)
         self.sent: dict[int, float] = {}
         self._last_stamp = 0
-        peer.wait_for_subscribers(self.publisher, timeout=timeout)
-        peer.wait_for_publishers(node.topic("mask"), timeout=timeout)
+        peer.wait_until_matched([node.topic("mask")], [self.publisher], timeout)
         self._prime(timeout)
 
     def _prime(self, timeout: float) -> None:
@@ -305,12 +305,7 @@ def report_soak(link: StressLink, run: SoakRun, window: int) -> list[tuple[str, 
     ]
 
 
-def main(argv: list[str] | None = None) -> None:
-    from ..core.model_files import resolve_model
-    from ..toolchain.evaluation.timing import load_frames
-    from .node_process import SegNodeProcess, use_dds_profile
-    from .ros_peer import RosPeer
-
+def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", help="model card or file beside its card (default: the packaged model)")
     common.add_argument("--random-model", action="store_true",
@@ -319,7 +314,8 @@ def main(argv: list[str] | None = None) -> None:
     common.add_argument("--device", default="cpu")
     common.add_argument("--threads", type=int, default=2)
     common.add_argument("--data", help="CamVid folder for the frames (default: $CAMVID_ROOT, else the committed clip)")
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="seg-stress", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     over = commands.add_parser("overload", parents=[common],
                                help="camera faster than the node: drops, mask age, memory")
@@ -330,49 +326,54 @@ def main(argv: list[str] | None = None) -> None:
                                    help="many frames, none dropped: latency drift, memory, errors")
     long_run.add_argument("--frames", type=int, default=10_000)
     long_run.add_argument("--window", type=int, default=1000, help="frames compared at the start and the end")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def model_under_test(args, scratch: Path) -> tuple[str | None, ModelCard]:
+    """(the model the node loads, its card): --random-model made in `scratch`, --model, or the packaged one."""
+    model = str(make_random_model(scratch / "random_unet")) if args.random_model else args.model
+    try:
+        return model, resolve_model(model)[0]
+    except ModelCardError as exc:
+        raise ModelCardError(f"{exc} (pass --model PATH, or --random-model for a small random model)") from exc
+
+
+def run_header(args, argv, card: ModelCard, frames) -> str:
+    """The command, the model, the frames and the machine, above the figures."""
+    height, width = frames[0].shape[:2]
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    return (f"{command_line('seg-stress', argv)}\n"
+            f"model {card.name} ({card.input.width}x{card.input.height} input), {args.backend} on "
+            f"{args.device}, {args.threads} threads; frames {width}x{height} rgb8; "
+            f"{os.cpu_count()} CPUs, load average {load} at start")
+
+
+def run_command(args, link: StressLink, messages: list) -> list[tuple[str, str]]:
+    """overload: calibrate, then publish at --factor times the node's capacity; soak: --frames one at a time."""
+    if args.command == "overload":
+        unloaded = calibrate(link, messages, args.calibration_frames)
+        capacity_hz = 1e3 / float(np.median([v["total_ms"] for v in unloaded]))
+        return report_overload(link, unloaded, overload(link, messages, args.factor * capacity_hz, args.seconds))
+    calibrate(link, messages, 10)
+    return report_soak(link, soak(link, messages, args.frames), args.window)
+
+
+@reports_user_errors
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    use_ros_environment()
     with tempfile.TemporaryDirectory(prefix="seg_stress_") as scratch:
-        model = args.model
-        if args.random_model:
-            model = str(make_random_model(Path(scratch) / "random_unet"))
-        try:
-            card, _ = resolve_model(model)
-        except ModelCardError as exc:
-            parser.exit(2, f"seg-stress: {exc}\n(pass --model PATH, or --random-model for a small random model)\n")
-        os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-        use_dds_profile()
+        model, card = model_under_test(args, Path(scratch))
         frames = load_frames(args.data, "test", 24)
+        header = run_header(args, argv, card, frames)
         name = f"seg_stress_{os.getpid()}"
-        topic = f"/{name}_camera/image_raw"
+        topic = camera_topic_for(name)
         parameters = {"backend": args.backend, "device": args.device, "threads": args.threads,
-                      "input_topics": [topic], "qos_reliability": "reliable"}
-        if model:
-            parameters["model"] = model
-        node = SegNodeProcess(name, parameters, log_dir=scratch)
-        peer = RosPeer("seg_stress")
-        try:
-            node.wait_until_ready()
-            link = StressLink(peer, node, topic)
-            messages = [image_message(frame, "rgb8") for frame in frames]
-            height, width = frames[0].shape[:2]
-            load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
-            header = (f"{command_line('seg-stress', argv)}\n"
-                      f"model {card.name} ({card.input.width}x{card.input.height} input), {args.backend} on "
-                      f"{args.device}, {args.threads} threads; frames {width}x{height} rgb8; "
-                      f"{os.cpu_count()} CPUs, load average {load} at start")
-            if args.command == "overload":
-                unloaded = calibrate(link, messages, args.calibration_frames)
-                capacity_hz = 1e3 / float(np.median([v["total_ms"] for v in unloaded]))
-                run = overload(link, messages, args.factor * capacity_hz, args.seconds)
-                print_table(header, report_overload(link, unloaded, run))
-            else:
-                calibrate(link, messages, 10)
-                run = soak(link, messages, args.frames)
-                print_table(header, report_soak(link, run, args.window))
-        finally:
-            peer.close()
-            node.stop()
+                      "input_topics": [topic], "qos_reliability": "reliable", **({"model": model} if model else {})}
+        with running_seg_node(parameters, name=name, log_dir=scratch) as node:
+            link = StressLink(node.peer, node, topic)
+            rows = run_command(args, link, [image_message(frame, "rgb8") for frame in frames])
+        print_table(header, rows)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import argparse
 import csv
 import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +17,13 @@ import onnx
 import torch
 from torch import nn
 
-from ..core.command_line import reports_user_errors
-from ..core.model_card import InputSpec, ModelCard
-from ..core.preprocess import normalize, resize_for_network
-from .data import CAMVID_CLASSES, CAMVID_PALETTE, CamVidLayoutError, open_dataset
 from ..core.architectures import build_model
 from ..core.architectures.weights import save_weights
+from ..core.command_line import reports_user_errors
+from ..core.model_card import InputSpec, InterfaceSpec, ModelCard
+from ..core.preprocess import normalize, resize_for_network
+from .data import DatasetError, SegmentationDataset
+from .data.arguments import add_dataset_arguments, dataset_from_args
 
 ONNX_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
@@ -83,7 +85,9 @@ def export_model(model: nn.Module, out_stem: str | Path, *, name: str, architect
         files={"onnx": onnx_path.name, "torch": weights_path.name},
         metrics=dict(metrics or {}), training=dict(training or {}),
         compression={"precision": "fp32", **(compression or {}), "export_parity": parity},
-        class_bias=dict(class_bias or {}), flip_average=flip_average, notes=notes)
+        class_bias=dict(class_bias or {}), flip_average=flip_average, notes=notes,
+        interface=InterfaceSpec(input_size="dynamic" if dynamic_size else "fixed",
+                                batch="dynamic" if dynamic_batch else "fixed"))
     card.validate(str(out_stem))
     card.save(out_stem.with_suffix(".json"))
     return card
@@ -91,27 +95,31 @@ def export_model(model: nn.Module, out_stem: str | Path, *, name: str, architect
 
 @reports_user_errors
 def main(argv: list[str] | None = None) -> None:
-    """`seg-export`: turn a training checkpoint (best.pt) into the node's model files."""
+    """`seg-export`: turn a training checkpoint (best.pt) into the node's model files, with the classes, palette
+    and input the run recorded."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("checkpoint", help="best.pt written by seg-train (loaded with weights_only=True)")
     parser.add_argument("--out", required=True, help="output stem, e.g. models/camvid_mobile_unet")
     parser.add_argument("--name", help="model name for the card (default: the stem)")
-    parser.add_argument("--input-size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
+    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                        help="network input size (default: the run's)")
     parser.add_argument("--dynamic-batch", action="store_true")
     parser.add_argument("--dynamic-size", action="store_true")
-    parser.add_argument("--data", help="CamVid folder for the parity check on val frames (default $CAMVID_ROOT)")
-    parser.add_argument("--parity-frames", type=int, default=8)
+    add_dataset_arguments(parser, class_map=False)
+    parser.add_argument("--parity-frames", type=int, default=8, help="val frames of --data for the parity check")
     args = parser.parse_args(argv)
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-    architecture = {k: v for k, v in json.loads(state["run"])["arch"].items() if k != "pretrained"}
-    model = build_model(architecture, len(CAMVID_CLASSES))
+    run = json.loads(state["run"])
+    architecture = {k: v for k, v in run["arch"].items() if k != "pretrained"}
+    model = build_model(architecture, len(run["classes"]))
     model.load_state_dict(state["model"])
-    spec = InputSpec(height=args.input_size[0], width=args.input_size[1])
-    parity_inputs = parity_frames(args.data, args.parity_frames, spec)
-    training = training_record(args.checkpoint, state)
+    spec = InputSpec(**run["config"]["model"]["input"])
+    if args.input_size:
+        spec = replace(spec, height=args.input_size[0], width=args.input_size[1])
     card = export_model(model, args.out, name=args.name or Path(args.out).name, architecture=architecture,
-                        classes=CAMVID_CLASSES, palette=CAMVID_PALETTE, spec=spec, parity_inputs=parity_inputs,
-                        training=training,
+                        classes=run["classes"], palette=run["palette"], spec=spec,
+                        parity_inputs=parity_frames(parity_dataset(args), args.parity_frames, spec),
+                        training=training_record(args.checkpoint, state),
                         dynamic_batch=args.dynamic_batch, dynamic_size=args.dynamic_size)
     print(f"wrote {args.out}.{{onnx,safetensors,json}}; parity {card.compression['export_parity']}")
 
@@ -130,7 +138,7 @@ def training_record(checkpoint: str | Path, state: dict | None = None) -> dict:
     record = {"best_epoch": state["epoch"], "val_miou": state.get("val_miou", state.get("best_miou")),
               **({"averaged_epochs": state["averaged_epochs"]} if state.get("averaged_epochs") else {}),
               "wall_seconds": wall_seconds, "hardware": run.pop("hardware", "not recorded"), **run}
-    init = run["args"].get("init")
+    init = run["config"]["model"]["init"]
     if init and Path(init).suffix == ".pt" and Path(init).exists():
         record["initialized_from"] = {"checkpoint": init, **training_record(init)}
     elif init and Path(init).with_suffix(".json").exists():
@@ -140,18 +148,25 @@ def training_record(checkpoint: str | Path, state: dict | None = None) -> dict:
     return record
 
 
-def parity_frames(data: str | None, count: int, spec: InputSpec) -> np.ndarray:
-    """Normalized CamVid val frames when the data set is at hand, else seeded random images; a `data` folder
-    given but wrong is an error, not a silent fall-back."""
+def parity_dataset(args: argparse.Namespace) -> SegmentationDataset | None:
+    """The val split of the data set the options name, for parity frames; None when no data set is named (no
+    --data, no $CAMVID_ROOT). A --data folder given but wrong is an error, not a silent fall-back."""
     try:
-        dataset = open_dataset(data, "val")
-        samples = dataset.items()[:: max(1, len(dataset.items()) // count)][:count]
-        images = [dataset.load(s)[0] for s in samples]
-    except CamVidLayoutError:
-        if data:
+        return dataset_from_args(args, "val")
+    except DatasetError:
+        if args.data:
             raise
+        return None
+
+
+def parity_frames(dataset: SegmentationDataset | None, count: int, spec: InputSpec) -> np.ndarray:
+    """`count` normalized frames spread over `dataset`, or seeded random images without one."""
+    if dataset is None:
         rng = np.random.default_rng(0)
         images = [rng.integers(0, 256, (spec.height, spec.width, 3), np.uint8) for _ in range(count)]
+    else:
+        samples = dataset.samples()
+        images = [dataset.load(s)[0] for s in samples[:: max(1, len(samples) // count)][:count]]
     return np.stack([normalize(resize_for_network(image, spec), spec, "rgb") for image in images])
 
 

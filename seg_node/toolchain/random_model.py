@@ -12,27 +12,27 @@ import cv2
 import numpy as np
 import torch
 
+from ..core.architectures import build_model
 from ..core.model_card import InputSpec
 from ..core.preprocess import normalize
-from .data import CAMVID_CLASSES, CAMVID_PALETTE
+from .data import CAMVID_CLASSES, ClassTable
 from .export import export_model
-from ..core.architectures import build_model
 
 RANDOM_MODEL_SIZE = (96, 128)
 
 
 def make_random_model(out_stem: Path, architecture: dict | None = None, size=RANDOM_MODEL_SIZE,
-                      seed: int = 0) -> Path:
+                      seed: int = 0, classes: ClassTable = CAMVID_CLASSES) -> Path:
     """Export a randomly initialised (untrained) model with its card."""
     torch.manual_seed(seed)
     architecture = architecture or {"name": "unet", "base_width": 8, "depth": 3}
-    model = build_model(architecture, len(CAMVID_CLASSES))
+    model = build_model(architecture, classes.num_classes)
     spec = InputSpec(height=size[0], width=size[1])
     calibrate_batchnorm(model, size, seed)
     inputs = np.random.default_rng(seed).standard_normal((2, 3, *size)).astype(np.float32)
     name = f"random-{architecture['name']} (untrained: tests and stress runs only)"
     export_model(model, out_stem, name=name,
-                 architecture=architecture, classes=CAMVID_CLASSES, palette=CAMVID_PALETTE, spec=spec,
+                 architecture=architecture, classes=classes.names, palette=classes.palette, spec=spec,
                  parity_inputs=inputs, notes="randomly initialised; not a trained model")
     return out_stem.with_suffix(".onnx")
 

@@ -1,12 +1,15 @@
-"""The U-Net family, built by name from the small config a model card records."""
+"""The architectures, built by name from the small config a model card records."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
 from .attention_unet import AttentionUNet
+from .bisenetv2 import BiSeNetV2
+from .icnet import ICNet
 from .mobile_unet import MobileUNet
 from .unet import UNet
 
@@ -14,6 +17,8 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "unet": UNet,
     "attention_unet": AttentionUNet,
     "mobile_unet": MobileUNet,
+    "bisenetv2": BiSeNetV2,
+    "icnet": ICNet,
 }
 
 

@@ -43,7 +43,7 @@ class AttentionUNet(UNet):
                 DoubleConv(2 * widths[i] + (widths[i - 1] if i > 0 else 0), widths[i], kernel_sizes[i])
                 for i in reversed(range(depth)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def logits_and_aux(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         skips = self.encode(x)
         x = skips.pop()
         for up, gate, conv in zip(self.up, self.gates, self.up_conv):
@@ -53,4 +53,4 @@ class AttentionUNet(UNet):
             if self.multiscale_skips and skips:
                 parts.append(F.adaptive_avg_pool2d(skips[-1], skip.shape[-2:]))
             x = conv(torch.cat(parts, dim=1))
-        return self.classifier(x)
+        return self.classifier(x), []

@@ -43,3 +43,54 @@ class Upsample(nn.Module):
         if self.mode == "transpose":
             return resize_to(self.proj(x), skip)
         return self.proj(resize_to(x, skip))
+
+
+class ConvBNReLU(nn.Sequential):
+    """Conv kxk (stride, dilation, groups; padding keeps the size at stride 1), BatchNorm, ReLU."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, dilation: int = 1,
+                 groups: int = 1):
+        super().__init__(
+            nn.Conv2d(in_ch, out_ch, kernel, stride, dilation * (kernel // 2), dilation, groups, bias=False),
+            nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
+
+
+KEPT_WHOLE_SCOPES = ("all", "decoder")
+
+
+class SegmentationNetwork(nn.Module):
+    """What every architecture offers the toolchain.
+
+    Eval mode: logits at the input size. Training mode with auxiliary heads: (logits, (aux, ...)), each aux at
+    its own resolution, weighted by `aux_weights` in the loss. Subclasses set `classifier`, `encoder` (what
+    decoder-only pruning keeps) and, when they have any, `aux_heads`; they implement `logits_and_aux`.
+    """
+
+    aux_weights: tuple[float, ...] = ()
+
+    def __init__(self):
+        super().__init__()
+        self.aux_heads = nn.ModuleList()
+
+    def logits_and_aux(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor):
+        with_aux = self.training and len(self.aux_heads) > 0
+        logits, aux = self.logits_and_aux(x, with_aux)
+        return (logits, tuple(aux)) if with_aux else logits
+
+    def all_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Logits and every auxiliary output in any mode. Torch-Pruning traces its dependency graph in eval
+        mode; tracing this instead (`forward_fn=lambda model, x: model.all_outputs(x)`) lets pruning a trunk
+        layer also narrow the auxiliary heads that read it, so the pruned model can still be fine-tuned."""
+        logits, aux = self.logits_and_aux(x, True)
+        return (logits, *aux)
+
+    def kept_whole(self, scope: str) -> list[nn.Module]:
+        """What structured pruning must leave whole: the classifier and auxiliary heads (their outputs are the
+        classes), plus the encoder for scope 'decoder'."""
+        if scope not in KEPT_WHOLE_SCOPES:
+            raise ValueError(f"pruning scope must be one of {KEPT_WHOLE_SCOPES}, got {scope!r}")
+        kept = [self.classifier, *self.aux_heads]
+        return kept + [self.encoder] if scope == "decoder" else kept

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import DoubleConv, Upsample
+from .blocks import DoubleConv, SegmentationNetwork, Upsample
 
 
-class UNet(nn.Module):
+class UNet(SegmentationNetwork):
     """Encoder of `depth` poolings with widths base * 2**i; symmetric decoder with skip concatenations.
 
     `kernel_sizes` gives one kernel per encoder stage (depth + 1 values); the decoder mirrors it.
@@ -41,10 +41,10 @@ class UNet(nn.Module):
             skips.append(x)
         return skips
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def logits_and_aux(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         skips = self.encode(x)
         x = skips.pop()
         for up, conv in zip(self.up, self.up_conv):
             skip = skips.pop()
             x = conv(torch.cat([up(x, skip), skip], dim=1))
-        return self.classifier(x)
+        return self.classifier(x), []

@@ -32,9 +32,9 @@ def backend_class(name: str) -> type[Backend]:
 
 
 def create_backend(name: str, card: ModelCard, card_path: Path, device: str = "auto", precision: str = "auto",
-                   threads: int = 0, tensorrt: TensorRTOptions = TensorRTOptions()) -> Backend:
+                   threads: int = 0, tensorrt: TensorRTOptions | None = None) -> Backend:
     return backend_class(name)(card, card_path, device, precision, threads, tensorrt)
 
 
-__all__ = ["BACKENDS", "Backend", "BackendError", "DEVICES", "PRECISIONS", "TensorRTOptions", "backend_class",
+__all__ = ["BACKENDS", "DEVICES", "PRECISIONS", "Backend", "BackendError", "TensorRTOptions", "backend_class",
            "create_backend"]

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from ..model_card import ModelCard
 from ..model_files import model_file
 from .base import Backend, BackendError
 
@@ -37,11 +38,44 @@ def open_session(path: Path, options: ort.SessionOptions, providers: list[str],
     try:
         session = ort.InferenceSession(str(path), options, providers=providers, provider_options=provider_options)
     except Exception as exc:  # onnxruntime raises its own exception types for bad files
-        raise BackendError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+        raise BackendError(f"ONNX Runtime cannot load {path} (not an ONNX model, or one it cannot run): "
+                           f"{exc}") from exc
     problem = provider_fallback(providers, session.get_providers())
     if problem:
         raise BackendError(problem)
     return session
+
+
+#: ONNX Runtime's element types a card's output kind accepts
+SCORE_TYPES = ("tensor(float)", "tensor(float16)")
+LABEL_TYPES = ("tensor(int64)", "tensor(int32)", "tensor(uint8)")
+INPUT_TYPES = {"float32": "tensor(float)", "uint8": "tensor(uint8)"}
+
+
+def check_graph_input(element_type: str, shape: list, card: ModelCard) -> None:
+    """Raise a BackendError when the graph's image input does not match the card's interface and input size;
+    dimensions the graph leaves symbolic (strings or None) match anything."""
+    interface, spec = card.interface, card.input
+    where = f"model {card.name}: input {shape} ({element_type})"
+    if element_type != INPUT_TYPES[interface.input_dtype]:
+        raise BackendError(f"{where}: the card's interface.input_dtype is {interface.input_dtype}")
+    if len(shape) != 4:
+        raise BackendError(f"{where}: seg_node feeds a 4-axis N x 3 x H x W or N x H x W x 3 image")
+    channels, (height, width) = ((shape[1], shape[2:]) if interface.input_layout == "NCHW"
+                                 else (shape[3], shape[1:3]))
+    if isinstance(channels, int) and channels != 3:
+        raise BackendError(f"{where}: the card's interface.input_layout {interface.input_layout} puts the colour "
+                           f"axis where the graph has {channels}: set interface.input_layout")
+    fixed = isinstance(height, int) and isinstance(width, int)
+    if interface.input_size == "dynamic" and fixed:
+        raise BackendError(f"{where}: the graph fixes its input at {height}x{width}, but the card's "
+                           "interface.input_size is 'dynamic'")
+    if fixed and (height, width) != (spec.height, spec.width):
+        raise BackendError(f"{where}: the model's input is {height}x{width} but its card says "
+                           f"{spec.height}x{spec.width}")
+    if isinstance(shape[0], int) and (shape[0] != 1 or interface.batch == "dynamic"):
+        raise BackendError(f"{where}: the graph fixes its batch at {shape[0]}; seg_node needs 1 (interface.batch "
+                           "'fixed') or a dynamic batch axis ('dynamic')")
 
 
 class OnnxRuntimeBackend(Backend):
@@ -87,24 +121,50 @@ class OnnxRuntimeBackend(Backend):
         return options
 
     def _check_io(self, path: Path) -> None:
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 4:
-            raise BackendError(f"{path}: expected one float32 N x 3 x H x W input, found "
-                               f"{[(i.name, i.type, i.shape) for i in inputs]}")
-        self.input_name = inputs[0].name
-        self.output_name = outputs[0].name
-        channels = outputs[0].shape[1] if len(outputs[0].shape) == 4 else None
-        if isinstance(channels, int) and channels != self.card.num_classes:
-            raise BackendError(f"{path}: the model outputs {channels} classes but its card lists "
-                               f"{self.card.num_classes}; the card does not belong to this model")
-        height, width = inputs[0].shape[2:]
-        spec = self.card.input
-        if isinstance(height, int) and isinstance(width, int) and (height, width) != (spec.height, spec.width):
-            raise BackendError(f"{path}: the model's input is {height}x{width} but its card says "
-                               f"{spec.height}x{spec.width}")
+        """The graph against the card's interface: one image input of the card's layout, dtype and size, an
+        output of the card's kind whose class axis (where the graph fixes it) holds the card's classes."""
+        interface, inputs = self.card.interface, self.session.get_inputs()
+        if len(inputs) != 1:
+            raise BackendError(f"{path}: the graph has {len(inputs)} inputs {[(i.name, i.shape) for i in inputs]}; "
+                               "seg_node feeds one image: export the model with a single image input")
+        image = inputs[0]
+        if interface.input_name not in (None, image.name):
+            raise BackendError(f"{path}: the card's interface.input_name is {interface.input_name!r}, the graph's "
+                               f"input is {image.name!r}")
+        check_graph_input(image.type, image.shape, self.card)
+        self.input_name, self.output_name = image.name, self._output(path).name
+        self.batches = interface.batch == "dynamic"
+
+    def _output(self, path: Path):
+        interface, outputs = self.card.interface, self.session.get_outputs()
+        chosen = [o for o in outputs if interface.output_name in (None, o.name)][:1]
+        if not chosen:
+            raise BackendError(f"{path}: the card's interface.output_name {interface.output_name!r} is not among "
+                               f"the graph's outputs {[o.name for o in outputs]}")
+        output = chosen[0]
+        wanted = LABEL_TYPES if interface.output_kind == "labels" else SCORE_TYPES
+        if output.type not in wanted:
+            raise BackendError(f"{path}: output {output.name!r} is {output.type}, but the card's interface says "
+                               f"{interface.output_kind} ({' or '.join(wanted)}): set interface.output_kind")
+        problem = interface.output_problem(output.shape, self.card.num_classes)
+        if problem:
+            raise BackendError(f"{path}: {problem}")
+        return output
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: batch}, self.run_options)[0]
+        """One session run for the batch; one per image for a graph with a fixed batch of one."""
+        if not self.batches and len(batch) > 1:
+            return np.concatenate([self._run(batch[i:i + 1]) for i in range(len(batch))])
+        return self._run(batch)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        try:
+            return self.session.run([self.output_name], {self.input_name: batch}, self.run_options)[0]
+        except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidArgument, ...)
+            if self.run_options.terminate:
+                raise  # cancelled at shutdown
+            raise BackendError(f"model {self.card.name} rejected a {' x '.join(map(str, batch.shape))} {batch.dtype} "
+                               f"input: {exc}") from exc
 
     def cancel(self) -> None:
         """ONNX Runtime stops a run that uses these run options between two operators (run() then raises);

@@ -40,6 +40,11 @@ class TorchBackend(Backend):
     file_key = "torch"
 
     def load(self, card_path: Path, threads: int) -> None:
+        interface = self.card.interface
+        if (interface.input_layout, interface.input_dtype, interface.output_layout, interface.output_kind) != (
+                "NCHW", "float32", "NCHW", "logits"):
+            raise BackendError(f"model {self.card.name}: the torch backend runs this project's architectures (NCHW "
+                               "float32 in, NCHW logits out); this card's interface needs backend 'onnxruntime'")
         self.device = torch_device(self.device)
         if self.precision == "auto":
             self.precision = "fp16" if self.device.startswith("cuda") else "fp32"

@@ -1,1 +1,1 @@
-"""Model compression: structured and unstructured pruning, INT8/FP16 quantization and the sweep over both."""
+"""Model compression: structured pruning, INT8/FP16 quantization and the pruning study over both."""

@@ -3,9 +3,9 @@
     seg-quantize --model models/camvid_mobile_unet_pruned.onnx --precision int8 --data $CAMVID_ROOT \\
                  --out models/camvid_mobile_unet_pruned_int8
 
-INT8 is QDQ with per-channel weights after `quant_pre_process`, calibrated (min/max) on CamVid training
-frames. The activation type matters on x86: U8S8 (uint8 activations, int8 weights) fuses into
-QLinearConv and is about twice as fast as fp32, while S8S8 leaves fp32 Convs in the graph.
+INT8 is QDQ with per-channel weights after `quant_pre_process`, calibrated (min/max) on training frames of any
+registered data set (only the images count). The activation type matters on x86: U8S8 (uint8 activations, int8
+weights) fuses into QLinearConv and is about twice as fast as fp32, while S8S8 leaves fp32 Convs in the graph.
 """
 
 from __future__ import annotations
@@ -20,16 +20,22 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ...core.command_line import reports_user_errors
+from ...core.errors import UserError
 from ...core.model_card import ModelCard, command_line
 from ...core.model_files import model_file, resolve_model
 from ...core.preprocess import normalize, resize_for_network
-from ..data import open_dataset
+from ..data.arguments import add_dataset_arguments, dataset_from_args
+from ..data.base import SegmentationDataset
 from ..export import INPUT_NAME
-from ..training.augment import corruption_transform, parse_corruption
+from ..training.augment import CorruptionRecipe, CorruptionRecipeError, corruption_transform, parse_corruption
 
 ACTIVATION_TYPES = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
 PRECISIONS = ("int8", "fp16")
 CALIBRATION_STRIDE = 8
+
+
+class QuantizeError(UserError):
+    """A model that cannot be quantized as asked."""
 
 
 class FrameReader(CalibrationDataReader):
@@ -52,25 +58,24 @@ class FrameReader(CalibrationDataReader):
         self._next, self._end = start_index, min(end_index, len(self.inputs))
 
 
-def calibration_inputs(data: str | None, count: int, card: ModelCard, corruption: str = "",
-                       seed: int = 0) -> np.ndarray:
-    """`count` frames spread over the CamVid *training* split, through the node's own preprocessing; with a
-    corruption recipe (seg-train's --corruption) every other frame goes through it, so activation ranges
-    cover noisy and blurred inputs as well as clean ones (MinMax ranges from clean frames clip noise)."""
-    dataset = open_dataset(data, "train")
-    samples = dataset.items()
+def calibration_inputs(dataset: SegmentationDataset, count: int, card: ModelCard,
+                       corruption: CorruptionRecipe | None = None, seed: int = 0) -> np.ndarray:
+    """`count` frames spread over a *training* split (of any data set: only the images count), through the
+    node's own preprocessing; with a corruption recipe (seg-train's --corruption) every other frame goes through
+    it, so activation ranges cover noisy and blurred inputs as well as clean ones (MinMax ranges from clean
+    frames clip noise)."""
+    samples = dataset.samples()
     picks = np.linspace(0, len(samples) - 1, min(count, len(samples))).astype(int)
     images = [dataset.load(samples[i])[0] for i in picks]
-    recipe = parse_corruption(corruption)
-    if recipe:
-        transform = corruption_transform(recipe, seed)
+    if corruption:
+        transform = corruption_transform(corruption, seed)
         images = [transform(image=image)["image"] if i % 2 else image for i, image in enumerate(images)]
     return np.stack([normalize(resize_for_network(image, card.input), card.input, "rgb") for image in images])
 
 
 def quantize_int8(fp32_path: Path, out_path: Path, inputs: np.ndarray, activation_type: str = "u8") -> None:
     if activation_type not in ACTIVATION_TYPES:
-        raise ValueError(f"activation type must be one of {sorted(ACTIVATION_TYPES)}, got {activation_type!r}")
+        raise QuantizeError(f"activation type must be one of {sorted(ACTIVATION_TYPES)}, got {activation_type!r}")
     usable = len(inputs) - len(inputs) % CALIBRATION_STRIDE or len(inputs)
     with tempfile.TemporaryDirectory() as scratch:
         prepared = Path(scratch) / "prepared.onnx"
@@ -97,11 +102,11 @@ def quantized_card(card: ModelCard, out_path: Path, precision: str, details: dic
                      compression={**card.compression, "precision": precision, "quantization": details,
                                   "source_model": card.name},
                      class_bias=card.class_bias, flip_average=card.flip_average, logit_offsets=card.logit_offsets,
+                     interface=card.interface,
                      notes=f"{card.name} converted to {precision}")
 
 
-@reports_user_errors
-def main(argv: list[str] | None = None) -> None:
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="fp32 model (card or a file beside it)")
     parser.add_argument("--precision", default="int8", choices=PRECISIONS)
@@ -110,27 +115,38 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calibration-corruption", default="",
                         help="every other calibration frame through this corruption recipe (seg-train's "
                              "--corruption: 'default' or JSON; empty: clean frames only)")
-    parser.add_argument("--data", help="CamVid folder for calibration frames (train split; default $CAMVID_ROOT)")
+    add_dataset_arguments(parser, class_map=False)
     parser.add_argument("--out", required=True, help="output stem, e.g. models/camvid_mobile_unet_pruned_int8")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def int8_details(args: argparse.Namespace, card: ModelCard, source: Path, out_path: Path) -> dict:
+    """Quantize to INT8 on the train split's frames; the card's record of how."""
+    try:
+        corruption = parse_corruption(args.calibration_corruption)
+    except CorruptionRecipeError as exc:
+        raise CorruptionRecipeError(f"--calibration-corruption: {exc}") from None
+    train_split = dataset_from_args(args, "train")
+    inputs = calibration_inputs(train_split, args.calibration_frames, card, corruption)
+    quantize_int8(source, out_path, inputs, args.activation_type)
+    return {"method": "onnxruntime static QDQ, per-channel weights, MinMax calibration",
+            "activation_type": args.activation_type, "weight_type": "s8",
+            "calibration": f"{len(inputs)} {train_split.title} train frames"
+                           + (", every other one corrupted" if corruption else ""),
+            **({"calibration_corruption": corruption.to_dict()} if corruption else {})}
+
+
+@reports_user_errors
+def main(argv: list[str] | None = None) -> None:
+    args = parse_arguments(argv)
     card, card_path = resolve_model(args.model)
     if card.compression.get("precision", "fp32") != "fp32":
-        raise SystemExit(f"{card_path} is already {card.compression['precision']}: start from the fp32 model")
+        raise QuantizeError(f"{card_path} is already {card.compression['precision']}: start from the fp32 model")
     source = model_file(card, card_path, "onnx")
     out_path = Path(args.out).with_suffix(".onnx")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if args.precision == "int8":
-        try:
-            inputs = calibration_inputs(args.data, args.calibration_frames, card, args.calibration_corruption)
-        except ValueError as exc:
-            parser.error(f"--calibration-corruption: {exc}")
-        quantize_int8(source, out_path, inputs, args.activation_type)
-        details = {"method": "onnxruntime static QDQ, per-channel weights, MinMax calibration",
-                   "activation_type": args.activation_type, "weight_type": "s8",
-                   "calibration": f"{len(inputs)} CamVid train frames"
-                                  + (", every other one corrupted" if args.calibration_corruption else ""),
-                   **({"calibration_corruption": parse_corruption(args.calibration_corruption).to_dict()}
-                      if args.calibration_corruption else {})}
+        details = int8_details(args, card, source, out_path)
     else:
         convert_fp16(source, out_path)
         details = {"method": "onnxruntime.transformers.float16, keep_io_types"}

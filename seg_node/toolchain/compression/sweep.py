@@ -1,235 +1,166 @@
-"""Sweep prune ratios x precisions and tabulate accuracy, size and CPU latency: the README's compression table.
+"""The pruning study: architectures x pruning criteria x MACs ratios x scopes x precisions, in one resumable command.
 
-    seg-sweep --base models/camvid_mobile_unet.json --data $CAMVID_ROOT --out results/sweep
+    seg-sweep run --models models/camvid_bisenetv2.json models/camvid_icnet.json models/camvid_mobile_unet.json \\
+        --data $CAMVID_ROOT --fine-tune-epochs 4 --out results/study
+    seg-sweep plot results/study/results.json --out results/study
 
-Each ratio > 0 is pruned structurally and fine-tuned (seg-prune's method), then quantized to INT8 (U8S8).
-Every model is scored on the CamVid test split by the evaluation command's code and timed through the node's
-pipeline at the card's input size (480x360), batch 1, 2 threads: torch (fp32 only) and onnxruntime.
-An unstructured magnitude-pruning row shows that zeroed weights do not buy speed on dense kernels.
-`--also` adds models pruned from the same base by other seg-prune options (other ratios, rounding, per-stage
-ratios) to the same table. Models the sweep makes are kept under OUT/models and reused by a later sweep only
-if their card records the SHA-256 of the very ONNX file they were made from and the same options
-(`compression.origin`): a retrained base under the same name, or other fine-tuning options, get new variants.
+For each model (trained, unpruned, fp32): every criterion (l1, l2, taylor, bn_scale and random, the control) pruning
+50% of the MACs; 0, 30, 50 and 70% of the MACs with the criterion best on val; decoder-only against whole-network
+pruning at 50%; static INT8, dynamic-range INT8 and FP16 of the unpruned and the 50% models. The channel ratio
+that removes a share of the MACs is found by measuring them. Every fp32 point is fine-tuned on the same budget,
+distilled from the model as given. Per point: val and test mIoU (through the node's pipeline), GMACs, parameters,
+ONNX size, latency (ONNX Runtime, batch 1, 2 threads, spinning off: median, p95, FPS).
+Each point's result is saved under OUT/points as it completes, named by a hash of its settings: a rerun skips
+done points (and reuses made models), so an interrupted study continues where it stopped.
+Outputs: OUT/results.json, results.csv, table.md, miou_vs_latency.png, miou_vs_ratio.png; `plot` redraws the
+last four from the JSON.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from ...core.backends.torch_backend import build_for_inference
 from ...core.command_line import reports_user_errors
-from ...core.model_card import ModelCard
-from ...core.model_files import model_file, resolve_model
-from ...core.pipeline import SegmentationPipeline
-from ..evaluation.timing import benchmark_pipelines, load_frames
-from ..data import open_dataset
-from ..evaluation.evaluate import evaluate
-from ..export import export_model, parity_frames
-from .prune import SCOPES, count_macs_and_params, overall_ratio, prune
-from .quantize import calibration_inputs, quantize_int8, quantized_card
-from .unstructured import magnitude_prune
+from ..data.arguments import add_dataset_arguments
+from ..training.arguments import add_recipe_arguments, add_run_arguments, recipe_from_args
+from ..training.config import DataConfig, RunConfig
+from .config import FINE_TUNING_SCHEDULE, IMPORTANCE_CRITERIA, SCOPES, FineTuning
+from .study_plan import (
+    COMPARED_TARGET,
+    CRITERIA,
+    QUANTIZED_PRECISIONS,
+    RATIO_TARGETS,
+    StudyPlanError,
+    StudySettings,
+    plan,
+)
+from .study_points import PointStore, StudyContext, StudyModel, open_study_model, point_result
+from .study_report import load_results, write_report
 
 
-def measure(card_path: Path, test_set, frames, threads: int, torch_too: bool) -> dict:
-    """Test mIoU (onnxruntime), file size, and pipeline latency with onnxruntime (and torch for fp32)."""
-    pipeline = SegmentationPipeline.from_model(card_path, "onnxruntime", "cpu", threads=threads)
-    matrix, _ = evaluate(pipeline, test_set)
-    pipelines = {"ort": pipeline}
-    if torch_too:
-        pipelines["torch"] = SegmentationPipeline.from_model(card_path, "torch", "cpu", threads=threads)
-    latency = benchmark_pipelines(pipelines, frames, 5, desc=f"{card_path.stem}: {', '.join(pipelines)}")
-    return {"test_miou": round(100 * matrix.mean_iou(), 2),
-            "onnx_mb": round(model_file(pipeline.card, card_path, "onnx").stat().st_size / 1e6, 2),
-            **{key: latency[key]["total"] for key in pipelines}}
+def data_record(data: DataConfig) -> dict:
+    """What every key holds of the data: the options and each split's checksum (not a machine's path)."""
+    return {"options": data.record(), "splits": {split: data.open(split).identity()["sha256"]
+                                                for split in ("train", "val", "test")}}
 
 
-def export_variant(model, stem: Path, base: ModelCard, data, compression: dict, notes: str) -> Path:
-    export_model(model, stem, name=stem.name, architecture=base.architecture, classes=base.classes,
-                 palette=base.palette, spec=base.input, parity_inputs=parity_frames(data, 8, base.input),
-                 training=base.training, compression=compression, notes=notes)
-    return stem.with_suffix(".json")
+def measure_points(points: dict, model: StudyModel, context: StudyContext) -> tuple[list[dict], int]:
+    """Each point's result with the comparisons it belongs to; and how many were measured now (not found)."""
+    results, measured = [], 0
+    for point, groups in points.items():
+        record, now = point_result(point, model, context)
+        measured += now
+        results.append({**record, "groups": groups})
+        print(f"{model.name} {point.label}: val {record['val_miou']:.2f}, test {record['test_miou']:.2f} mIoU, "
+              f"{record['gmacs']:.3f} GMACs, {record['latency_median_ms']:.2f} ms"
+              + ("" if now else " (saved)"), flush=True)
+    return results, measured
 
 
-def onnx_sha256(card_path: Path) -> str:
-    """Digest of a model's ONNX file: what identifies the weights a saved variant was made from."""
-    card = ModelCard.load(card_path)
-    return hashlib.sha256(model_file(card, card_path, "onnx").read_bytes()).hexdigest()
+def best_criterion(results: list[dict]) -> str:
+    """The criterion whose point scores the highest val mIoU (the first listed on a tie)."""
+    return max((r for r in results if "criteria" in r["groups"]), key=lambda r: r["val_miou"])["criterion"]
 
 
-def made_from(variant_card: Path, origin: dict) -> bool:
-    """Whether an earlier sweep's saved variant was made from these very weights with these options (so it can
-    be reused)."""
-    return variant_card.exists() and ModelCard.load(variant_card).compression.get("origin") == origin
+def run_study(model_cards: list[str], settings: StudySettings, out: Path) -> tuple[dict, int]:
+    """Every point of every model (measured, or found from an earlier run); the results and how many points were
+    measured now."""
+    context = StudyContext(settings, data_record(settings.fine_tuning.data), out, PointStore(out / "points"))
+    results = {"settings": settings.record(), "data": context.data, "models": {}, "points": []}
+    measured = 0
+    for text in model_cards:
+        model = open_study_model(text, settings.fine_tuning.data)
+        if model.name in results["models"]:
+            raise StudyPlanError(f"two models named {model.name}: give each card its own file name")
+        first, count = measure_points(plan(model.name, settings, None), model, context)
+        best = best_criterion(first)
+        points, more = measure_points(plan(model.name, settings, best), model, context)
+        results["models"][model.name] = {"card": str(model.card_path), "architecture": model.card.architecture,
+                                         "best_criterion": best}
+        results["points"] += points
+        measured += count + more
+    return results, measured
 
 
-def int8_variant(card_path: Path, out_dir: Path, data, calibration_frames: int, origin: dict) -> Path:
-    card = ModelCard.load(card_path)
-    out = out_dir / f"{card_path.stem}_int8.onnx"
-    quantize_int8(model_file(card, card_path, "onnx"), out, calibration_inputs(data, calibration_frames, card), "u8")
-    int8_card = quantized_card(card, out, "int8", {"method": "onnxruntime static QDQ, per-channel weights, MinMax",
-                                                   "activation_type": "u8", "weight_type": "s8",
-                                                   "calibration": f"{calibration_frames} CamVid train frames"})
-    int8_card.compression["origin"] = origin
-    int8_card.save(out.with_suffix(".json"))
-    return out.with_suffix(".json")
+def settings_from_args(args: argparse.Namespace) -> StudySettings:
+    if args.teacher:
+        raise StudyPlanError("--teacher: the study distils every point from its own model as given")
+    data = DataConfig(root=args.data, layout=args.layout, ignore_colours=tuple(args.ignore_colour),
+                      class_map=args.class_map)
+    schedule = replace(FINE_TUNING_SCHEDULE, epochs=args.fine_tune_epochs, lr=args.lr, batch_size=args.batch_size,
+                       max_steps_per_epoch=args.max_steps_per_epoch, seed=args.seed)
+    run = RunConfig(device=args.device, amp=args.amp, threads=args.threads, workers=args.workers)
+    return StudySettings(
+        fine_tuning=FineTuning(data=data, recipe=recipe_from_args(args), schedule=schedule, run=run),
+        criteria=tuple(args.criteria), ratio_targets=tuple(args.ratios), compared_target=args.compared_ratio,
+        scope=args.scope, precisions=tuple(args.precisions), pruning_steps=args.pruning_steps,
+        round_to=args.round_to or None, max_layer_ratio=args.max_layer_ratio,
+        calibration_frames=args.calibration_frames, timing_threads=args.timing_threads,
+        timing_runs=args.timing_runs, seed=args.seed)
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for precision, marker in (("fp32", "o"), ("int8", "s")):
-        chosen = [r for r in rows if r["precision"] == precision and r["method"] == "structured"]
-        extra = [r for r in rows if r["precision"] == precision and r["method"] == "structured (given)"]
-        ax.scatter([r["ort_median_ms"] for r in extra], [r["test_miou"] for r in extra], marker="*", s=120,
-                   color="C2" if precision == "fp32" else "C3", zorder=3, label=f"given model, {precision}")
-        for r in extra:
-            ax.annotate(r["model"], (r["ort_median_ms"], r["test_miou"]), textcoords="offset points",
-                        xytext=(4, -10), fontsize=7)
-        ax.plot([r["ort_median_ms"] for r in chosen], [r["test_miou"] for r in chosen], marker=marker,
-                label=f"structured pruning, {precision} (onnxruntime)")
-        for r in chosen:
-            ax.annotate(f"{r['ratio']:.0%}", (r["ort_median_ms"], r["test_miou"]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=8)
-    baseline = [r for r in rows if r["precision"] == "fp32" and r["ratio"] == 0 and "torch_median_ms" in r]
-    if baseline:
-        ax.scatter([baseline[0]["torch_median_ms"]], [baseline[0]["test_miou"]], marker="x", color="k",
-                   label="unpruned fp32 (torch)")
-    for r in rows:
-        if r["method"] == "unstructured":
-            ax.scatter([r["ort_median_ms"]], [r["test_miou"]], marker="^", color="r",
-                       label=f"unstructured {r['ratio']:.0%} (onnxruntime)")
-    ax.set(xlabel="CPU latency, median ms (480x360, 2 threads)", ylabel="CamVid test mIoU (%)",
-           title="Accuracy vs latency")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", nargs="+", required=True, metavar="CARD",
+                        help="trained, unpruned fp32 models (cards), one per architecture")
+    group = parser.add_argument_group("points")
+    group.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=sorted(IMPORTANCE_CRITERIA))
+    group.add_argument("--ratios", type=float, nargs="+", default=list(RATIO_TARGETS),
+                       help="shares of the MACs removed, with the best criterion")
+    group.add_argument("--compared-ratio", type=float, default=COMPARED_TARGET,
+                       help="share of the MACs removed where criteria, scopes and precisions are compared")
+    group.add_argument("--scope", default="all", choices=SCOPES,
+                       help="scope of the criteria and ratios; the other one is the scope comparison")
+    group.add_argument("--precisions", nargs="*", default=list(QUANTIZED_PRECISIONS), choices=QUANTIZED_PRECISIONS)
+    group.add_argument("--pruning-steps", type=int, default=1, help="iterative pruning steps per point")
+    group.add_argument("--round-to", type=int, default=8, help="keep widths multiples of this (0: off)")
+    group.add_argument("--max-layer-ratio", type=float, default=0.8, help="per-layer pruning cap")
+    group.add_argument("--calibration-frames", type=int, default=64, help="static INT8: train frames calibrated on")
+    group.add_argument("--timing-threads", type=int, default=2)
+    group.add_argument("--timing-runs", type=int, default=50, help="timed runs per point")
+    budget = parser.add_argument_group("fine-tuning budget (every point the same)")
+    budget.add_argument("--fine-tune-epochs", type=int, default=FINE_TUNING_SCHEDULE.epochs,
+                        help="epochs after each pruning step")
+    budget.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap optimizer steps per epoch (0: none)")
+    budget.add_argument("--lr", type=float, default=FINE_TUNING_SCHEDULE.lr)
+    budget.add_argument("--batch-size", type=int, default=FINE_TUNING_SCHEDULE.batch_size)
+    budget.add_argument("--seed", type=int, default=FINE_TUNING_SCHEDULE.seed)
+    add_dataset_arguments(parser)
+    add_recipe_arguments(parser)
+    add_run_arguments(parser)
+    parser.add_argument("--out", required=True, type=Path, help="study folder (results, models, saved points)")
 
 
-def write_table(rows: list[dict], path: Path) -> str:
-    header = ("| model | method | ratio | precision | params (M) | GMACs | ONNX MB | test mIoU "
-              "| torch ms (median / p95) "
-              "| onnxruntime ms (median / p95) |\n|---|---|---|---|---|---|---|---|---|---|\n")
-    lines = []
-    for r in rows:
-        torch_ms = f"{r['torch_median_ms']:.1f} / {r['torch_p95_ms']:.1f}" if "torch_median_ms" in r else "-"
-        lines.append(f"| {r['model']} | {r['method']} | {r['ratio']:.0%} | {r['precision']} | {r['params'] / 1e6:.2f} "
-                     f"| {r['macs'] / 1e9:.2f} | {r['onnx_mb']:.1f} | {r['test_miou']:.2f} | {torch_ms} "
-                     f"| {r['ort_median_ms']:.1f} / {r['ort_p95_ms']:.1f} |")
-    text = header + "\n".join(lines) + "\n"
-    path.write_text(text)
-    return text
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="seg-sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_study_arguments(commands.add_parser("run", help="run (or resume) the study"))
+    plot = commands.add_parser("plot", help="redraw the CSV, table and PNGs from a study's results.json")
+    plot.add_argument("results", type=Path)
+    plot.add_argument("--out", required=True, type=Path)
+    return parser.parse_args(argv)
 
 
 @reports_user_errors
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", required=True, help="the trained fp32 model (card or a file beside it)")
-    parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7])
-    parser.add_argument("--criterion", default="l2")
-    parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--fine-tune-epochs", type=int, default=8, help="per pruning step")
-    parser.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate")
-    parser.add_argument("--scope", default="decoder", choices=SCOPES, help="prune everything or the decoder only")
-    parser.add_argument("--also", nargs="*", default=[], metavar="CARD",
-                        help="already-pruned fp32 models to measure alongside (their INT8 is made here too)")
-    parser.add_argument("--unstructured", type=float, default=0.5, help="sparsity of the baseline row (0: none)")
-    parser.add_argument("--calibration-frames", type=int, default=64)
-    parser.add_argument("--frames", type=int, default=50, help="frames timed per model")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--data", help="CamVid folder (default: $CAMVID_ROOT)")
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    (out / "models").mkdir(parents=True, exist_ok=True)
-    base, base_path = resolve_model(args.base)
-    test_set = open_dataset(args.data, "test")
-    frames = load_frames(args.data, "test", args.frames)
-    torch.set_num_threads(args.threads)
-    base_macs, base_params = count_macs_and_params(
-        build_for_inference(base, model_file(base, base_path, "torch")), base.input.height, base.input.width)
-
-    base_sha256 = onnx_sha256(base_path)
-    pruned_origin = {"source_sha256": base_sha256, "criterion": args.criterion, "steps": args.steps,
-                     "fine_tune_epochs": args.fine_tune_epochs, "lr": args.lr, "scope": args.scope}
-    variants = []  # (card path, method, ratio, macs, params)
-    for ratio in args.ratios:
-        if ratio == 0:
-            variants.append((base_path, "structured", 0.0, base_macs, base_params))
-            continue
-        stem = out / "models" / f"{base.name}_p{round(ratio * 100):02d}"
-        if not made_from(stem.with_suffix(".json"), pruned_origin):
-            model, summary = prune(base, base_path, ratio, args.criterion, args.steps, args.fine_tune_epochs,
-                                   args.data, lr=args.lr, threads=args.threads, scope=args.scope)
-            export_variant(model, stem, base, args.data, {**summary, "origin": pruned_origin},
-                           f"{base.name} pruned by {ratio:.0%} ({args.scope}, {args.criterion}), fine-tuned on "
-                           "CamVid train")
-        summary = ModelCard.load(stem.with_suffix(".json")).compression
-        variants.append((stem.with_suffix(".json"), "structured", ratio, summary["macs"], summary["params"]))
-    for given in args.also:
-        card, card_path = resolve_model(given)
-        summary = card.compression
-        if "macs" not in summary or summary.get("base_model") != base.name:
-            raise SystemExit(f"--also {given}: its card must record structured pruning of {base.name} "
-                             f"(compression.macs and compression.base_model)")
-        variants.append((card_path, "structured (given)", overall_ratio(summary),
-                         summary["macs"], summary["params"]))
-    if args.unstructured:
-        stem = out / "models" / f"{base.name}_unstructured{round(args.unstructured * 100):02d}"
-        if not made_from(stem.with_suffix(".json"), {"source_sha256": base_sha256}):
-            model = build_for_inference(base, model_file(base, base_path, "torch"))
-            sparsity = magnitude_prune(model, args.unstructured)
-            export_variant(model, stem, base, args.data,
-                           {"method": "unstructured magnitude (torch.nn.utils.prune)", "sparsity": sparsity,
-                            "origin": {"source_sha256": base_sha256}},
-                           f"{base.name} with {sparsity:.0%} of conv weights zeroed, no fine-tuning")
-        variants.append((stem.with_suffix(".json"), "unstructured", args.unstructured, base_macs, base_params))
-
-    rows = []
-    for card_path, method, ratio, macs, params in variants:
-        paths = [(card_path, "fp32")]
-        if method.startswith("structured"):
-            int8_path = out / "models" / f"{card_path.stem}_int8.json"
-            int8_origin = {"source_sha256": onnx_sha256(card_path), "calibration_frames": args.calibration_frames}
-            if not made_from(int8_path, int8_origin):
-                int8_path = int8_variant(card_path, out / "models", args.data, args.calibration_frames, int8_origin)
-            paths.append((int8_path, "int8"))
-        for path, precision in paths:
-            measured = measure(path, test_set, frames, args.threads, torch_too=precision == "fp32")
-            row = {"model": path.stem, "method": method, "ratio": ratio, "precision": precision, "params": params,
-                   "macs": macs, "onnx_mb": measured["onnx_mb"], "test_miou": measured["test_miou"],
-                   "ort_median_ms": measured["ort"]["median"], "ort_p95_ms": measured["ort"]["p95"]}
-            if "torch" in measured:
-                row.update(torch_median_ms=measured["torch"]["median"], torch_p95_ms=measured["torch"]["p95"])
-            rows.append(row)
-            print(f"{row['model']}: test mIoU {row['test_miou']:.2f}, onnxruntime {row['ort_median_ms']:.1f} ms")
-
-    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    with open(out / "results.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=sorted({k for r in rows for k in r}))
-        writer.writeheader()
-        writer.writerows(rows)
-    table = write_table(rows, out / "table.md")
-    plot(rows, out / "accuracy_vs_latency.png")
-    reference = next(r for r in rows if r["ratio"] == 0 and r["precision"] == "fp32")
-    print(f"\nCamVid test, {len(frames)} frames timed at {base.input.width}x{base.input.height}, batch 1, "
-          f"{args.threads} threads, CPU\n{table}")
-    for r in rows:
-        if r["method"].startswith("structured") and r["ratio"] > 0 and "torch_median_ms" in reference:
-            print(f"{r['model']}: {1 - r['macs'] / reference['macs']:.0%} fewer MACs, "
-                  f"{r['test_miou'] - reference['test_miou']:+.2f} mIoU, "
-                  f"{reference['torch_median_ms'] / r['ort_median_ms']:.2f}x faster than the unpruned fp32 "
-                  f"model through torch")
-    print(f"wrote {out / 'table.md'}, {out / 'results.csv'}, {out / 'accuracy_vs_latency.png'}")
+    args = parse_arguments(argv)
+    if args.command == "plot":
+        written = write_report(load_results(args.results), args.out)
+    else:
+        settings = settings_from_args(args)
+        if args.threads:
+            torch.set_num_threads(args.threads)  # pruning and the MACs search too, not only fine-tuning
+        results, measured = run_study(args.models, settings, args.out)
+        (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        written = [args.out / "results.json", *write_report(results, args.out)]
+        print(f"{len(results['points'])} points, {measured} measured now, "
+              f"{len(results['points']) - measured} found from an earlier run")
+    print("wrote " + ", ".join(str(path) for path in written))
 
 
 if __name__ == "__main__":

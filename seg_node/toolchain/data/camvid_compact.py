@@ -15,22 +15,25 @@ import cv2
 from tqdm import tqdm
 
 from ...core.command_line import reports_user_errors
-from .camvid import SPLITS, open_dataset
+from . import open_dataset
+from .base import IGNORE_INDEX
+from .camvid import SEGNET_VOID, SPLITS
 
 
 def write_compact_copy(data: str | None, out: Path, splits: list[str], quality: int) -> dict[str, int]:
     """Write <out>/<split>/<name>.jpg and <out>/<split>annot/<name>.png; return the bytes written per split."""
     sizes = {}
     for split in splits:
-        dataset = open_dataset(data, split)
+        dataset = open_dataset(data, split, "camvid")
         image_dir, label_dir = out / split, out / f"{split}annot"
         image_dir.mkdir(parents=True, exist_ok=True)
         label_dir.mkdir(parents=True, exist_ok=True)
         sizes[split] = 0
-        for sample in tqdm(dataset.items(), desc=f"compacting {split}"):
+        for sample in tqdm(dataset.samples(), desc=f"compacting {split}"):
             image, label = dataset.load(sample)
             image_path, label_path = image_dir / f"{sample.name}.jpg", label_dir / f"{sample.name}.png"
             cv2.imwrite(str(image_path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+            label[label == IGNORE_INDEX] = SEGNET_VOID
             cv2.imwrite(str(label_path), label, [cv2.IMWRITE_PNG_COMPRESSION, 9])
             sizes[split] += image_path.stat().st_size + label_path.stat().st_size
     return sizes

@@ -1,4 +1,5 @@
-"""Calibrate a model's confidence on CamVid train and val and write it into the card's `confidence` field.
+"""Calibrate a model's confidence on train and val of any registered data set (classes matched to the model's by
+name) and write it into the card's `confidence` field.
 
     seg-calibrate-confidence --model models/camvid_mobile_unet_pruned_robust_int8.json --data $CAMVID_ROOT --update-card
 
@@ -19,7 +20,7 @@
    good ones): `accuracy`, where a frame is bad when its mIoU fell under --reliable-fraction (0.75) of the same
    frame's clean mIoU (the clean frames and the corrupted ones that kept their accuracy are good), and
    `corruption`, clean against severity >= 3 frames. J counts a clean frame flagged no worse than a bad one
-   missed: on the shipped default, with the previous frame score, `accuracy` flagged 14% of the clean train and
+   missed: on the 0.1.6 default, with its first frame score, `accuracy` flagged 14% of the clean train and
    val frames (docs/results.md).
 """
 
@@ -39,7 +40,8 @@ from ...core.command_line import reports_user_errors
 from ...core.model_card import command_line
 from ...core.model_files import resolve_model
 from ...core.pipeline import SegmentationPipeline
-from ..data import open_dataset
+from ..data.arguments import add_dataset_arguments, dataset_from_args
+from ..data.base import SegmentationDataset
 from ..training.augment import unseen_in_training
 from .corruptions import CORRUPTIONS, SEVERITIES
 from .robustness import RELIABLE_FRACTION, SEVERE, FrameScores, auroc, benchmark, spaced
@@ -89,14 +91,14 @@ def youden_threshold(good: np.ndarray, bad: np.ndarray) -> float:
 def clean_recall_threshold(clean: np.ndarray, recall: float) -> float:
     """The highest threshold that leaves at least `recall` of the clean frames at or above it (unflagged)."""
     ordered = np.sort(clean)
-    return float(ordered[int(math.floor(len(ordered) * (1.0 - recall) + 1e-9))])
+    return float(ordered[math.floor(len(ordered) * (1.0 - recall) + 1e-9)])
 
 
 def pixel_sample(pipeline: SegmentationPipeline, dataset, indices: list[int], per_frame: int, seed: int,
                  progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """(N x C logits, N labels): up to `per_frame` non-void pixels of each frame, at network resolution."""
     rng = np.random.default_rng(seed)
-    card, samples = pipeline.card, dataset.items()
+    card, samples = pipeline.card, dataset.samples()
     classes = len(card.classes)
     logits_rows, label_rows = [], []
     for index in tqdm(indices, desc="pixels for the temperature", disable=not progress):
@@ -111,10 +113,10 @@ def pixel_sample(pipeline: SegmentationPipeline, dataset, indices: list[int], pe
     return np.concatenate(logits_rows), np.concatenate(label_rows)
 
 
-def frame_scores(pipeline: SegmentationPipeline, dataset, indices: list[int], corruptions: list[str],
-                 severities: list[int], progress: bool) -> FrameScores:
+def frame_scores(pipeline: SegmentationPipeline, dataset: SegmentationDataset, indices: list[int],
+                 corruptions: list[str], severities: list[int], progress: bool) -> FrameScores:
     """The pipeline's frame scores and per-frame mIoU, clean and corrupted: seg-robustness's own loop, so the
-    frames, seeds and scores are the benchmark's."""
+    frames, seeds and scores are the benchmark's (`dataset`: labels in the model's class ids)."""
     _, miou, scores, _, _ = benchmark([pipeline], dataset, indices, corruptions, severities, progress)
     return FrameScores.of(miou[0], scores[0], corruptions, severities)
 
@@ -135,8 +137,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", help="model card or model file (default: the packaged model)")
     parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"])
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--data", help="CamVid folder (default: $CAMVID_ROOT)")
-    parser.add_argument("--layout", default="auto", help="camvid11, camvid32 or auto")
+    add_dataset_arguments(parser)
     parser.add_argument("--split", default="val", choices=SPLITS,
                         help="for the temperature (never test: its figures come from seg-robustness)")
     parser.add_argument("--threshold-splits", nargs="+", default=list(SPLITS), choices=SPLITS,
@@ -174,34 +175,23 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def run_calibration(argv: list[str] | None = None, progress: bool = True) -> dict:
-    args = parse_arguments(argv)
-    card, card_path = resolve_model(args.model)
-    pipeline = SegmentationPipeline.from_model(card_path, args.backend, "cpu", threads=args.threads)
-    unseen = unseen_in_training(card.training, card.compression)
-    args.corruptions = args.corruptions or [n for n in CORRUPTIONS if n not in unseen]
-    dataset = open_dataset(args.data, args.split, args.layout)
-    indices = list(range(len(dataset.items())))
-
-    logits, labels = pixel_sample(pipeline, dataset, indices, args.pixels_per_frame, args.seed, progress)
-    temperature = fit_temperature(logits, labels)
-    pipeline.card.confidence = replace(pipeline.card.confidence, temperature=temperature)  # the scores use it
-    by_split = {}
-    for split in dict.fromkeys(args.threshold_splits):
-        scored = open_dataset(args.data, split, args.layout)
-        chosen = spaced(len(scored.items()), args.frames)
-        by_split[split] = frame_scores(pipeline, scored, chosen, args.corruptions, args.severities, progress)
-    frames = FrameScores.joined(list(by_split.values()))
+def threshold_by_rule(frames: FrameScores, args: argparse.Namespace) -> tuple[str, float]:
+    """(the rule in words, the threshold it chooses from the frame scores)."""
     if args.rule == "clean_recall":
-        rule, threshold = f"clean_recall {args.clean_recall:g}", clean_recall_threshold(frames.clean, args.clean_recall)
-    else:
-        good, bad = frames.sides(args.rule, args.reliable_fraction)
-        rule = args.rule + (f" {args.reliable_fraction:g}" if args.rule == "accuracy" else "")
-        threshold = youden_threshold(good, bad) if len(bad) else 0.0  # nothing unreliable: nothing to flag
-    threshold = min(threshold, 1.0)  # Youden's J peaks at +inf only when nothing is told apart: flag everything
+        return f"clean_recall {args.clean_recall:g}", min(clean_recall_threshold(frames.clean, args.clean_recall), 1.0)
+    good, bad = frames.sides(args.rule, args.reliable_fraction)
+    rule = args.rule + (f" {args.reliable_fraction:g}" if args.rule == "accuracy" else "")
+    threshold = youden_threshold(good, bad) if len(bad) else 0.0  # nothing unreliable: nothing to flag
+    return rule, min(threshold, 1.0)  # Youden's J peaks at +inf only when nothing is told apart: flag everything
+
+
+def calibration_record(logits: np.ndarray, labels: np.ndarray, temperature: float, by_split: dict[str, FrameScores],
+                       rule: str, threshold: float, args: argparse.Namespace) -> dict:
+    """The card's confidence.calibration: what the temperature did to NLL and ECE, and what the threshold flags."""
+    frames = FrameScores.joined(list(by_split.values()))
     severe = frames.sides("corruption")[1]  # the frames at severity >= SEVERE
-    calibration = {
-        "split": args.split, "frames": len(indices), "pixels": int(len(labels)),
+    return {
+        "split": args.split, "pixels": len(labels),
         "threshold_frames": {split: len(part.clean) for split, part in by_split.items()},
         "nll": {"before": round(negative_log_likelihood(logits, labels, 1.0), 4),
                 "after": round(negative_log_likelihood(logits, labels, temperature), 4)},
@@ -215,8 +205,29 @@ def run_calibration(argv: list[str] | None = None, progress: bool = True) -> dic
                          **{f"clean {split}": round(float(np.median(part.clean)), 4)
                             for split, part in by_split.items()},
                          "sev3plus": round(float(np.median(severe)), 4)},
-        "command": command_line("seg-calibrate-confidence", argv),
     }
+
+
+def run_calibration(argv: list[str] | None = None, progress: bool = True) -> dict:
+    args = parse_arguments(argv)
+    card, card_path = resolve_model(args.model)
+    pipeline = SegmentationPipeline.from_model(card_path, args.backend, "cpu", threads=args.threads)
+    unseen = unseen_in_training(card.training, card.compression)
+    args.corruptions = args.corruptions or [n for n in CORRUPTIONS if n not in unseen]
+    splits = {split: dataset_from_args(args, split, card.classes, card.palette)
+              for split in dict.fromkeys([args.split, *args.threshold_splits])}
+    dataset = splits[args.split]
+    indices = list(range(len(dataset.samples())))
+    logits, labels = pixel_sample(pipeline, dataset, indices, args.pixels_per_frame, args.seed, progress)
+    temperature = fit_temperature(logits, labels)
+    pipeline.card.confidence = replace(pipeline.card.confidence, temperature=temperature)  # the scores use it
+    by_split = {split: frame_scores(pipeline, splits[split], spaced(len(splits[split].samples()), args.frames),
+                                    args.corruptions, args.severities, progress)
+                for split in dict.fromkeys(args.threshold_splits)}
+    rule, threshold = threshold_by_rule(FrameScores.joined(list(by_split.values())), args)
+    calibration = {**calibration_record(logits, labels, temperature, by_split, rule, threshold, args),
+                   "frames": len(indices), "data": [split.identity() for split in splits.values()],
+                   "command": command_line("seg-calibrate-confidence", argv)}
     card.confidence = replace(card.confidence, temperature=round(temperature, 4), threshold=round(threshold, 4),
                               calibration=calibration)
     card.validate(str(card_path))

@@ -10,7 +10,7 @@ deterministic for a given seed. Labels never move (as in Cityscapes-C, also for 
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 import cv2
 import numpy as np

@@ -1,4 +1,4 @@
-"""Confusion-matrix segmentation metrics: one matrix accumulated over a whole split, void excluded."""
+"""Confusion-matrix segmentation metrics: one matrix accumulated over a whole split, unlabelled pixels excluded."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 
 
 class ConfusionMatrix:
-    """Rows: ground truth, columns: prediction; labels >= num_classes (void) are ignored."""
+    """Rows: ground truth, columns: prediction; labels >= num_classes (IGNORE_INDEX) are left out."""
 
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
@@ -23,7 +23,19 @@ class ConfusionMatrix:
         """Per-class IoU; NaN for a class absent from both labels and predictions."""
         return iou_of(self.matrix)
 
-    def mean_iou(self) -> float:
+    def precision(self) -> np.ndarray:
+        """Per class: of the pixels predicted as it, the share labelled as it; NaN where it was never predicted."""
+        return ratio(np.diagonal(self.matrix), self.matrix.sum(0))
+
+    def recall(self) -> np.ndarray:
+        """Per class: of the pixels labelled as it, the share predicted as it; NaN where it is never labelled."""
+        return ratio(np.diagonal(self.matrix), self.matrix.sum(1))
+
+    def f1(self) -> np.ndarray:
+        """Per class: the harmonic mean of precision and recall (the Dice score)."""
+        return ratio(2 * np.diagonal(self.matrix), self.matrix.sum(0) + self.matrix.sum(1))
+
+    def miou(self) -> float:
         return float(mean_iou_of(self.matrix))
 
     def pixel_accuracy(self) -> float:
@@ -31,14 +43,23 @@ class ConfusionMatrix:
         return float(np.trace(self.matrix) / total) if total else float("nan")
 
     def summary(self, class_names: list[str] | tuple[str, ...]) -> dict:
-        """Percentages rounded to 0.01, ready for JSON and model cards."""
-        iou = self.iou()
+        """Percentages rounded to 0.01 (None where undefined), ready for JSON and model cards."""
+        per_class = zip(class_names, self.iou(), self.precision(), self.recall(), self.f1())
         return {
-            "miou": round(100 * self.mean_iou(), 2),
-            "pixel_accuracy": round(100 * self.pixel_accuracy(), 2),
-            "per_class_iou": {name: (None if np.isnan(v) else round(100 * float(v), 2))
-                              for name, v in zip(class_names, iou)},
+            "miou": percent(self.miou()),
+            "pixel_accuracy": percent(self.pixel_accuracy()),
+            "per_class": {name: {"iou": percent(iou), "precision": percent(precision), "recall": percent(recall),
+                                 "f1": percent(f1)} for name, iou, precision, recall, f1 in per_class},
         }
+
+
+def percent(value: float) -> float | None:
+    return None if np.isnan(value) else round(100 * float(value), 2)
+
+
+def ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, numerator / np.maximum(denominator, 1), np.nan)
 
 
 def iou_of(matrices: np.ndarray) -> np.ndarray:

@@ -70,7 +70,7 @@ def save_robustness_curves(summaries: dict[str, dict], unseen: dict[str, list[st
                     color=colours[index % len(colours)], linestyle="--" if name in unseen[label] else "-", label=name)
         ax.set_title(f"{label}\nclean {summary['clean']:.1f}, mPC {summary['mpc']:.1f}, rPC {summary['rpc']:.0f}%",
                      fontsize=9)
-        ax.set_xticks(range(0, 6), ["clean", "1", "2", "3", "4", "5"])
+        ax.set_xticks(range(6), ["clean", "1", "2", "3", "4", "5"])
         ax.set_xlabel("severity")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("mIoU (%)")

@@ -1,4 +1,5 @@
-"""Corruption benchmark: CamVid frames through the camera corruptions at severities 1-5, through the node's pipeline.
+"""Corruption benchmark: frames of any registered data set through the camera corruptions at severities 1-5,
+through the node's pipeline.
 
     seg-robustness --model models/camvid_mobile_unet.json --model models/camvid_mobile_unet_pruned_int8.json \\
         --data $CAMVID_ROOT --split test --out results/robustness
@@ -29,6 +30,7 @@ import json
 import time
 import zlib
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +42,9 @@ from ...core.errors import UserError
 from ...core.model_card import ModelCard, command_line
 from ...core.model_files import resolve_model
 from ...core.pipeline import SegmentationPipeline
-from ..data import open_dataset
+from ..data import IGNORE_INDEX, SegmentationDataset
+from ..data.arguments import add_dataset_arguments, dataset_from_args
+from ..data.class_match import label_lut, read_class_map
 from ..training.augment import unseen_in_training
 from .corruptions import CORRUPTIONS, FAMILY, SEVERITIES, corrupt
 from .metrics import ConfusionMatrix, mean_iou_of
@@ -113,58 +117,66 @@ def example_conditions(corruptions: list[str], severities: list[int]) -> list[tu
     return [(None, 0)] + [(name, max(severities)) for name in chosen]
 
 
-def benchmark(pipelines: list[SegmentationPipeline], dataset, indices: list[int], corruptions: list[str],
-              severities: list[int], progress: bool = True) -> tuple[list[dict], list[dict], list[dict], list, dict]:
-    """Run every selected frame, clean and through every (corruption, severity), through every pipeline.
+def condition_tables(corruptions: list[str], severities: list[int], make) -> dict:
+    """{"clean": make(), name: {severity: make()}}: one entry per condition a frame is run in."""
+    return {"clean": make(), **{n: {s: make() for s in severities} for n in corruptions}}
+
+
+def cell(table: dict, name: str | None, severity: int):
+    """A condition's entry of a condition_tables table (the clean frame's for name None)."""
+    return table["clean"] if name is None else table[name][severity]
+
+
+def warm_up(pipelines: list[SegmentationPipeline], corruptions: list[str], frame: np.ndarray) -> None:
+    """Imports, numba compilation and the backends' first runs, outside the costs."""
+    for name in corruptions:
+        corrupt(np.zeros((32, 32, 3), np.uint8), name, 1)
+    for pipeline in pipelines:
+        pipeline.segment(frame, "rgb")
+
+
+def benchmark(pipelines: list[SegmentationPipeline], dataset: SegmentationDataset, indices: list[int],
+              corruptions: list[str], severities: list[int], progress: bool = True,
+              class_map: dict[str, str] | None = None) -> tuple[list[dict], list[dict], list[dict], list, dict]:
+    """Run every selected frame, clean and through every (corruption, severity), through every pipeline; each
+    model is scored on the labels in its own class ids (matched by name, or by `class_map`).
 
     Returns, per pipeline, the confusion matrices ({"clean": C x C, name: {severity: C x C}}), the per-frame
     mIoU in percent and the per-frame confidence scores (same keys, lists in frame order); the first pipeline's
     example_conditions on the first frame (condition, image, label, mask, confidence map, score, mIoU); and the
     mean cost of a frame in ms, of each corruption (over its severities) and of each pipeline's segment(), so a
     --frames run says what a whole split costs."""
-    samples = dataset.items()
+    samples = dataset.samples()
+    luts = [label_lut(dataset.classes, pipeline.card.classes, class_map) for pipeline in pipelines]
     spent = {"corruptions": dict.fromkeys(corruptions, 0.0), "pipelines": [0.0] * len(pipelines)}
-    for name in corruptions:  # imports, numba compilation and the backends' first runs outside the costs
-        corrupt(np.zeros((32, 32, 3), np.uint8), name, 1)
-    first = dataset.load(samples[indices[0]])[0]
-    for pipeline in pipelines:
-        pipeline.segment(first, "rgb")
+    warm_up(pipelines, corruptions, dataset.load(samples[indices[0]])[0])
     conditions = [(None, 0)] + [(name, s) for name in corruptions for s in severities]
-    matrices, per_frame, frame_scores, examples = [], [], [], []
-    shown = example_conditions(corruptions, severities)
-    for pipeline in pipelines:
-        k = len(pipeline.card.classes)
-        matrices.append({"clean": np.zeros((k, k), np.int64),
-                         **{n: {s: np.zeros((k, k), np.int64) for s in severities} for n in corruptions}})
-        per_frame.append({"clean": [], **{n: {s: [] for s in severities} for n in corruptions}})
-        frame_scores.append({"clean": [], **{n: {s: [] for s in severities} for n in corruptions}})
+    matrices = [condition_tables(corruptions, severities, partial(np.zeros, (len(p.card.classes),) * 2, np.int64))
+                for p in pipelines]
+    per_frame = [condition_tables(corruptions, severities, list) for _ in pipelines]
+    frame_scores = [condition_tables(corruptions, severities, list) for _ in pipelines]
+    examples, shown = [], example_conditions(corruptions, severities)
     with tqdm(total=len(indices) * len(conditions), desc=f"robustness on {dataset.split}", unit="frame",
               disable=not progress) as bar:
         for index in indices:
-            image, label = dataset.load(samples[index])
+            image, data_label = dataset.load(samples[index])
             for name, severity in conditions:
-                frame = image
+                started = time.perf_counter()
+                frame = image if name is None else corrupt(image, name, severity, frame_seed(index, name, severity))
                 if name is not None:
-                    started = time.perf_counter()
-                    frame = corrupt(image, name, severity, frame_seed(index, name, severity))
                     spent["corruptions"][name] += time.perf_counter() - started
-                for number, (pipeline, matrix, scores, confidences) in enumerate(
-                        zip(pipelines, matrices, per_frame, frame_scores)):
+                for number, pipeline in enumerate(pipelines):
                     example = number == 0 and index == indices[0] and (name, severity) in shown
+                    label = luts[number][data_label]
                     started = time.perf_counter()
                     result = pipeline.segment(frame, "rgb", confidence=example)
                     spent["pipelines"][number] += time.perf_counter() - started
                     one = ConfusionMatrix(len(pipeline.card.classes))
                     one.update(result.mask, label)
-                    score = None if np.isnan(one.mean_iou()) else round(100 * one.mean_iou(), 2)  # all void
-                    if name is None:
-                        matrix["clean"] += one.matrix
-                        scores["clean"].append(score)
-                        confidences["clean"].append(result.score)
-                    else:
-                        matrix[name][severity] += one.matrix
-                        scores[name][severity].append(score)
-                        confidences[name][severity].append(result.score)
+                    score = None if np.isnan(one.miou()) else round(100 * one.miou(), 2)  # None: all void
+                    cell(matrices[number], name, severity)[...] += one.matrix
+                    cell(per_frame[number], name, severity).append(score)
+                    cell(frame_scores[number], name, severity).append(result.score)
                     if example:
                         examples.append(((name, severity), frame, label, result.mask, result.confidence,
                                          result.score, score))
@@ -292,7 +304,7 @@ def markdown_table(results: dict) -> str:
 
     head = (["model", "clean", "mPC", "rPC %", "rPC sev 1-3 %", "worst sev 1 (% of clean)", "unseen rPC %",
              "seen rPC %"] + [f"{f} rPC %" for f in families])
-    lines = [f"CamVid {results['split']}, {results['frames']} frames, severities "
+    lines = [f"{results['data']['name']} {results['split']}, {results['frames']} frames, severities "
              f"{', '.join(map(str, results['severities']))}; mIoU in %, rPC = mPC / clean.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, model in results["models"].items():
@@ -342,9 +354,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="once for all models, or once per --model in the same order (default: onnxruntime)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--data", help="CamVid folder (default: $CAMVID_ROOT)")
-    parser.add_argument("--layout", default="auto", help="camvid11, camvid32 or auto")
-    parser.add_argument("--split", default="test", choices=["val", "test"])
+    add_dataset_arguments(parser)
+    parser.add_argument("--split", default="test", help="split to run (default: %(default)s)")
     parser.add_argument("--frames", type=int, help="only N frames, evenly spaced over the split (quick runs)")
     parser.add_argument("--corruptions", nargs="+", metavar="NAME", default=list(CORRUPTIONS),
                         help=f"default: all of {', '.join(CORRUPTIONS)}")
@@ -378,10 +389,54 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def model_results(labels: list[str], pipelines: list[SegmentationPipeline], models: list, matrices: list[dict],
+                  per_frame: list[dict], scores: list[dict], args: argparse.Namespace, unseen: dict) -> dict:
+    """Per model: its card, backend, robustness summary and how well its frame score tells trouble."""
+    return {label: {"model": p.card.name, "card": str(resolve_model(m)[1]), "backend": p.backend.describe(),
+                    "summary": summarize(matrix["clean"], {n: matrix[n] for n in args.corruptions}, unseen[label]),
+                    "confidence": reliability(miou, score, args.corruptions, args.severities, unseen[label],
+                                              p.card.confidence.threshold)}
+            for label, p, m, matrix, miou, score in zip(labels, pipelines, models, matrices, per_frame, scores)}
+
+
+def write_per_frame(path: Path, results: dict, labels: list[str], per_frame: list[dict], scores: list[dict]) -> None:
+    """Each frame's mIoU and score per model, corruption and severity: compact, beside the summary (5 models on
+    the whole test split are 100 000 numbers)."""
+    def table(values: dict, rounding) -> dict:
+        return {"clean": rounding(values["clean"]),
+                **{n: {str(s): rounding(values[n][s]) for s in results["severities"]} for n in results["corruptions"]}}
+
+    path.write_text(json.dumps({
+        "split": results["split"], "frame_names": results["frame_names"], "command": results["command"],
+        "models": {label: table(values, list) for label, values in zip(labels, per_frame)},
+        "scores": {label: table(values, rounded) for label, values in zip(labels, scores)}}) + "\n")
+
+
+def write_figures(out: Path, results: dict, labels: list[str], per_frame: list[dict], scores: list[dict],
+                  examples: list) -> None:
+    where = f"{results['data']['name']} {results['split']}, {results['frames']} frames"
+    save_robustness_curves({label: m["summary"] for label, m in results["models"].items()},
+                           results["unseen_in_training"], out / "robustness.png", where)
+    save_confidence_figure(dict(zip(labels, scores)), dict(zip(labels, per_frame)),
+                           {label: m["confidence"] for label, m in results["models"].items()}, examples,
+                           IGNORE_INDEX, out / "robustness_confidence.png",
+                           f"frame confidence score, {where} (first frame shown)")
+
+
+def update_cards(models: list, labels: list[str], results: dict) -> None:
+    """Each card's metrics['robustness']: the whole split's summary."""
+    for model, label in zip(models, labels):
+        card, card_path = resolve_model(model)
+        card.metrics["robustness"] = {"split": results["split"], "frames": results["frames"], "data": results["data"],
+                                      "corruptions": results["corruptions"], "severities": results["severities"],
+                                      **results["models"][label]["summary"], "command": results["command"]}
+        card.save(card_path)
+
+
 def run_robustness(argv: list[str] | None = None) -> dict:
     args = parse_arguments(argv)
-    dataset = open_dataset(args.data, args.split, args.layout)
-    count = len(dataset.items())
+    dataset = dataset_from_args(args, args.split)
+    count = len(dataset.samples())
     if args.frames is not None and args.frames > count:
         raise UserError(f"--frames {args.frames}: the {args.split} split of {dataset.root} has only {count} frames")
     pipelines = [SegmentationPipeline.from_model(m, b, args.device, threads=args.threads)
@@ -391,50 +446,25 @@ def run_robustness(argv: list[str] | None = None) -> dict:
     unseen = {label: [n for n in args.corruptions if n in held_out[label]] for label in labels}
     indices = spaced(count, args.frames)
     started = time.time()
-    matrices, per_frame, scores, examples, cost = benchmark(pipelines, dataset, indices, args.corruptions,
-                                                            args.severities)
-    command = command_line("seg-robustness", argv)
+    matrices, per_frame, scores, examples, cost = benchmark(
+        pipelines, dataset, indices, args.corruptions, args.severities,
+        class_map=read_class_map(args.class_map) if args.class_map else None)
     results = {
-        "split": args.split, "data": str(dataset.root), "frames": len(indices),
-        "frame_names": [dataset.items()[i].name for i in indices],
-        "corruptions": args.corruptions, "severities": args.severities,
-        "unseen_in_training": unseen,
-        "seconds": round(time.time() - started, 1), "command": command,
+        "split": args.split, "data": dataset.identity(), "frames": len(indices),
+        "frame_names": [dataset.samples()[i].name for i in indices],
+        "corruptions": args.corruptions, "severities": args.severities, "unseen_in_training": unseen,
+        "seconds": round(time.time() - started, 1), "command": command_line("seg-robustness", argv),
         "ms_per_frame": {"corruptions": cost["corruptions"], "models": dict(zip(labels, cost["pipelines"]))},
-        "models": {label: {"model": p.card.name, "card": str(resolve_model(m)[1]), "backend": p.backend.describe(),
-                           "summary": summarize(matrix["clean"], {n: matrix[n] for n in args.corruptions},
-                                                unseen[label]),
-                           "confidence": reliability(miou, score, args.corruptions, args.severities, unseen[label],
-                                                     p.card.confidence.threshold)}
-                   for label, p, m, matrix, miou, score in zip(labels, pipelines, args.model, matrices, per_frame,
-                                                               scores)},
-    }
+        "models": model_results(labels, pipelines, args.model, matrices, per_frame, scores, args, unseen)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "robustness.json").write_text(json.dumps(results, indent=1) + "\n")
-    if args.per_frame:  # compact, beside the summary: 5 models on the whole test split are 100 000 numbers
-        (out / "robustness_per_frame.json").write_text(json.dumps({
-            "split": args.split, "frame_names": results["frame_names"], "command": command,
-            "models": {label: {"clean": scores["clean"],
-                               **{n: {str(s): scores[n][s] for s in args.severities} for n in args.corruptions}}
-                       for label, scores in zip(labels, per_frame)},
-            "scores": {label: {"clean": rounded(table["clean"]),
-                               **{n: {str(s): rounded(table[n][s]) for s in args.severities} for n in args.corruptions}}
-                       for label, table in zip(labels, scores)}}) + "\n")
+    if args.per_frame:
+        write_per_frame(out / "robustness_per_frame.json", results, labels, per_frame, scores)
     (out / "robustness.md").write_text(markdown_table(results))
-    save_robustness_curves({label: m["summary"] for label, m in results["models"].items()}, unseen,
-                           out / "robustness.png", f"CamVid {args.split}, {len(indices)} frames")
-    save_confidence_figure(dict(zip(labels, scores)), dict(zip(labels, per_frame)),
-                           {label: m["confidence"] for label, m in results["models"].items()}, examples,
-                           len(pipelines[0].card.classes), out / "robustness_confidence.png",
-                           f"frame confidence score, CamVid {args.split}, {len(indices)} frames (first frame shown)")
+    write_figures(out, results, labels, per_frame, scores, examples)
     if args.update_card:
-        for model, label in zip(args.model, labels):
-            card, card_path = resolve_model(model)
-            card.metrics["robustness"] = {"split": args.split, "frames": len(indices),
-                                          "corruptions": args.corruptions, "severities": args.severities,
-                                          **results["models"][label]["summary"], "command": command}
-            card.save(card_path)
+        update_cards(args.model, labels, results)
     print(markdown_table(results))
     print("mean ms per frame: " + ", ".join(f"{k} {v}" for k, v in {**results["ms_per_frame"]["corruptions"],
                                                                    **results["ms_per_frame"]["models"]}.items()))

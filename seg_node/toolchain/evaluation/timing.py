@@ -1,6 +1,6 @@
 """Pipeline timing without ROS: per-stage latency of several pipelines in turns, on the same frames.
 
-The sweep, the benchmarks and the GPU check time models through these, so every figure is taken the same way.
+The benchmarks and the GPU check time pipelines through these, so their figures are taken the same way.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from tqdm import tqdm
 from ...core.latency_stats import latency_summary
 from ...core.model_files import package_path
 from ...core.pipeline import SegmentationPipeline
-from ..data import CamVidLayoutError, open_dataset
+from ..data import DatasetError, SegmentationDataset, open_dataset
 
 #: the CamVid clip shipped in the package (data/camvid_clip): frames when no data set is given
 CLIP = package_path("data", "camvid_clip")
@@ -22,14 +22,19 @@ TURN_FRAMES = 10
 
 
 def load_frames(data: str | None, split: str, count: int) -> list[np.ndarray]:
-    """RGB frames: a CamVid split when given (or $CAMVID_ROOT), else the committed clip."""
+    """RGB frames: a split of the data set in `data` when given (or $CAMVID_ROOT), else the committed clip."""
     try:
         dataset = open_dataset(data, split)
-    except CamVidLayoutError:
+    except DatasetError:
         if data:
             raise
         dataset = open_dataset(CLIP, "test")
-    samples = dataset.items()
+    return frames_of(dataset, count)
+
+
+def frames_of(dataset: SegmentationDataset, count: int) -> list[np.ndarray]:
+    """`count` RGB frames of a split from its first, cycling through it when it is shorter."""
+    samples = dataset.samples()
     return [dataset.load(samples[i % len(samples)])[0] for i in range(count)]
 
 

@@ -15,12 +15,17 @@ from dataclasses import asdict, dataclass, fields
 import cv2
 import numpy as np
 
-from ..data import VOID_INDEX
+from ...core.errors import UserError
+from ..data import IGNORE_INDEX
 
 #: benchmark corruptions that no training transform imitates, whatever the recipe (one weather type among them)
 HELD_OUT = ("impulse_noise", "pixelate", "elastic_transform", "spatter")
 #: benchmark corruptions that only one optional group of the recipe imitates: unseen where it is off
 IMITATED_BY_GROUP = {"snow": ("snow",), "ice": ("frost",)}
+
+
+class CorruptionRecipeError(UserError, ValueError):
+    """A corruption recipe with an unknown key or a value out of range."""
 
 
 @dataclass(frozen=True)
@@ -44,9 +49,9 @@ class CorruptionRecipe:
             value = getattr(self, f.name)
             if f.name == "strength":
                 if not 0.0 < value <= 2.0:
-                    raise ValueError(f"corruption strength must be in (0, 2], got {value}")
+                    raise CorruptionRecipeError(f"corruption strength must be in (0, 2], got {value}")
             elif not 0.0 <= value <= 1.0:
-                raise ValueError(f"corruption probability {f.name} must be in [0, 1], got {value}")
+                raise CorruptionRecipeError(f"corruption probability {f.name} must be in [0, 1], got {value}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,12 +62,16 @@ class CorruptionRecipe:
                                 for name in names)
 
     @classmethod
-    def parse(cls, text: str | dict) -> "CorruptionRecipe":
+    def parse(cls, text: str | dict) -> CorruptionRecipe:
         """From JSON (or a dict); unknown keys are an error, missing ones keep their defaults."""
-        data = json.loads(text) if isinstance(text, str) else dict(text)
+        try:
+            data = json.loads(text) if isinstance(text, str) else dict(text)
+        except json.JSONDecodeError as exc:
+            raise CorruptionRecipeError(f"a corruption recipe is 'default' or JSON, got {text!r}: {exc}") from None
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
-            raise ValueError(f"unknown corruption recipe key(s) {unknown}; known: {[f.name for f in fields(cls)]}")
+            raise CorruptionRecipeError(f"unknown corruption recipe key(s) {unknown}; "
+                                        f"known: {[f.name for f in fields(cls)]}")
         recipe = cls(**data)
         recipe.validate()
         return recipe
@@ -150,11 +159,12 @@ def corruption_transform(recipe: CorruptionRecipe, seed: int):
     return transform
 
 
-def windscreen_reflection(A, weight_range: tuple[float, float], sigma_range: tuple[float, float], p: float):
+def windscreen_reflection(albumentations, weight_range: tuple[float, float], sigma_range: tuple[float, float],
+                          p: float):
     """A reflection on the windscreen, I = T + w R (as reflection-removal work synthesises them): R is the frame's
     own mirror image, shifted and defocused, so it needs no second image; albumentations has no such transform."""
 
-    class WindscreenReflection(A.ImageOnlyTransform):
+    class WindscreenReflection(albumentations.ImageOnlyTransform):
         def get_params(self):
             return {"weight": self.py_random.uniform(*weight_range), "sigma": self.py_random.uniform(*sigma_range),
                     "shift": self.py_random.random()}
@@ -168,7 +178,7 @@ def windscreen_reflection(A, weight_range: tuple[float, float], sigma_range: tup
     return WindscreenReflection(p=p)
 
 
-def windscreen_ice(A, weight_range: tuple[float, float], dimming_range: tuple[float, float], p: float):
+def windscreen_ice(albumentations, weight_range: tuple[float, float], dimming_range: tuple[float, float], p: float):
     """Ice on the windscreen, I = a T + w F (the form of ImageNet-C's frost): F is a bright, bluish texture of
     crystal streaks drawn from noise, never from the benchmark's frost photographs, so frost still tests how far
     this generalises; albumentations has no such transform."""
@@ -194,7 +204,7 @@ def windscreen_ice(A, weight_range: tuple[float, float], dimming_range: tuple[fl
         tint = np.array([rng.uniform(0.75, 0.95), rng.uniform(0.85, 1.0), 1.0], np.float32)
         return 255 * np.clip(film + 0.6 * crystals, 0, 1)[..., None] * tint
 
-    class WindscreenIce(A.ImageOnlyTransform):
+    class WindscreenIce(albumentations.ImageOnlyTransform):
         def get_params(self):
             return {"weight": self.py_random.uniform(*weight_range), "dimming": self.py_random.uniform(*dimming_range),
                     "seed": self.py_random.randrange(2**31)}
@@ -219,7 +229,7 @@ def augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, crop
     pad_h, pad_w = max(crop_h - label.shape[0], 0), max(crop_w - label.shape[1], 0)
     if pad_h or pad_w:
         image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=(127, 127, 127))
-        label = cv2.copyMakeBorder(label, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=VOID_INDEX)
+        label = cv2.copyMakeBorder(label, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=IGNORE_INDEX)
     top = rng.integers(0, label.shape[0] - crop_h + 1)
     left = rng.integers(0, label.shape[1] - crop_w + 1)
     image = image[top:top + crop_h, left:left + crop_w]

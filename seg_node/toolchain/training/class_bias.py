@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -44,13 +45,19 @@ from tqdm import tqdm
 from ...core.backends import create_backend
 from ...core.backends.torch_backend import build_for_inference
 from ...core.command_line import reports_user_errors
-from ...core.model_card import command_line
+from ...core.errors import UserError
+from ...core.model_card import ModelCard, command_line
 from ...core.model_files import model_file, resolve_model
 from ...core.pipeline import SegmentationPipeline
-from ..data import open_dataset
-from ..data.camvid import dataset_identity
+from ..data.arguments import add_dataset_arguments, dataset_from_args
+from ..data.base import SegmentationDataset
 from ..evaluation.metrics import ConfusionMatrix, mean_iou_of
-from ..export import export_model, parity_frames
+from ..export import export_model, parity_dataset, parity_frames
+
+
+class ClassBiasError(UserError, ValueError):
+    """Offsets that cannot be fitted or folded as asked: the message says why."""
+
 
 DEFAULT_GRID = np.round(np.arange(-4.0, 4.0001, 0.125), 4)
 CHUNK_PIXELS = 1 << 21
@@ -105,13 +112,13 @@ def fit_class_bias(logits: np.ndarray, labels: np.ndarray, grid: np.ndarray = DE
     before, mIoU after); the mIoU never drops, since every coordinate keeps its value unless another beats it."""
     num_classes = logits.shape[1]
     if not np.any(np.isclose(grid, 0.0)):
-        raise ValueError("the grid of offsets must contain 0 (no change)")
+        raise ClassBiasError("the grid of offsets must contain 0 (no change)")
     flat, target = flat_pixels(logits, labels, num_classes)
     if not len(target):
-        raise ValueError("no labelled (non-void) pixels to fit offsets on")
+        raise ClassBiasError("no labelled (non-void) pixels to fit offsets on")
     grid_t = torch.as_tensor(np.sort(grid), dtype=torch.float32)
     bias = torch.zeros(num_classes)
-    before = best = confusion_at(flat, target, bias).mean_iou()
+    before = best = confusion_at(flat, target, bias).miou()
     for _ in tqdm(range(max_rounds), desc="fitting class offsets", disable=not progress):
         changed = False
         for cls in range(num_classes):
@@ -133,14 +140,14 @@ def held_out_estimate(logits: np.ndarray, labels: np.ndarray, grid: np.ndarray =
     Each half is fitted on once, so the fits' own mIoU before offsets is the mIoU without them of both halves."""
     half = len(labels) // 2
     if half == 0:
-        raise ValueError("a held-out estimate needs at least two frames")
+        raise ClassBiasError("a held-out estimate needs at least two frames")
     folds = [(slice(0, half), slice(half, None)), (slice(half, None), slice(0, half))]
     without, with_offsets = [], []
     for fitted, held in folds:
         offsets, fitted_without, _ = fit_class_bias(logits[fitted], labels[fitted], grid, progress=False)
         without.append(fitted_without)
         flat, target = flat_pixels(logits[held], labels[held], logits.shape[1])
-        with_offsets.append(100 * confusion_at(flat, target, torch.from_numpy(offsets)).mean_iou())
+        with_offsets.append(100 * confusion_at(flat, target, torch.from_numpy(offsets)).miou())
     return float(np.mean(without)), float(np.mean(with_offsets))
 
 
@@ -148,7 +155,7 @@ def fold_into_classifier(model: nn.Module, offsets: np.ndarray) -> None:
     """Add per-class offsets to the bias of the model's final 1x1 `classifier` convolution."""
     classifier = getattr(model, "classifier", None)
     if not isinstance(classifier, nn.Conv2d) or classifier.out_channels != len(offsets):
-        raise ValueError(f"{type(model).__name__} has no `classifier` Conv2d with {len(offsets)} outputs")
+        raise ClassBiasError(f"{type(model).__name__} has no `classifier` Conv2d with {len(offsets)} outputs")
     with torch.no_grad():
         if classifier.bias is None:
             classifier.bias = nn.Parameter(torch.zeros(classifier.out_channels))
@@ -162,7 +169,7 @@ def final_conv(graph: onnx.GraphProto) -> onnx.NodeProto:
     while node is not None and node.op_type != "Conv":
         node = producers.get(node.input[0])
     if node is None or len(node.input) < 3:
-        raise ValueError("no Conv with a bias produces the model's output")
+        raise ClassBiasError("no Conv with a bias produces the model's output")
     return node
 
 
@@ -180,7 +187,7 @@ def fold_into_onnx(source: Path, destination: Path, offsets: np.ndarray) -> None
         dequantize = next((n for n in model.graph.node if bias_name in n.output and n.op_type == "DequantizeLinear"),
                           None)
         if dequantize is None or dequantize.input[0] not in initializers:
-            raise ValueError(f"{source}: the classifier's bias {bias_name!r} is neither a constant nor a "
+            raise ClassBiasError(f"{source}: the classifier's bias {bias_name!r} is neither a constant nor a "
                              f"dequantized constant")
         tensor = initializers[dequantize.input[0]]
         stored = numpy_helper.to_array(tensor)
@@ -194,7 +201,7 @@ def collect_logits(pipeline: SegmentationPipeline, dataset) -> tuple[np.ndarray,
     """Network-resolution logits (float16) of every frame through the node's preprocessing, and labels
     resized to that resolution (nearest)."""
     logits, labels = [], []
-    for sample in tqdm(dataset.items(), desc=f"logits of {dataset.split}"):
+    for sample in tqdm(dataset.samples(), desc=f"logits of {dataset.split}"):
         image, label = dataset.load(sample)
         frame_logits = pipeline.logits(image, "rgb")
         height, width = frame_logits.shape[1:]
@@ -205,13 +212,11 @@ def collect_logits(pipeline: SegmentationPipeline, dataset) -> tuple[np.ndarray,
     return np.stack(logits), np.stack(labels)
 
 
-@reports_user_errors
-def main(argv: list[str] | None = None) -> None:
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model to adjust (card or a file beside it); fp32, "
                                                          "or INT8/FP16 ONNX after quantization")
-    parser.add_argument("--data", help="CamVid folder (default: $CAMVID_ROOT)")
-    parser.add_argument("--layout", default="auto", help="camvid11, camvid32 or auto")
+    add_dataset_arguments(parser)
     parser.add_argument("--split", default="val", choices=["val", "train"],
                         help="split to fit on; never test, which measures the result")
     parser.add_argument("--min-held-out-gain", type=float, default=0.5,
@@ -228,63 +233,103 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", required=True,
                         help="output stem; the model's own stem rewrites it in place (its metrics are cleared)")
-    args = parser.parse_args(argv)
-    card, card_path = resolve_model(args.model)
-    card = dataclasses.replace(card, flip_average=card.flip_average or args.flip_average)
-    dataset = open_dataset(args.data, args.split, args.layout)
-    precision = card.compression.get("precision", "fp32")
-    pipeline = SegmentationPipeline(create_backend("onnxruntime", card, card_path, "cpu", threads=args.threads), card)
-    logits, labels = collect_logits(pipeline, dataset)
+    return parser.parse_args(argv)
+
+
+@dataclass
+class OffsetFit:
+    """Offsets fitted on a split: the earlier ones (in the card) and those taken out (--refit), the fitted ones,
+    the mIoU before and after in-sample and on held-out halves, and whether they are applied."""
+
+    earlier: np.ndarray
+    removed: np.ndarray
+    fitted: np.ndarray
+    before: float
+    after: float
+    held_without: float
+    held_with: float
+    applied: bool
+
+    @property
+    def change(self) -> np.ndarray:
+        """What the model's logits move by: the applied offsets, less the ones taken out."""
+        return (self.fitted if self.applied else np.zeros_like(self.fitted)) - self.removed
+
+
+def fit_offsets(card: ModelCard, logits: np.ndarray, labels: np.ndarray, refit: bool, min_gain: float) -> OffsetFit:
     earlier = np.array([card.class_bias.get("offsets", {}).get(name, 0.0) for name in card.classes], np.float32)
-    removed = earlier if args.refit else np.zeros_like(earlier)
+    removed = earlier if refit else np.zeros_like(earlier)
     logits -= removed[None, :, None, None].astype(logits.dtype)
     fitted, before, after = fit_class_bias(logits, labels)
     held_without, held_with = held_out_estimate(logits, labels)
-    applied = held_with - held_without >= args.min_held_out_gain
-    offsets = fitted if applied else np.zeros_like(fitted)
-    change = offsets - removed
-    record = {"offsets": {name: round(float(value), 4)
-                          for name, value in zip(card.classes, earlier - removed + offsets)},
-              "applied": applied,
-              **({} if applied else {"fitted_offsets": {name: round(float(value), 4)
-                                                        for name, value in zip(card.classes, fitted)}}),
-              "fitted_on": f"CamVid {args.split} ({len(dataset.items())} frames)", "data": dataset_identity(dataset),
-              f"{args.split}_miou_before": round(before, 2), f"{args.split}_miou_after": round(after, 2),
-              "held_out": {"method": f"offsets fitted on one contiguous half of {args.split}, scored on the other, "
-                                     f"both ways, averaged", "miou_before": round(held_without, 2),
-                           "miou_after": round(held_with, 2), "min_gain": args.min_held_out_gain},
-              "command": command_line("seg-class-bias", argv),
-              **({"previous": card.class_bias} if card.class_bias else {})}
-    notes = "; ".join(filter(None, [card.notes, "run flip-averaged" if args.flip_average else "",
-                                    f"per-class logit offsets {'refitted' if args.refit else 'fitted'} on {args.split}"
-                                    + ("" if applied else ", not applied (too little held-out gain)")]))
-    in_card = np.asarray(card.logit_offsets or np.zeros_like(change), np.float32)
+    return OffsetFit(earlier, removed, fitted, before, after, held_without, held_with,
+                     applied=held_with - held_without >= min_gain)
+
+
+def bias_record(card: ModelCard, fit: OffsetFit, dataset: SegmentationDataset, args: argparse.Namespace,
+                argv: list[str] | None) -> dict:
+    """The card's class_bias field."""
+    def named(values: np.ndarray) -> dict:
+        return {name: round(float(value), 4) for name, value in zip(card.classes, values)}
+
+    return {"offsets": named(fit.earlier - fit.removed + (fit.fitted if fit.applied else 0.0)),
+            "applied": fit.applied, **({} if fit.applied else {"fitted_offsets": named(fit.fitted)}),
+            "fitted_on": f"{dataset.title} {args.split} ({len(dataset.samples())} frames)", "data": dataset.identity(),
+            f"{args.split}_miou_before": round(fit.before, 2), f"{args.split}_miou_after": round(fit.after, 2),
+            "held_out": {"method": f"offsets fitted on one contiguous half of {args.split}, scored on the other, "
+                                   f"both ways, averaged", "miou_before": round(fit.held_without, 2),
+                         "miou_after": round(fit.held_with, 2), "min_gain": args.min_held_out_gain},
+            "command": command_line("seg-class-bias", argv),
+            **({"previous": card.class_bias} if card.class_bias else {})}
+
+
+def write_adjusted(card: ModelCard, card_path: Path, args: argparse.Namespace, record: dict, offsets: np.ndarray,
+                   notes: str) -> None:
+    """The card alone (--offsets-in-card), an fp32 model with the offsets in its classifier's bias, or a quantized
+    ONNX graph with them in its bias initializer."""
     if args.offsets_in_card:
         out_path = Path(args.out).with_suffix(".json")
         out_path.parent.mkdir(parents=True, exist_ok=True)
         files = {key: Path(os.path.relpath(model_file(card, card_path, key), out_path.parent)).as_posix()
                  for key in card.files}
         dataclasses.replace(card, name=out_path.stem, files=files, metrics={}, class_bias=record,
-                            logit_offsets=[float(v) for v in in_card + change], notes=notes).save(out_path)
-    elif precision == "fp32":
+                            logit_offsets=[float(v) for v in offsets], notes=notes).save(out_path)
+    elif card.compression.get("precision", "fp32") == "fp32":
         model = build_for_inference(card, model_file(card, card_path, "torch")).float()
-        fold_into_classifier(model, in_card + change)
+        fold_into_classifier(model, offsets)
         export_model(model, args.out, name=Path(args.out).name, architecture=card.architecture,
                      classes=card.classes, palette=card.palette, spec=card.input,
-                     parity_inputs=parity_frames(args.data, 8, card.input), training=card.training,
+                     parity_inputs=parity_frames(parity_dataset(args), 8, card.input), training=card.training,
                      compression={k: v for k, v in card.compression.items() if k != "export_parity"},
                      class_bias=record, flip_average=card.flip_average, notes=notes)
     else:
         out_path = Path(args.out).with_suffix(".onnx")
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        fold_into_onnx(model_file(card, card_path, "onnx"), out_path, in_card + change)
+        fold_into_onnx(model_file(card, card_path, "onnx"), out_path, offsets)
         dataclasses.replace(card, name=out_path.stem, files={"onnx": out_path.name}, metrics={},
                             class_bias=record, logit_offsets=[], notes=notes).save(out_path.with_suffix(".json"))
+
+
+@reports_user_errors
+def main(argv: list[str] | None = None) -> None:
+    args = parse_arguments(argv)
+    card, card_path = resolve_model(args.model)
+    card = dataclasses.replace(card, flip_average=card.flip_average or args.flip_average)
+    dataset = dataset_from_args(args, args.split, card.classes, card.palette)
+    pipeline = SegmentationPipeline(create_backend("onnxruntime", card, card_path, "cpu", threads=args.threads), card)
+    fit = fit_offsets(card, *collect_logits(pipeline, dataset), args.refit, args.min_held_out_gain)
+    record = bias_record(card, fit, dataset, args, argv)
+    notes = "; ".join(filter(None, [card.notes, "run flip-averaged" if args.flip_average else "",
+                                    f"per-class logit offsets {'refitted' if args.refit else 'fitted'} on {args.split}"
+                                    + ("" if fit.applied else ", not applied (too little held-out gain)")]))
+    in_card = np.asarray(card.logit_offsets or np.zeros_like(fit.change), np.float32)
+    write_adjusted(card, card_path, args, record, in_card + fit.change, notes)
+    precision = card.compression.get("precision", "fp32")
     written = "json" if args.offsets_in_card else f"{{{'onnx,safetensors' if precision == 'fp32' else 'onnx'},json}}"
-    print(f"{card.name}: {args.split} mIoU {before:.2f} -> {after:.2f} with offsets (on held-out halves "
-          f"{held_without:.2f} -> {held_with:.2f}, {'applied' if applied else 'NOT applied'}: held-out gain "
-          f"{held_with - held_without:+.2f}, at least {args.min_held_out_gain:g} required): "
-          + ", ".join(f"{name} {value:+.3f}" for name, value in zip(card.classes, fitted))
+    print(f"{card.name}: {args.split} mIoU {fit.before:.2f} -> {fit.after:.2f} with offsets (on held-out halves "
+          f"{fit.held_without:.2f} -> {fit.held_with:.2f}, {'applied' if fit.applied else 'NOT applied'}: held-out "
+          f"gain {fit.held_with - fit.held_without:+.2f}, at least {args.min_held_out_gain:g} required): "
+          + ", ".join(f"{name} {value:+.3f}" for name, value in zip(card.classes, fit.fitted))
           + f"; wrote {args.out}.{written}: measure it with seg-eval --split test --update-card")
 
 

@@ -23,7 +23,8 @@ from ...core.command_line import reports_user_errors
 from ...core.errors import UserError
 from ...core.model_card import ModelCard, command_line
 from ...core.model_files import model_file, resolve_model
-from ..export import export_model, parity_frames
+from ..data.arguments import add_dataset_arguments
+from ..export import export_model, parity_dataset, parity_frames
 
 
 def interpolate_states(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor],
@@ -62,13 +63,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", action="append", required=True,
                         help="card (or a file beside it) of an endpoint; give exactly two, alpha 0 is the first")
     parser.add_argument("--alpha", type=float, required=True, help="weight of the second model, in [0, 1]")
-    parser.add_argument("--data", help="CamVid folder for the export's parity check (default: $CAMVID_ROOT)")
+    add_dataset_arguments(parser, class_map=False)  # val frames for the export's parity check
     parser.add_argument("--out", required=True, help="output stem")
     args = parser.parse_args(argv)
     if len(args.model) != 2:
-        parser.error(f"give --model exactly twice, got {len(args.model)}")
+        raise UserError(f"give --model exactly twice, got {len(args.model)}")
     if not 0.0 <= args.alpha <= 1.0:
-        parser.error(f"--alpha must be in [0, 1], got {args.alpha}")
+        raise UserError(f"--alpha must be in [0, 1], got {args.alpha}")
     cards = [resolve_model(m) for m in args.model]
     model = interpolated_model(cards, args.alpha)
     (first, _), (second, _) = cards
@@ -80,8 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     compression = {k: v for k, v in second.compression.items() if k not in ("precision", "export_parity")}
     name = Path(args.out).name
     export_model(model, args.out, name=name, architecture=second.architecture, classes=second.classes,
-                 palette=second.palette, spec=second.input, parity_inputs=parity_frames(args.data, 8, second.input),
-                 training=training, compression=compression,
+                 palette=second.palette, spec=second.input,
+                 parity_inputs=parity_frames(parity_dataset(args), 8, second.input), training=training,
+                 compression=compression,
                  notes=f"{1 - args.alpha:.0%} {first.name} + {args.alpha:.0%} {second.name}, weights interpolated; "
                        f"{second.name}: {second.notes}")
     print(f"wrote {args.out}.{{onnx,safetensors,json}}: {weights[0]:g} x {first.name} + {weights[1]:g} x {second.name}")

@@ -7,19 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import VOID_INDEX
+from ..data import IGNORE_INDEX
 
 CLASS_WEIGHTINGS = ("median_frequency", "none")
 
 
-def median_frequency_weights(labels: list[np.ndarray], num_classes: int) -> np.ndarray:
-    """w_c = median(f) / f_c with f_c = pixels of c / pixels of the images where c appears (Eigen & Fergus)."""
-    class_pixels = np.zeros(num_classes, np.float64)
-    image_pixels = np.zeros(num_classes, np.float64)
-    for label in labels:
-        counts = np.bincount(label[label < num_classes].ravel(), minlength=num_classes)[:num_classes]
-        class_pixels += counts
-        image_pixels[counts > 0] += label.size
+def median_frequency_weights(class_pixels: np.ndarray, image_pixels: np.ndarray) -> np.ndarray:
+    """w_c = median(f) / f_c with f_c = pixels of c / pixels of the images where c appears (Eigen & Fergus), from
+    the per-class sums of both over a split; a class that never appears weighs 0."""
     freq = np.where(image_pixels > 0, class_pixels / np.maximum(image_pixels, 1), 0.0)
     median = np.median(freq[freq > 0])
     return np.where(freq > 0, median / np.maximum(freq, 1e-12), 0.0).astype(np.float32)
@@ -31,7 +26,7 @@ class WeightedCrossEntropy(nn.Module):
         self.register_buffer("class_weights", class_weights)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=VOID_INDEX)
+        return F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=IGNORE_INDEX)
 
 
 class DiceFocal(nn.Module):
@@ -43,7 +38,7 @@ class DiceFocal(nn.Module):
         self.gamma = gamma
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        valid = target != VOID_INDEX
+        valid = target != IGNORE_INDEX
         safe_target = torch.where(valid, target, torch.zeros_like(target))
         log_prob = F.log_softmax(logits.float(), dim=1)
         log_pt = log_prob.gather(1, safe_target.unsqueeze(1)).squeeze(1)
@@ -64,7 +59,7 @@ def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     so it optimizes the quantity mIoU measures, over-prediction of a class included."""
     prob = F.softmax(logits.float(), dim=1).permute(0, 2, 3, 1).reshape(-1, logits.shape[1])
     target = target.reshape(-1)
-    valid = target != VOID_INDEX
+    valid = target != IGNORE_INDEX
     prob, target = prob[valid], target[valid]
     losses = []
     for cls in torch.unique(target).tolist():

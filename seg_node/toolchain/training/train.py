@@ -1,7 +1,10 @@
-"""Train a U-Net-family model on CamVid: `seg-train --data CAMVID --arch mobile_unet --out runs/x`.
+"""Train a segmentation model on any registered data set: `seg-train --data DATA --arch mobile_unet --out runs/x`.
 
-Multi-GPU: `torchrun --nproc_per_node N -m seg_node.toolchain.training.train ...` (DistributedDataParallel).
-Checkpoints hold only tensors and plain values, so they load with `torch.load(weights_only=True)`.
+The model's classes are the data set's (names, colours; `--init` weights keep their own, matched by name).
+Frames stream through a DataLoader (`--workers` processes read, decode and augment them), so memory holds the batches
+in flight, never a split. Multi-GPU: `torchrun --nproc_per_node N -m seg_node.toolchain.training.train ...`
+(DistributedDataParallel). Checkpoints hold only tensors and plain values, so they load with
+`torch.load(weights_only=True)`. As a library: `train(TrainConfig(...))` (seg_node.toolchain.training.config).
 """
 
 from __future__ import annotations
@@ -14,198 +17,147 @@ import os
 import platform
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
-from ...core.backends.torch_backend import build_for_inference
-from ...core.command_line import reports_user_errors
-from ...core.model_card import DATA_PLACEHOLDER, InputSpec
-from ...core.model_files import model_file, resolve_model
-from ...core.preprocess import normalize, resize_for_network
-from ..data import CAMVID_CLASSES, open_dataset
-from ..data.camvid import dataset_identity
-from ..evaluation.metrics import ConfusionMatrix
 from ...core.architectures import build_model
 from ...core.architectures.weights import load_weights
-from .augment import CorruptionRecipe, augment, corruption_transform, parse_corruption
-from .losses import CLASS_WEIGHTINGS, LOSSES, build_loss, distillation_loss, median_frequency_weights
+from ...core.backends.torch_backend import build_for_inference
+from ...core.command_line import reports_user_errors
+from ...core.model_card import InputSpec, ModelCard
+from ...core.model_files import model_file, resolve_model
+from ..data.base import ClassTable, SegmentationDataset
+from ..data.loader import make_loader
+from ..evaluation.metrics import ConfusionMatrix
+from .arguments import (
+    add_data_arguments,
+    add_model_arguments,
+    add_recipe_arguments,
+    add_run_arguments,
+    add_schedule_arguments,
+    config_from_args,
+)
+from .batches import JoinedSplits, TrainingCrops, ValidationFrames, class_pixel_counts, frames_in_order
+from .config import TrainConfig, TrainingConfigError
+from .losses import build_loss, distillation_loss, median_frequency_weights
 
 OPTIMIZERS = {
     "adamw": lambda params, lr, wd: torch.optim.AdamW(params, lr=lr, weight_decay=wd),
     "sgd": lambda params, lr, wd: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd, nesterov=True),
 }
-DEFAULT_CROP = (288, 384)
-DEFAULT_SCALE_RANGE = (0.75, 1.5)
+LOG_COLUMNS = ["epoch", "train_loss", "lr", "val_miou", "val_corrupted_miou", "seconds"]
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="CamVid folder (default: $CAMVID_ROOT)")
-    p.add_argument("--layout", default="auto", help="camvid11, camvid32 or auto")
-    p.add_argument("--train-splits", nargs="+", default=["train"], choices=["train", "val"],
-                   help="splits to train on; 'train val' is the final retraining of a recipe fixed beforehand on "
-                        "train/val (val then no longer measures anything: take last.pt, not best.pt)")
-    p.add_argument("--arch", default='{"name": "mobile_unet", "pretrained": true}',
-                   help="architecture config as JSON, or just a name (unet, attention_unet, mobile_unet)")
-    p.add_argument("--loss", default="ce", choices=sorted(LOSSES))
-    p.add_argument("--class-weights", default="median_frequency", choices=CLASS_WEIGHTINGS)
-    p.add_argument("--optimizer", default="adamw", choices=sorted(OPTIMIZERS))
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--schedule", default="poly", choices=["poly", "cosine", "constant"])
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--crop", type=int, nargs=2, default=list(DEFAULT_CROP), metavar=("H", "W"))
-    p.add_argument("--scale-range", type=float, nargs=2, default=list(DEFAULT_SCALE_RANGE), metavar=("MIN", "MAX"))
-    p.add_argument("--input-size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"),
-                   help="network input size for validation and the model card")
-    p.add_argument("--average-from", type=int, default=0, metavar="EPOCH",
-                   help="stochastic weight averaging: from this epoch on, average the weights after every epoch; "
-                        "validation and best.pt use the average, its BatchNorm statistics recomputed on "
-                        "training crops (0: off; pair with --schedule constant)")
-    p.add_argument("--val-every", type=int, default=2, help="validate every N epochs (and after the last)")
-    p.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap steps per epoch (smoke tests)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="run folder: checkpoints, log.csv, curves.png")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--init", help="start from these weights (a run's best.pt or last.pt, or a .safetensors file) "
-                                  "with a fresh optimizer and schedule: a second training cycle")
-    p.add_argument("--teacher", help="model card of a trained model to distil from (knowledge distillation): "
-                                     "the loss adds distill-weight x T^2 x KL(teacher || student) per pixel, "
-                                     "both softened by the temperature T")
-    p.add_argument("--distill-weight", type=float, default=1.0, help="weight of the distillation term")
-    p.add_argument("--distill-temperature", type=float, default=2.0, help="softmax temperature of distillation")
-    p.add_argument("--corruption", default="",
-                   help="camera corruptions on training crops (albumentations): 'default' for the default recipe, "
-                        "or JSON overriding its probabilities and strength, e.g. '{\"noise\": 0.6, \"strength\": "
-                        "1.2}' (keys: " + ", ".join(CorruptionRecipe().to_dict()) + "); empty: off")
-    p.add_argument("--teacher-input", default="augmented", choices=["augmented", "clean"],
-                   help="what the teacher sees: the student's (corrupted) crop, or the same crop before corruption "
-                        "(a clean teacher's answer taught to a student seeing the corrupted frame)")
-    p.add_argument("--val-corrupted", type=int, default=0, metavar="SEVERITY",
-                   help="also validate on val frames each corrupted at this severity (frame i by the i-th benchmark "
-                        "corruption in turn) and keep the epoch best on the mean of clean and corrupted mIoU "
-                        "(0: clean val only)")
-    args = p.parse_args(argv)
-    if args.val_corrupted not in (0, 1, 2, 3, 4, 5):
-        p.error(f"--val-corrupted must be a severity 1-5, or 0 for off, got {args.val_corrupted}")
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_arguments(parser)
+    add_model_arguments(parser)
+    add_recipe_arguments(parser)
+    add_schedule_arguments(parser)
+    add_run_arguments(parser)
+    parser.add_argument("--out", required=True, help="run folder: checkpoints, log.csv, curves.png")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    return config_from_args(parser.parse_args(argv))
+
+
+@dataclass
+class TrainingData:
+    """The splits a run reads, labels in the model's class ids, and the classes themselves."""
+
+    classes: ClassTable
+    train: SegmentationDataset
+    val: SegmentationDataset | None  # on the process that validates (rank 0) only
+    identities: list[dict]  # what the card records of each split: name, split, frames, checksum
+
+
+def recorded_classes(path: str) -> ClassTable | None:
+    """The classes that `--init` weights were trained for: a run's checkpoint records them, a .safetensors file's
+    card beside it names them; None when neither does."""
+    if path.endswith(".safetensors"):
+        card_path = Path(path).with_suffix(".json")
+        if not card_path.is_file():
+            return None
+        card = ModelCard.load(card_path)
+        return ClassTable(tuple(card.classes), tuple(tuple(colour) for colour in card.palette))
+    run = json.loads(torch.load(path, map_location="cpu", weights_only=True)["run"])
+    return ClassTable(tuple(run["classes"]), tuple(tuple(colour) for colour in run["palette"])) \
+        if "classes" in run else None
+
+
+def open_training_data(config: TrainConfig, validating: bool, progress: bool) -> TrainingData:
+    """Each split opened once (val too, when trained on); every split's labels matched by name to the model's
+    classes: the given ones, those of the `--init` weights, or else the data set's own."""
+    data = config.data
+    splits = {split: data.open(split) for split in data.train_splits + (("val",) if validating else ())}
+    first = splits[data.train_splits[0]]
+    classes = (config.model.classes or (recorded_classes(config.model.init) if config.model.init else None)
+               or first.classes)
+    matched = {split: data.for_model(dataset, classes) for split, dataset in splits.items()}
+    parts = [matched[split] for split in data.train_splits]
+    train = parts[0] if len(parts) == 1 else JoinedSplits(parts)
+    val = matched.get("val")
+    identities = ([dataset.identity(progress) for dataset in [*parts, val]] if validating else [])
+    return TrainingData(classes=classes, train=train, val=val, identities=identities)
+
+
+def load_initial_weights(model: nn.Module, path: str) -> None:
+    """Weights only (tensor formats, no unpickling of classes); the architecture comes from --arch."""
     try:
-        args.corruption_recipe = parse_corruption(args.corruption)
-    except ValueError as exc:
-        p.error(f"--corruption: {exc}")
-    if args.teacher_input == "clean" and not (args.teacher and args.corruption_recipe):
-        p.error("--teacher-input clean needs --teacher and --corruption (otherwise both inputs are the same)")
-    problem = distillation_problem(args.teacher, args.distill_weight, args.distill_temperature)
-    if problem:
-        p.error(problem)
-    if args.init and args.resume:
-        p.error("--init starts a new run from given weights, --resume continues OUT/last.pt: use one")
-    if args.average_from < 0 or args.average_from > args.epochs:
-        p.error(f"--average-from must be an epoch from 1 to --epochs ({args.epochs}), or 0 for off")
-    if args.init and not Path(args.init).is_file():
-        p.error(f"--init {args.init}: no such file")
-    return args
+        if path.endswith(".safetensors"):
+            load_weights(model, path)
+        else:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
+    except RuntimeError as exc:
+        raise TrainingConfigError(f"--init {path}: its weights do not fit --arch and the classes: {exc}") from None
 
 
-def distillation_problem(teacher: str | os.PathLike | None, weight: float, temperature: float) -> str | None:
-    """What is wrong with these distillation options, if anything: seg-train and seg-prune both ask."""
-    if weight < 0 or temperature <= 0:
-        return f"distillation needs weight >= 0 and temperature > 0, got {weight} and {temperature}"
-    if teacher and not weight:
-        return "a teacher is used only for distillation: give a distillation weight > 0 too"
-    if teacher and not Path(teacher).is_file():
-        return f"teacher {teacher}: no such model card"
-    return None
+def load_teacher(card_path: str, spec: InputSpec, classes: ClassTable, device: torch.device
+                 ) -> tuple[nn.Module, list[int] | None]:
+    """A frozen model to distil from, and the order that puts its logits in the student's class order (None: the
+    same order). It must predict the same classes (by name) from the same normalized input."""
+    card, path = resolve_model(card_path)
+    if sorted(card.classes) != sorted(classes.names):
+        raise TrainingConfigError(f"--teacher {card_path}: its classes {list(card.classes)} are not the student's "
+                                  f"{list(classes.names)}")
+    if (card.input.channel_order, card.input.mean, card.input.std) != (spec.channel_order, spec.mean, spec.std):
+        raise TrainingConfigError(f"--teacher {card_path}: its input normalization {card.input} differs from "
+                                  f"training's {spec}; distil from a model trained with the same input")
+    teacher = build_for_inference(card, model_file(card, path, "torch")).to(device)
+    order = [list(card.classes).index(name) for name in classes.names]
+    return (teacher.to(memory_format=torch.channels_last).requires_grad_(False),
+            None if order == list(range(len(order))) else order)
 
 
-def parse_arch(text: str) -> dict:
-    text = text.strip()
-    return json.loads(text) if text.startswith("{") else {"name": text}
-
-
-def corrupted_copies(images: list[np.ndarray], severity: int) -> list[np.ndarray]:
-    """Frame i through the i-th benchmark corruption (cycling), seeded by i: a fixed corrupted val set."""
-    from ..evaluation.corruptions import CORRUPTIONS, corrupt
-    names = sorted(CORRUPTIONS)
-    return [corrupt(image, names[i % len(names)], severity, seed=i)
-            for i, image in enumerate(tqdm(images, desc="corrupting val", leave=False))]
-
-
-def load_split(root, split, layout, desc):
-    """(images, labels, the split's identity for the card: name and checksum, not a path)."""
-    dataset = open_dataset(root, split, layout)
-    pairs = [dataset.load(s) for s in tqdm(dataset.items(), desc=f"loading {desc}", leave=False)]
-    return [p[0] for p in pairs], [p[1] for p in pairs], dataset_identity(dataset)
-
-
-def make_batch(images, labels, indices, rng, args, spec, corruption=None):
-    """(student input, teacher input or None, labels): the teacher's is the clean crop with --teacher-input
-    clean, else the student's own."""
-    xs, cleans, ys = [], [], []
-    for i in indices:
-        clean, corrupted, label = augment(images[i], labels[i], rng, tuple(args.crop), tuple(args.scale_range),
-                                          corruption)
-        xs.append(normalize(corrupted, spec, "rgb"))
-        if args.teacher_input == "clean":
-            cleans.append(normalize(clean, spec, "rgb"))
-        ys.append(label.astype(np.int64))
-    teacher_x = torch.from_numpy(np.stack(cleans)) if cleans else None
-    return torch.from_numpy(np.stack(xs)), teacher_x, torch.from_numpy(np.stack(ys))
+def auxiliary_loss(criterion: nn.Module, aux_outputs, weights, target: torch.Tensor) -> torch.Tensor | float:
+    """sum of w_i x loss(aux_i resized to the label): auxiliary heads at any resolution."""
+    if len(aux_outputs) != len(weights):
+        raise TrainingConfigError(f"the model returned {len(aux_outputs)} auxiliary outputs but has "
+                                  f"{len(weights)} aux_weights")
+    return sum(weight * criterion(F.interpolate(aux, size=target.shape[-2:], mode="bilinear", align_corners=False),
+                                  target) for weight, aux in zip(weights, aux_outputs))
 
 
 @torch.no_grad()
-def validate(model, images, labels, spec, device, num_classes) -> ConfusionMatrix:
+def validate(model: nn.Module, frames, device: torch.device, num_classes: int) -> ConfusionMatrix:
     """mIoU at the network input size, with the same resize and normalization as the node's pipeline."""
     model.eval()
     matrix = ConfusionMatrix(num_classes)
-    for image, label in zip(images, labels):
-        x = torch.from_numpy(normalize(resize_for_network(image, spec), spec, "rgb"))[None].to(device)
-        x = x.contiguous(memory_format=torch.channels_last)
+    for x, label in frames:
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
         pred = model(x).argmax(1)[0].to(torch.uint8).cpu().numpy()
+        label = label[0].numpy()
         if pred.shape != label.shape:
             pred = cv2.resize(pred, (label.shape[1], label.shape[0]), interpolation=cv2.INTER_NEAREST)
         matrix.update(pred, label)
     return matrix
-
-
-@torch.no_grad()
-def recompute_batchnorm(model, images, labels, rng, args, spec, device) -> None:
-    """BatchNorm statistics of averaged weights, from one pass over augmented training crops: the running
-    statistics of the weights that were averaged do not belong to their average."""
-    order = rng.permutation(len(images))
-    batches = (make_batch(images, labels, order[start:start + args.batch_size], rng, args, spec)[0]
-               .to(device).contiguous(memory_format=torch.channels_last)
-               for start in range(0, len(order) - args.batch_size + 1, args.batch_size))
-    torch.optim.swa_utils.update_bn(batches, model)
-
-
-def load_initial_weights(model: torch.nn.Module, path: str) -> None:
-    """Weights only (tensor formats, no unpickling of classes); the architecture comes from --arch."""
-    if path.endswith(".safetensors"):
-        load_weights(model, path)
-    else:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
-
-
-def load_teacher(card_path: str, spec: InputSpec, device: torch.device) -> torch.nn.Module:
-    """A frozen model to distil from; it must predict the same classes from the same normalized input."""
-    card, path = resolve_model(card_path)
-    if list(card.classes) != list(CAMVID_CLASSES):
-        raise SystemExit(f"--teacher {card_path}: its classes {card.classes} are not CamVid's {list(CAMVID_CLASSES)}")
-    if (card.input.channel_order, card.input.mean, card.input.std) != (spec.channel_order, spec.mean, spec.std):
-        raise SystemExit(f"--teacher {card_path}: its input normalization {card.input} differs from training's "
-                         f"{spec}; distil from a model trained with the same input")
-    teacher = build_for_inference(card, model_file(card, path, "torch")).to(device)
-    return teacher.to(memory_format=torch.channels_last).requires_grad_(False)
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -247,17 +199,17 @@ def describe_hardware(device: torch.device) -> str:
     return f"CPU only: {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
-def setup_distributed(args):
+def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
     """(rank, world_size, device); torchrun sets WORLD_SIZE/RANK/LOCAL_RANK."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("--device cuda asked for, but torch sees no CUDA device")
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingConfigError("--device cuda asked for, but torch sees no CUDA device")
     if world == 1:
-        return 0, 1, torch.device(args.device)
+        return 0, 1, torch.device(device_name)
     local_rank = int(os.environ["LOCAL_RANK"])
-    backend = "nccl" if args.device.startswith("cuda") else "gloo"
+    backend = "nccl" if device_name.startswith("cuda") else "gloo"
     dist.init_process_group(backend)
     device = torch.device(f"cuda:{local_rank}") if backend == "nccl" else torch.device("cpu")
     if backend == "nccl":
@@ -265,161 +217,209 @@ def setup_distributed(args):
     return dist.get_rank(), world, device
 
 
-def train(argv: list[str] | None = None, model: torch.nn.Module | None = None) -> dict:
-    """Train from scratch, or fine-tune `model` in place (a pruned network keeps its shapes)."""
-    args = parse_args(argv)
-    rank, world, device = setup_distributed(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    random.seed(args.seed + rank)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed + rank)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+class Trainer:
+    """One training run: its data, model, optimization state and epoch loop, as a TrainConfig says."""
 
-    arch = parse_arch(args.arch)
-    spec = InputSpec(height=args.input_size[0], width=args.input_size[1])
-    num_classes = len(CAMVID_CLASSES)
-    training_splits = list(dict.fromkeys(args.train_splits))
-    loaded = {split: load_split(args.data, split, args.layout, split)  # each split read once, val included
-              for split in dict.fromkeys(training_splits + (["val"] if rank == 0 else []))}
-    train_images = [image for split in training_splits for image in loaded[split][0]]
-    train_labels = [label for split in training_splits for label in loaded[split][1]]
-    train_identities = [loaded[split][2] for split in training_splits]
-    if "val" in training_splits and rank == 0:
-        print("seg-train: val is among the training splits, so its figures below are not held out: "
-              "the run's result is last.pt, by the recipe fixed beforehand, not best.pt", flush=True)
-    val_images, val_labels, val_identity = loaded["val"] if rank == 0 else ([], [], None)
-    val_corrupted = corrupted_copies(val_images, args.val_corrupted) if args.val_corrupted else None
-    weights = (torch.from_numpy(median_frequency_weights(train_labels, num_classes))
-               if args.class_weights == "median_frequency" else None)
+    def __init__(self, config: TrainConfig, model: nn.Module | None = None):
+        self.config, schedule = config, config.schedule
+        self.rank, self.world, self.device = setup_distributed(config.run.device)
+        if config.run.threads:
+            torch.set_num_threads(config.run.threads)
+        random.seed(schedule.seed + self.rank)
+        torch.manual_seed(schedule.seed)
+        self.out = Path(config.run.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.data = open_training_data(config, validating=self.rank == 0, progress=self.rank == 0)
+        if "val" in config.data.train_splits and self.rank == 0:
+            print("seg-train: val is among the training splits, so its figures below are not held out: "
+                  "the run's result is last.pt, by the recipe fixed beforehand, not best.pt", flush=True)
+        self._build_model(model)
+        self._build_loaders()
+        self._build_optimization()
 
-    if model is None:
-        model = build_model(arch, num_classes)
-        if args.init:
-            load_initial_weights(model, args.init)
-    model = model.to(device)
-    model = model.to(memory_format=torch.channels_last)
-    criterion = build_loss(args.loss, weights).to(device)
-    teacher = load_teacher(args.teacher, spec, device) if args.teacher else None
-    optimizer = OPTIMIZERS[args.optimizer](model.parameters(), args.lr, args.weight_decay)
-    use_amp = args.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    per_rank = len(train_images) // world
-    steps_per_epoch = max(1, per_rank // args.batch_size)
-    if args.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, args.max_steps_per_epoch)
-    total_steps = steps_per_epoch * args.epochs
-    warmup = int(args.warmup_epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, warmup, args.schedule))
+    def _build_model(self, model: nn.Module | None) -> None:
+        config = self.config
+        if model is None:
+            model = build_model(config.model.arch, self.data.classes.num_classes)
+            if config.model.init:
+                load_initial_weights(model, config.model.init)
+        self.model = model.to(self.device).to(memory_format=torch.channels_last)
+        self.aux_weights = tuple(getattr(self.model, "aux_weights", ()))
+        self.class_weights = None
+        if config.recipe.class_weights == "median_frequency":
+            counts = class_pixel_counts(self.data.train, self.data.classes.num_classes, config.run.workers)
+            self.class_weights = torch.from_numpy(median_frequency_weights(*counts))
+        self.criterion = build_loss(config.recipe.loss, self.class_weights).to(self.device)
+        self.teacher, self.teacher_order = (load_teacher(config.recipe.teacher, config.model.input,
+                                                         self.data.classes, self.device)
+                                            if config.recipe.teacher else (None, None))
+        self.train_model = self.model
+        if self.world > 1:
+            self.train_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
-    averaged = torch.optim.swa_utils.AveragedModel(model) if args.average_from else None
-    recipe = args.corruption_recipe
-    corruption = corruption_transform(recipe, args.seed) if recipe else None
-    run_info = {"arch": arch, "args": {**{k: v for k, v in vars(args).items() if k != "corruption_recipe"},
-                                       "data": DATA_PLACEHOLDER},
-                "data": [*train_identities, val_identity],
-                "corruption": recipe.to_dict() if recipe else None,
-                "world_size": world, "hardware": describe_hardware(device),
-                "class_weights": None if weights is None else [round(float(w), 4) for w in weights]}
-    start_epoch, best_miou = 0, -1.0
-    last_path, best_path, log_path = out / "last.pt", out / "best.pt", out / "log.csv"
-    if args.resume:
-        state = torch.load(last_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, best_miou = state["epoch"], state["best_miou"]
+    def _build_loaders(self) -> None:
+        config, schedule, recipe = self.config, self.config.schedule, self.config.recipe
+        crops = TrainingCrops(recipe.crop, recipe.scale_range, config.model.input, recipe.corruption,
+                              clean_teacher=recipe.teacher_input == "clean")
+        whole_batches = len(self.data.train.samples()) // self.world >= schedule.batch_size
+        self.loader = make_loader(self.data.train, crops, schedule.batch_size, shuffle=True,
+                                  workers=config.run.workers, seed=schedule.seed, drop_last=whole_batches)
+        self.steps_per_epoch = len(self.loader)
+        if schedule.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, schedule.max_steps_per_epoch)
+        self.val_frames = self.val_corrupted = None
+        if self.data.val is not None:
+            self.val_frames = frames_in_order(ValidationFrames(self.data.val, config.model.input), config.run.workers)
+            if recipe.val_corrupted:
+                self.val_corrupted = frames_in_order(ValidationFrames(self.data.val, config.model.input,
+                                                                      recipe.val_corrupted), config.run.workers)
+
+    def _build_optimization(self) -> None:
+        schedule = self.config.schedule
+        self.optimizer = OPTIMIZERS[schedule.optimizer](self.model.parameters(), schedule.lr, schedule.weight_decay)
+        self.use_amp = self.config.run.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        total_steps = self.steps_per_epoch * schedule.epochs
+        warmup = int(schedule.warmup_epochs * self.steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, total_steps, warmup, schedule.schedule))
+        self.averaged = torch.optim.swa_utils.AveragedModel(self.model) if schedule.average_from else None
+        self.best_miou = -1.0
+        self.run_info = {
+            "arch": self.config.model.arch, "config": self.config.record(),
+            "classes": list(self.data.classes.names), "palette": self.data.classes.palette,
+            "data": self.data.identities,
+            "corruption": self.config.recipe.corruption.to_dict() if self.config.recipe.corruption else None,
+            "world_size": self.world, "hardware": describe_hardware(self.device),
+            "class_weights": None if self.class_weights is None else [round(float(w), 4) for w in self.class_weights]}
+
+    def resume(self) -> int:
+        """Continue OUT/last.pt; the epoch to start from."""
+        state = torch.load(self.out / "last.pt", map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.best_miou = state["best_miou"]
         started_as = json.loads(state["run"])  # a resumed run still started from the weights it was given
-        run_info["args"]["init"] = started_as["args"].get("init")
-        run_info["resumed_at_epochs"] = started_as.get("resumed_at_epochs", []) + [start_epoch]
-        if averaged is not None and "averaged" in state:
-            averaged.load_state_dict(state["averaged"])
-        rng = np.random.default_rng(args.seed + rank + 1000 * start_epoch)
-    elif rank == 0:
-        with open(log_path, "w", newline="") as handle:
-            csv.writer(handle).writerow(["epoch", "train_loss", "lr", "val_miou", "val_corrupted_miou", "seconds"])
-    train_model = model
-    if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.run_info["config"]["model"]["init"] = started_as["config"]["model"]["init"]
+        self.run_info["resumed_at_epochs"] = started_as.get("resumed_at_epochs", []) + [state["epoch"]]
+        if self.averaged is not None and "averaged" in state:
+            self.averaged.load_state_dict(state["averaged"])
+        return state["epoch"]
 
-    for epoch in range(start_epoch, args.epochs):
-        started = time.time()
-        train_model.train()
-        order = rng.permutation(len(train_images))[rank * per_rank:(rank + 1) * per_rank]
-        if corruption is not None:  # reseeded per epoch, so a resumed run draws what it would have drawn
-            corruption.set_random_seed(args.seed + rank + 1000 * epoch)
-        losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0)
-        for step in bar:
-            x, teacher_x, y = make_batch(train_images, train_labels,
-                                         order[step * args.batch_size:(step + 1) * args.batch_size], rng, args,
-                                         spec, corruption)
-            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            y = y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                logits = train_model(x)
-                loss = criterion(logits, y)
-                if teacher is not None:
-                    with torch.no_grad():
-                        teacher_logits = teacher(x if teacher_x is None else teacher_x.to(device).contiguous(
-                            memory_format=torch.channels_last))
-                    loss = loss + args.distill_weight * distillation_loss(logits, teacher_logits,
-                                                                          args.distill_temperature)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-        averaging = averaged is not None and epoch + 1 >= args.average_from
-        if averaging:
-            averaged.update_parameters(model)
-        if rank != 0:
-            continue
-        val_miou = corrupted_miou = ""
-        if (epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs:
-            candidate = model
+    def run(self) -> dict:
+        schedule = self.config.schedule
+        start_epoch = 0
+        if self.config.run.resume:
+            start_epoch = self.resume()
+        elif self.rank == 0:
+            with open(self.out / "log.csv", "w", newline="") as handle:
+                csv.writer(handle).writerow(LOG_COLUMNS)
+        for epoch in range(start_epoch, schedule.epochs):
+            started = time.time()
+            losses = self.train_epoch(epoch)
+            averaging = self.averaged is not None and epoch + 1 >= schedule.average_from
             if averaging:
-                candidate = averaged.module
-                recompute_batchnorm(candidate, train_images, train_labels, rng, args, spec, device)
-            val_miou = round(100 * validate(candidate, val_images, val_labels, spec, device,
-                                            num_classes).mean_iou(), 2)
-            score = val_miou
-            if val_corrupted is not None:
-                corrupted_miou = round(100 * validate(candidate, val_corrupted, val_labels, spec, device,
-                                                      num_classes).mean_iou(), 2)
-                score = round((val_miou + corrupted_miou) / 2, 2)
-            if score > best_miou:
-                best_miou = score
-                torch.save({"model": candidate.state_dict(), "epoch": epoch + 1, "val_miou": val_miou,
-                            **({"val_corrupted_miou": corrupted_miou} if corrupted_miou != "" else {}),
-                            "averaged_epochs": int(averaged.n_averaged) if averaging else 0,
-                            "run": json.dumps(run_info)}, best_path)
-            tqdm.write(f"epoch {epoch + 1}: val mIoU {val_miou:.2f}"
-                       + (f", corrupted {corrupted_miou:.2f}, selection score {score:.2f}" if corrupted_miou != ""
-                          else "") + f" (best {best_miou:.2f})")
-        with open(log_path, "a", newline="") as handle:
+                self.averaged.update_parameters(self.model)
+            if self.rank == 0:
+                scores = self.validate_and_keep(epoch, averaging)
+                self.save_epoch(epoch, losses, scores, time.time() - started)
+        if self.world > 1:
+            dist.destroy_process_group()
+        return {"best_val_miou": self.best_miou, "out": str(self.out)}
+
+    def train_epoch(self, epoch: int) -> list[float]:
+        self.train_model.train()
+        self.loader.set_epoch(epoch)  # reshuffled and re-drawn per epoch, so a resumed run draws what it would have
+        losses = []
+        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.config.schedule.epochs}",
+                   disable=self.rank != 0)
+        for step, batch in enumerate(self.loader):
+            if step == self.steps_per_epoch:
+                break
+            losses.append(self.step(batch))
+            bar.update()
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+        bar.close()
+        return losses
+
+    def step(self, batch) -> float:
+        """One optimizer step; the loss: main + weighted auxiliary outputs (+ distillation on the main logits)."""
+        x, *teacher_x, y = batch  # teacher_x: the clean crop when the teacher sees it, else absent
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        y = y.to(self.device, non_blocking=True)
+        recipe = self.config.recipe
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            output = self.train_model(x)
+            logits, aux_outputs = output if isinstance(output, tuple) else (output, ())
+            loss = self.criterion(logits, y) + auxiliary_loss(self.criterion, aux_outputs, self.aux_weights, y)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    seen = teacher_x[0].to(self.device).contiguous(memory_format=torch.channels_last) \
+                        if teacher_x else x
+                    teacher_logits = self.teacher(seen)
+                    if self.teacher_order is not None:
+                        teacher_logits = teacher_logits[:, self.teacher_order]
+                loss = loss + recipe.distill_weight * distillation_loss(logits, teacher_logits,
+                                                                        recipe.distill_temperature)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss.item()
+
+    def validate_and_keep(self, epoch: int, averaging: bool) -> tuple[float | str, float | str]:
+        """(val mIoU, corrupted val mIoU), '' where not measured this epoch; best.pt when the selection score
+        (clean, or the mean of clean and corrupted) beats the best so far."""
+        schedule = self.config.schedule
+        if (epoch + 1) % schedule.val_every and epoch + 1 != schedule.epochs:
+            return "", ""
+        candidate = self.model
+        if averaging:  # BatchNorm statistics of the average, from one pass over training crops
+            candidate = self.averaged.module
+            torch.optim.swa_utils.update_bn(self.loader, candidate, self.device)
+        classes = self.data.classes.num_classes
+        val_miou = round(100 * validate(candidate, self.val_frames, self.device, classes).miou(), 2)
+        corrupted_miou, score = "", val_miou
+        if self.val_corrupted is not None:
+            corrupted_miou = round(100 * validate(candidate, self.val_corrupted, self.device, classes).miou(), 2)
+            score = round((val_miou + corrupted_miou) / 2, 2)
+        if score > self.best_miou:
+            self.best_miou = score
+            torch.save({"model": candidate.state_dict(), "epoch": epoch + 1, "val_miou": val_miou,
+                        **({"val_corrupted_miou": corrupted_miou} if corrupted_miou != "" else {}),
+                        "averaged_epochs": int(self.averaged.n_averaged) if averaging else 0,
+                        "run": json.dumps(self.run_info)}, self.out / "best.pt")
+        tqdm.write(f"epoch {epoch + 1}: val mIoU {val_miou:.2f}"
+                   + (f", corrupted {corrupted_miou:.2f}, selection score {score:.2f}" if corrupted_miou != ""
+                      else "") + f" (best {self.best_miou:.2f})")
+        return val_miou, corrupted_miou
+
+    def save_epoch(self, epoch: int, losses: list[float], scores: tuple, seconds: float) -> None:
+        """The log row, last.pt (everything a resumed run needs) and the curves."""
+        with open(self.out / "log.csv", "a", newline="") as handle:
             csv.writer(handle).writerow([epoch + 1, round(float(np.mean(losses)), 4),
-                                         f"{scheduler.get_last_lr()[0]:.3e}", val_miou, corrupted_miou,
-                                         round(time.time() - started, 1)])
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch + 1,
-                    "best_miou": best_miou, "run": json.dumps(run_info),
-                    **({"averaged": averaged.state_dict()} if averaged is not None else {})}, last_path)
-        plot_curves(log_path, out / "curves.png")
-    if world > 1:
-        dist.destroy_process_group()
-    return {"best_val_miou": best_miou, "out": str(out)}
+                                         f"{self.scheduler.get_last_lr()[0]:.3e}", *scores, round(seconds, 1)])
+        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "epoch": epoch + 1,
+                    "best_miou": self.best_miou, "run": json.dumps(self.run_info),
+                    **({"averaged": self.averaged.state_dict()} if self.averaged is not None else {})},
+                   self.out / "last.pt")
+        plot_curves(self.out / "log.csv", self.out / "curves.png")
+
+
+def train(config: TrainConfig, model: nn.Module | None = None) -> dict:
+    """Train as `config` says, from scratch, or fine-tune `model` in place (a pruned network keeps its shapes);
+    returns the best validation score and the run folder."""
+    return Trainer(config, model).run()
 
 
 @reports_user_errors
 def main(argv: list[str] | None = None) -> None:
-    train(argv)
+    train(parse_args(argv))
 
 
 if __name__ == "__main__":
