@@ -46,10 +46,10 @@ def test_the_compact_copy_keeps_every_val_label_and_nearly_the_trained_models_sc
     shipped model: 77.43 against 78.56)."""
     sizes = write_compact_copy(CAMVID_ROOT, tmp_path / "compact", ["val"], quality=90)
     original, copy = open_dataset(CAMVID_ROOT, "val"), open_dataset(tmp_path / "compact", "val")
-    assert len(copy.items()) == len(original.items()) == 101
+    assert len(copy.samples()) == len(original.samples()) == 101
     assert sizes["val"] < 0.25 * sum(s.image_path.stat().st_size + s.label_path.stat().st_size
-                                     for s in original.items())
-    for before, after in zip(original.items(), copy.items()):
+                                     for s in original.samples())
+    for before, after in zip(original.samples(), copy.samples()):
         np.testing.assert_array_equal(copy.load(after)[1], original.load(before)[1])
     model = str(models_dir() / "camvid_mobile_unet.json")
     scores = [run_evaluation(["--model", model, "--data", str(data), "--split", "val", "--threads", "2",
