@@ -273,6 +273,8 @@ def test_a_class_map_renames_merges_and_drops_classes(tmp_path):
     class_map = read_class_map(tmp_path / "map.csv")
     lut = label_lut(data, MODEL_CLASSES.names, class_map)
     assert lut[:7].tolist() == [3, 0, 1, 1, 4, 2, IGNORE_INDEX]
+    with_void = (*MODEL_CLASSES.names, "void")  # a model class named void: the map's void still leaves junk out
+    assert label_lut(data, with_void, class_map)[6] == IGNORE_INDEX
 
 
 def test_mismatched_classes_are_refused_with_both_lists(tmp_path):

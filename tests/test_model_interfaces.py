@@ -566,3 +566,12 @@ def test_a_card_that_contradicts_its_model_stops_the_node_at_start_up(seg_node, 
     for reason, node in nodes.items():
         assert node.wait_exit() == 1
         assert "FATAL" in node.output() and reason in node.output(), node.output()
+
+
+def test_normalization_values_follow_the_channel_order_the_network_takes():
+    """Presets and mean=R,G,B are given per colour; the card applies them in its channel order."""
+    from seg_node.toolchain.import_model import normalization
+    assert normalization("imagenet", "float32", None) == ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375], "rgb")
+    assert normalization("imagenet", "float32", "bgr") == ([103.53, 116.28, 123.675], [57.375, 57.12, 58.395], "bgr")
+    assert normalization("caffe", "float32", "rgb") == ([123.68, 116.779, 103.939], [1.0, 1.0, 1.0], "rgb")
+    assert normalization("mean=10,20,30:std=2,2,4", "float32", "bgr") == ([30.0, 20.0, 10.0], [4.0, 2.0, 2.0], "bgr")

@@ -17,7 +17,7 @@ from seg_node.core.architectures.efficientnet_lite import EfficientNetLiteEncode
 from seg_node.core.architectures.weights import load_weights
 from seg_node.core.model_card import InputSpec, ModelCard
 from seg_node.core.preprocess import normalize, resize_for_network
-from seg_node.toolchain.data import CAMVID_CLASSES, open_dataset
+from seg_node.toolchain.data import CAMVID_CLASSES, ClassTable, open_dataset
 from seg_node.toolchain.export import export_onnx, mask_agreement, training_record
 from seg_node.toolchain.export import main as export_main
 from seg_node.toolchain.random_model import make_random_model
@@ -315,6 +315,21 @@ def test_a_run_from_config_objects_trains_on_the_data_sets_own_classes_and_recor
     assert card.classes == list(OWN_CLASSES.names) and card.palette == OWN_CLASSES.palette
     assert (card.input.height, card.input.width) == (32, 48)
     assert card.training["data"][0]["sha256"] == run["data"][0]["sha256"]
+
+
+def test_a_resumed_run_keeps_the_class_order_of_the_weights_it_started_from(tmp_path):
+    """A run started from weights whose classes are the data set's in another order, then resumed: the resumed
+    epochs train and record in the weights' order, not the data set's."""
+    data = write_folders(tmp_path / "own", OWN_CLASSES, {"train": 4, "val": 2})
+    reversed_classes = ClassTable(OWN_CLASSES.names[::-1], OWN_CLASSES.colours[::-1])
+    first = tiny_config(data, tmp_path / "first")
+    train(replace(first, model=replace(first.model, classes=reversed_classes)))
+    started = tiny_config(data, tmp_path / "run", epochs=2)
+    train(replace(started, model=replace(started.model, init=str(tmp_path / "first" / "last.pt")),
+                  schedule=replace(started.schedule, epochs=1)))
+    train(replace(started, run=replace(started.run, resume=True)))
+    run = json.loads(torch.load(tmp_path / "run" / "last.pt", weights_only=True)["run"])
+    assert run["classes"] == list(reversed_classes.names) and run["resumed_at_epochs"] == [1]
 
 
 class TinyWithAux(torch.nn.Module):

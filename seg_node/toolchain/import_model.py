@@ -179,7 +179,7 @@ def normalization(text: str | None, input_dtype: str, channel_order: str | None)
                                f"--normalization {'|'.join(NORMALIZATIONS)}|mean=R,G,B:std=R,G,B")
     if text in NORMALIZATIONS:
         mean, std, order = NORMALIZATIONS[text]
-        return mean, std, channel_order or order
+        return in_channel_order(mean, std, order, channel_order or order)
     try:
         parts = dict(part.split("=", 1) for part in text.split(":"))
         mean, std = ([float(v) for v in parts[key].split(",")] for key in ("mean", "std"))
@@ -191,7 +191,15 @@ def normalization(text: str | None, input_dtype: str, channel_order: str | None)
     if max(std) < 1.0:
         raise ModelImportError(f"--normalization {text!r}: give mean and std in pixel units (0-255); for values on a "
                                "0-1 scale multiply them by 255")
-    return mean, std, channel_order or "rgb"
+    return in_channel_order(mean, std, "rgb", channel_order or "rgb")
+
+
+def in_channel_order(mean: list[float], std: list[float], given: str, wanted: str) -> tuple[list, list, str]:
+    """The card applies mean and std in its channel order: values given per R, G, B (or per the preset's own
+    order) are reversed when the network takes the other order."""
+    if given != wanted:
+        mean, std = mean[::-1], std[::-1]
+    return list(mean), list(std), wanted
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -88,6 +88,9 @@ def accumulate_taylor_gradients(model: nn.Module, batches) -> None:
     a trunk layer included: accumulate the training loss (main and auxiliary outputs) over a few labelled batches."""
     model.zero_grad()
     model.train()
+    for module in model.modules():  # gradients as in training, but the BatchNorm statistics stay as trained
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
     criterion = build_loss("ce", None)
     for x, y in batches:
         logits, *aux_outputs = model.all_outputs(x)

@@ -65,7 +65,8 @@ def label_lut(data_classes: ClassTable, model_classes: Sequence[str], class_map:
                                  f"classes: {list(model_classes)}. Map them with --class-map FILE (CSV "
                                  f"`data_class,model_class`, model class `{IGNORED_TARGET}` to leave one out)")
     lut = np.full(256, IGNORE_INDEX, np.uint8)
-    lut[:data_classes.num_classes] = [model_ids.get(target, IGNORE_INDEX) for target in targets]
+    lut[:data_classes.num_classes] = [IGNORE_INDEX if target == IGNORED_TARGET else model_ids.get(target, IGNORE_INDEX)
+                                      for target in targets]
     return lut
 
 

@@ -94,12 +94,13 @@ def recorded_classes(path: str) -> ClassTable | None:
 
 def open_training_data(config: TrainConfig, validating: bool, progress: bool) -> TrainingData:
     """Each split opened once (val too, when trained on); every split's labels matched by name to the model's
-    classes: the given ones, those of the `--init` weights, or else the data set's own."""
+    classes: the given ones, those of the weights it starts from (`--init`, or OUT/last.pt when resuming: a run
+    started from weights in another class order goes on in theirs), or else the data set's own."""
     data = config.data
     splits = {split: data.open(split) for split in data.train_splits + (("val",) if validating else ())}
     first = splits[data.train_splits[0]]
-    classes = (config.model.classes or (recorded_classes(config.model.init) if config.model.init else None)
-               or first.classes)
+    start = str(Path(config.run.out) / "last.pt") if config.run.resume else config.model.init
+    classes = config.model.classes or (recorded_classes(start) if start else None) or first.classes
     matched = {split: data.for_model(dataset, classes) for split, dataset in splits.items()}
     parts = [matched[split] for split in data.train_splits]
     train = parts[0] if len(parts) == 1 else JoinedSplits(parts)
