@@ -66,13 +66,18 @@ def count_macs(model: onnx.ModelProto, input_name: str, input_shape: tuple[int, 
     return sum(c for c in counts if c), sum(c is None for c in counts)
 
 
+def call_times_ms(run: Callable[[int], object], runs: int, warmup: int) -> list[float]:
+    """Wall time in ms of `run(index)` for index 0..runs-1, after `warmup` untimed calls `run(0..warmup-1)`."""
+    for index in range(warmup):
+        run(index)
+    times = []
+    for index in range(runs):
+        started = time.perf_counter()
+        run(index)
+        times.append(1e3 * (time.perf_counter() - started))
+    return times
+
+
 def median_latency_ms(run: Callable[[], object], runs: int = 20, warmup: int = 2) -> float:
     """Median wall time of `run()` in ms, after `warmup` untimed calls."""
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        run()
-        times.append(1e3 * (time.perf_counter() - started))
-    return float(np.median(times))
+    return float(np.median(call_times_ms(lambda _index: run(), runs, warmup)))

@@ -12,7 +12,6 @@ import hashlib
 import json
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from ...core.pipeline import SegmentationPipeline
 from ..data.base import ClassTable, SegmentationDataset
 from ..evaluation.evaluate import evaluate
 from ..export import export_model, parity_frames
+from ..model_cost import call_times_ms
 from ..training.config import DataConfig
 from .config import PruningConfig
 from .macs_target import ratio_for_macs
@@ -239,11 +239,5 @@ def onnx_latency_ms(path: Path, inputs: np.ndarray, threads: int, runs: int) -> 
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    for index in range(WARMUP_RUNS):
-        session.run(None, {name: inputs[index % len(inputs)][None]})
-    times = []
-    for index in range(runs):
-        started = time.perf_counter()
-        session.run(None, {name: inputs[index % len(inputs)][None]})
-        times.append(1e3 * (time.perf_counter() - started))
-    return latency_summary(times)
+    return latency_summary(call_times_ms(lambda index: session.run(None, {name: inputs[index % len(inputs)][None]}),
+                                         runs, WARMUP_RUNS))
