@@ -151,7 +151,7 @@ def test_fine_tuning_a_pruned_model_further_counts_savings_from_the_original(tmp
     assert summary["ratio"] == 0.0 and overall_ratio(summary) == overall_ratio(first.compression) == 0.5
     assert overall_ratio({"ratio": 0.5, "previous": {"ratio": 0.5}}) == 0.75
     assert summary["previous"] == first.compression
-    assert summary["distillation"] == {"teacher": base_name, "weight": 1.0, "temperature": 2.0}
+    assert summary["distillation"] == {"teacher": base_name, "weight": 1.0, "temperature": 2.0, "loss": "pixel"}
     refused = [  # (why, extra arguments, what the error says)
         ("a teacher without a distillation weight would be unused", ["--teacher", str(base_card)],
          "only for distillation"),
@@ -235,6 +235,24 @@ def test_decoder_scope_leaves_the_encoder_whole(architecture):
     assert count_macs_and_params(model, HEIGHT, WIDTH)[0] < 0.9 * base_macs
     with pytest.raises(PruningConfigError, match="scope"):
         PruningConfig(0.5, "l2", scope="encoder")
+
+
+def test_expanded_scope_thins_the_encoder_blocks_inside_and_keeps_their_residual_stream():
+    torch.manual_seed(0)
+    model = build_model(MOBILE_UNET, 11)
+    encoder = model.encoder
+    stream_before = [layer.out_channels for layer in encoder.residual_stream()]
+    expanded_before = [block._expand_conv.out_channels for block in encoder._blocks if block.has_expand]
+    base_macs, _ = count_macs_and_params(model, HEIGHT, WIDTH)
+    make_pruner(model, PruningConfig(0.5, "l2", steps=1, scope="expanded"), HEIGHT, WIDTH).step()
+    assert [layer.out_channels for layer in encoder.residual_stream()] == stream_before
+    expanded_after = [block._expand_conv.out_channels for block in encoder._blocks if block.has_expand]
+    assert all(after == 8 * round(before / 2 / 8) for before, after in zip(expanded_before, expanded_after))
+    assert [block._depthwise_conv.out_channels for block in encoder._blocks if block.has_expand] == expanded_after
+    assert count_macs_and_params(model, HEIGHT, WIDTH)[0] < 0.6 * base_macs
+    assert model.eval()(torch.zeros(1, 3, HEIGHT, WIDTH)).shape == (1, 11, HEIGHT, WIDTH)
+    with pytest.raises(PruningConfigError, match="inverted-residual encoder"):
+        make_pruner(build_model(SMALL_UNET, 11), PruningConfig(0.5, scope="expanded"), HEIGHT, WIDTH)
 
 
 def test_layer_ratios_thin_the_named_stage_more_than_the_rest():

@@ -30,7 +30,13 @@ from seg_node.toolchain.training.config import (
     TrainConfig,
     TrainingConfigError,
 )
-from seg_node.toolchain.training.losses import build_loss, distillation_loss, lovasz_softmax
+from seg_node.toolchain.training.losses import (
+    DISTILLATION_LOSSES,
+    build_loss,
+    channel_distillation_loss,
+    distillation_loss,
+    lovasz_softmax,
+)
 from seg_node.toolchain.training.train import load_teacher, parse_args, train
 
 ARCHITECTURES = [
@@ -197,6 +203,22 @@ def test_distillation_loss_is_the_softened_kl_times_t_squared_averaged_over_pixe
     assert float(distillation_loss(teacher, teacher, temperature)) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_channel_distillation_is_the_kl_of_each_class_maps_spatial_distribution():
+    rng = np.random.default_rng(1)
+    teacher, student = (torch.from_numpy(rng.normal(0, 2, (2, 3, 4, 5))) for _ in range(2))
+    temperature = 4.0
+    per_map = []
+    for n, c in np.ndindex(2, 3):
+        p = torch.softmax(teacher[n, c].flatten() / temperature, 0)
+        q = torch.softmax(student[n, c].flatten() / temperature, 0)
+        per_map.append(temperature ** 2 * float((p * (p / q).log()).sum()))
+    loss = float(channel_distillation_loss(student, teacher, temperature))
+    assert loss == pytest.approx(np.mean(per_map), rel=1e-5) and loss > 0
+    offsets = torch.from_numpy(rng.normal(0, 5, (2, 3, 1, 1)))  # a class map shifted as a whole teaches the same
+    assert float(channel_distillation_loss(teacher + offsets, teacher, temperature)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distillation_loss(teacher + offsets, teacher, temperature)) > 0.1
+
+
 def test_lovasz_softmax_on_hard_predictions_is_one_minus_the_iou_of_each_present_class():
     rng = np.random.default_rng(2)
     target = torch.from_numpy(rng.integers(0, 4, (2, 12, 16)))
@@ -229,7 +251,8 @@ def test_ce_lovasz_adds_the_lovasz_term_on_every_second_pixel_to_the_weighted_cr
     assert float(build_loss("ce_lovasz", weights)(logits, target)) == pytest.approx(float(expected), rel=1e-6)
 
 
-def test_distillation_pulls_the_student_towards_the_teacher(tmp_path):
+@pytest.mark.parametrize("distill_loss", sorted(DISTILLATION_LOSSES))
+def test_distillation_pulls_the_student_towards_the_teacher(distill_loss, tmp_path):
     data = write_camvid11(tmp_path / "camvid", {"train": 8, "val": 2})
     architecture = {"name": "unet", "base_width": 8, "depth": 2}
     teacher_card = make_random_model(tmp_path / "teacher", architecture, size=(48, 64), seed=5).with_suffix(".json")
@@ -238,7 +261,7 @@ def test_distillation_pulls_the_student_towards_the_teacher(tmp_path):
               "--threads", "1", "--workers", "0", "--seed", "3"]
     train(parse_args(common + ["--out", str(tmp_path / "plain")]))
     train(parse_args(common + ["--out", str(tmp_path / "taught"), "--teacher", str(teacher_card),
-                               "--distill-weight", "50"]))
+                               "--distill-weight", "50", "--distill-loss", distill_loss]))
 
     spec = InputSpec(height=48, width=64)
     dataset = open_dataset(str(data), "val")
@@ -254,8 +277,8 @@ def test_distillation_pulls_the_student_towards_the_teacher(tmp_path):
     teacher = logits(lambda m: load_weights(m, teacher_card.with_suffix(".safetensors")))
     plain, taught = (logits(lambda m, run=run: m.load_state_dict(
         torch.load(tmp_path / run / "last.pt", weights_only=True)["model"])) for run in ("plain", "taught"))
-    plain_gap = float(distillation_loss(plain, teacher, temperature=1.0))
-    taught_gap = float(distillation_loss(taught, teacher, temperature=1.0))
+    plain_gap, taught_gap = (float(DISTILLATION_LOSSES[distill_loss](student, teacher, temperature=1.0))
+                             for student in (plain, taught))
     assert taught_gap < 0.5 * plain_gap, (plain_gap, taught_gap)
 
 

@@ -55,7 +55,7 @@ class ConvBNReLU(nn.Sequential):
             nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
 
 
-KEPT_WHOLE_SCOPES = ("all", "decoder")
+KEPT_WHOLE_SCOPES = ("all", "decoder", "expanded")
 
 
 class SegmentationNetwork(nn.Module):
@@ -89,8 +89,16 @@ class SegmentationNetwork(nn.Module):
 
     def kept_whole(self, scope: str) -> list[nn.Module]:
         """What structured pruning must leave whole: the classifier and auxiliary heads (their outputs are the
-        classes), plus the encoder for scope 'decoder'."""
+        classes), plus the encoder for scope 'decoder', or the encoder's residual stream for scope 'expanded' (an
+        inverted-residual encoder then loses channels only inside its blocks, where most of its MACs are)."""
         if scope not in KEPT_WHOLE_SCOPES:
             raise ValueError(f"pruning scope must be one of {KEPT_WHOLE_SCOPES}, got {scope!r}")
         kept = [self.classifier, *self.aux_heads]
-        return kept + [self.encoder] if scope == "decoder" else kept
+        if scope == "decoder":
+            return kept + [self.encoder]
+        if scope == "expanded":
+            if not hasattr(self.encoder, "residual_stream"):
+                raise ValueError(f"pruning scope 'expanded' needs an inverted-residual encoder (EfficientNet-Lite); "
+                                 f"{type(self).__name__}'s has no expanded channels")
+            return kept + self.encoder.residual_stream()
+        return kept

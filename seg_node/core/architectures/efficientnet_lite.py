@@ -93,6 +93,12 @@ class EfficientNetLiteEncoder(nn.Module):
                 features.append(x)
         return features
 
+    def residual_stream(self) -> list[nn.Module]:
+        """The layers whose output channels form the stream between blocks (the stem and every projection):
+        residual adds and the decoder's skips tie them across stages, while each block's expanded channels are
+        its own."""
+        return [self._conv_stem, *(block._project_conv for block in self._blocks)]
+
     def load_imagenet(self, path: str | Path | None = None) -> None:
         """Load the ImageNet weights strictly: every encoder key must be present and used."""
         if path is None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch_pruning as tp
 
+from ...core.architectures.blocks import KEPT_WHOLE_SCOPES
 from ...core.errors import UserError
 from ..training.config import DataConfig, RecipeConfig, RunConfig, ScheduleConfig
 from .taylor import TaylorImportance
@@ -19,7 +20,6 @@ IMPORTANCE_CRITERIA = {
     "bn_scale": lambda: tp.importance.BNScaleImportance(),
     "random": lambda: tp.importance.RandomImportance(),  # the control: draws from torch's seeded generator
 }
-SCOPES = ("all", "decoder")
 #: seg-prune's fine-tuning defaults: a lower learning rate than training's, no warm-up, validation every epoch
 FINE_TUNING_SCHEDULE = ScheduleConfig(epochs=8, lr=3e-4, warmup_epochs=0.0, val_every=1)
 
@@ -32,7 +32,8 @@ class PruningConfigError(UserError, ValueError):
 class PruningConfig:
     """Prune `steps` times up to `ratio` of the channels of every layer (or ranked across layers with
     `global_pruning`), by an importance criterion, keeping widths multiples of `round_to` and at least
-    1 - max_layer_ratio of every layer; scope 'decoder' leaves the encoder whole; `layer_ratios` sets the ratio of
+    1 - max_layer_ratio of every layer; scope 'decoder' leaves the encoder whole, 'expanded' its residual stream
+    (only the channels inside its inverted-residual blocks are pruned); `layer_ratios` sets the ratio of
     named submodules."""
 
     ratio: float
@@ -45,8 +46,8 @@ class PruningConfig:
     layer_ratios: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.scope not in SCOPES:
-            raise PruningConfigError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.scope not in KEPT_WHOLE_SCOPES:
+            raise PruningConfigError(f"scope must be one of {KEPT_WHOLE_SCOPES}, got {self.scope!r}")
         if self.criterion not in IMPORTANCE_CRITERIA:
             raise PruningConfigError(f"unknown criterion {self.criterion!r}; known: {sorted(IMPORTANCE_CRITERIA)}")
         if self.steps < 1:

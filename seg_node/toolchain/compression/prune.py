@@ -22,6 +22,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ...core.architectures.blocks import KEPT_WHOLE_SCOPES
 from ...core.backends.torch_backend import build_for_inference
 from ...core.command_line import reports_user_errors
 from ...core.model_card import ModelCard, command_line
@@ -43,7 +44,6 @@ from ..training.train import auxiliary_loss, train
 from .config import (
     FINE_TUNING_SCHEDULE,
     IMPORTANCE_CRITERIA,
-    SCOPES,
     FineTuning,
     PruningConfig,
     PruningConfigError,
@@ -61,9 +61,10 @@ def count_macs_and_params(model: nn.Module, height: int, width: int) -> tuple[in
 
 def make_pruner(model: nn.Module, config: PruningConfig, height: int, width: int) -> tp.pruner.MetaPruner:
     """A DepGraph pruner that leaves whole what the architecture says must stay (`kept_whole`: the classifier and
-    auxiliary heads, whose channels are the classes, and for scope 'decoder' the encoder) and keeps at least
-    1 - max_layer_ratio of every layer (global pruning can otherwise shrink a stage to one channel). The graph is
-    traced through every output (`all_outputs`), so pruning a trunk layer narrows the auxiliary heads reading it.
+    auxiliary heads, whose channels are the classes; for scope 'decoder' the encoder, for 'expanded' its residual
+    stream) and keeps at least 1 - max_layer_ratio of every layer (global pruning can otherwise shrink a stage to
+    one channel). The graph is traced through every output (`all_outputs`), so pruning a trunk layer narrows the
+    auxiliary heads reading it.
 
     Scope 'decoder': an ImageNet-pretrained encoder loses what fine-tuning on a small data set cannot give back,
     while the decoder's high-resolution stages hold most of the MACs. Layer ratios: a stage at stride 2 costs 16x
@@ -79,8 +80,15 @@ def make_pruner(model: nn.Module, config: PruningConfig, height: int, width: int
         pruning_ratio=config.ratio,
         pruning_ratio_dict={modules[name]: value for name, value in config.layer_ratios.items()},
         global_pruning=config.global_pruning, iterative_steps=config.steps, round_to=config.round_to,
-        max_pruning_ratio=config.max_layer_ratio, ignored_layers=model.kept_whole(config.scope),
+        max_pruning_ratio=config.max_layer_ratio, ignored_layers=kept_whole(model, config.scope),
         forward_fn=lambda network, x: network.all_outputs(x))
+
+
+def kept_whole(model: nn.Module, scope: str) -> list[nn.Module]:
+    try:
+        return model.kept_whole(scope)
+    except ValueError as exc:
+        raise PruningConfigError(str(exc)) from None
 
 
 def accumulate_taylor_gradients(model: nn.Module, batches) -> None:
@@ -184,7 +192,8 @@ def fine_tuning_record(fine_tuning: FineTuning, teacher: str | None, data_read: 
         **({"selected_on": f"mean of clean and severity-{recipe.val_corrupted} corrupted val mIoU"}
            if recipe.val_corrupted and held_out(fine_tuning) else {}),
         "distillation": ({"teacher": resolve_model(teacher)[0].name, "weight": recipe.distill_weight,
-                          "temperature": recipe.distill_temperature} if teacher else None)}
+                          "temperature": recipe.distill_temperature, "loss": recipe.distill_loss}
+                         if teacher else None)}
 
 
 def prune(card: ModelCard, card_path: Path, pruning: PruningConfig, fine_tuning: FineTuning
@@ -239,7 +248,9 @@ def add_pruning_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--round-to", type=int, default=8, help="keep widths multiples of this (0: off)")
     group.add_argument("--max-layer-ratio", type=float, default=0.8, help="per-layer pruning cap")
     group.add_argument("--steps", type=int, default=2, help="iterative pruning steps")
-    group.add_argument("--scope", default="all", choices=SCOPES, help="prune everything, or the decoder only")
+    group.add_argument("--scope", default="all", choices=KEPT_WHOLE_SCOPES,
+                       help="prune everything; the decoder only; or the decoder and the channels inside the "
+                            "encoder's inverted-residual blocks (expanded), its residual stream whole")
     group.add_argument("--layer-ratio", action="append", default=[], type=parse_layer_ratio, metavar="NAME=RATIO",
                        help="ratio for one submodule, e.g. decoder.3=0.75 (repeatable)")
 

@@ -17,7 +17,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 
 from ...core.errors import UserError
-from .config import IMPORTANCE_CRITERIA, SCOPES, FineTuning
+from .config import IMPORTANCE_CRITERIA, FineTuning
 
 CRITERIA = ("l1", "l2", "taylor", "bn_scale", "random")
 RATIO_TARGETS = (0.0, 0.3, 0.5, 0.7)
@@ -25,6 +25,8 @@ COMPARED_TARGET = 0.5
 QUANTIZED_PRECISIONS = ("int8_static", "int8_dynamic", "fp16")
 #: the comparisons a point can belong to, in the order the reports list them
 GROUPS = ("reference", "criteria", "ratios", "scopes", "precisions")
+#: the scopes every architecture has, compared with each other ('expanded' needs an inverted-residual encoder)
+STUDY_SCOPES = ("all", "decoder")
 
 
 class StudyPlanError(UserError):
@@ -83,8 +85,8 @@ class StudySettings:
         unknown = sorted(set(self.criteria) - set(IMPORTANCE_CRITERIA))
         if unknown or not self.criteria:
             raise StudyPlanError(f"criteria must be some of {sorted(IMPORTANCE_CRITERIA)}, got {list(self.criteria)}")
-        if self.scope not in SCOPES:
-            raise StudyPlanError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.scope not in STUDY_SCOPES:
+            raise StudyPlanError(f"scope must be one of {STUDY_SCOPES}, got {self.scope!r}")
         if not all(0 <= t < 1 for t in (*self.ratio_targets, self.compared_target)) or self.compared_target == 0:
             raise StudyPlanError(f"MACs targets are shares in [0, 1) and the compared one above 0, got "
                                  f"{list(self.ratio_targets)} and {self.compared_target}")
@@ -96,7 +98,7 @@ class StudySettings:
 
     @property
     def other_scope(self) -> str:
-        return next(scope for scope in SCOPES if scope != self.scope)
+        return next(scope for scope in STUDY_SCOPES if scope != self.scope)
 
     def making(self) -> dict:
         """What a fine-tuned model depends on (the data's checksums are added by the caller)."""

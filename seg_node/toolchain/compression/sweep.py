@@ -29,12 +29,13 @@ from ...core.command_line import reports_user_errors
 from ..data.arguments import add_dataset_arguments
 from ..training.arguments import add_recipe_arguments, add_run_arguments, recipe_from_args
 from ..training.config import DataConfig, RunConfig
-from .config import FINE_TUNING_SCHEDULE, IMPORTANCE_CRITERIA, SCOPES, FineTuning
+from .config import FINE_TUNING_SCHEDULE, IMPORTANCE_CRITERIA, FineTuning
 from .study_plan import (
     COMPARED_TARGET,
     CRITERIA,
     QUANTIZED_PRECISIONS,
     RATIO_TARGETS,
+    STUDY_SCOPES,
     StudyPlanError,
     StudySettings,
     plan,
@@ -113,7 +114,7 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
                        help="shares of the MACs removed, with the best criterion")
     group.add_argument("--compared-ratio", type=float, default=COMPARED_TARGET,
                        help="share of the MACs removed where criteria, scopes and precisions are compared")
-    group.add_argument("--scope", default="all", choices=SCOPES,
+    group.add_argument("--scope", default="all", choices=STUDY_SCOPES,
                        help="scope of the criteria and ratios; the other one is the scope comparison")
     group.add_argument("--precisions", nargs="*", default=list(QUANTIZED_PRECISIONS), choices=QUANTIZED_PRECISIONS)
     group.add_argument("--pruning-steps", type=int, default=1, help="iterative pruning steps per point")

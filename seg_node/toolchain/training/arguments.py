@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ...core.architectures import ARCHITECTURES
 from ...core.model_card import InputSpec
 from ..data.arguments import add_dataset_arguments
 from .augment import CorruptionRecipe, parse_corruption
@@ -24,7 +25,7 @@ from .config import (
     TrainConfig,
     TrainingConfigError,
 )
-from .losses import CLASS_WEIGHTINGS, LOSSES
+from .losses import CLASS_WEIGHTINGS, DISTILLATION_LOSSES, LOSSES
 
 TRAINABLE_SPLITS = ("train", "val")
 
@@ -39,7 +40,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--arch", default=json.dumps(DEFAULT_ARCHITECTURE),
-                       help="architecture config as JSON, or just a name (unet, attention_unet, mobile_unet)")
+                       help="architecture config as JSON, or just a name (" + ", ".join(ARCHITECTURES) + ")")
     group.add_argument("--input-size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"),
                        help="network input size for validation and the model card")
     group.add_argument("--init", help="start from these weights (a run's best.pt or last.pt, or a .safetensors file) "
@@ -58,10 +59,14 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
                             "or JSON overriding its probabilities and strength, e.g. '{\"noise\": 0.6, \"strength\": "
                             "1.2}' (keys: " + ", ".join(CorruptionRecipe().to_dict()) + "); empty: off")
     group.add_argument("--teacher", help="model card of a trained model to distil from (knowledge distillation): "
-                                         "the loss adds distill-weight x T^2 x KL(teacher || student) per pixel, "
+                                         "the loss adds distill-weight x T^2 x KL(teacher || student) per pixel "
+                                         "(or per class map: --distill-loss), "
                                          "both softened by the temperature T")
     group.add_argument("--distill-weight", type=float, default=1.0, help="weight of the distillation term")
     group.add_argument("--distill-temperature", type=float, default=2.0, help="softmax temperature of distillation")
+    group.add_argument("--distill-loss", default="pixel", choices=sorted(DISTILLATION_LOSSES),
+                       help="pixel: each pixel's class distribution (KL per pixel); channel: each class map's "
+                            "distribution over the pixels (channel-wise distillation, Shu et al. 2021; T=4 there)")
     group.add_argument("--teacher-input", default="augmented", choices=TEACHER_INPUTS,
                        help="what the teacher sees: the student's (corrupted) crop, or the same crop before "
                             "corruption (a clean teacher's answer taught to a student seeing the corrupted frame)")
@@ -108,7 +113,8 @@ def recipe_from_args(args: argparse.Namespace) -> RecipeConfig:
     return RecipeConfig(loss=args.loss, class_weights=args.class_weights, crop=tuple(args.crop),
                         scale_range=tuple(args.scale_range), corruption=parse_corruption(args.corruption),
                         teacher=args.teacher, distill_weight=args.distill_weight,
-                        distill_temperature=args.distill_temperature, teacher_input=args.teacher_input,
+                        distill_temperature=args.distill_temperature, distill_loss=args.distill_loss,
+                        teacher_input=args.teacher_input,
                         val_corrupted=args.val_corrupted)
 
 

@@ -16,7 +16,7 @@ from ..data import open_dataset
 from ..data.base import ClassTable, SegmentationDataset
 from ..data.class_match import dataset_for_model, read_class_map
 from .augment import CorruptionRecipe
-from .losses import CLASS_WEIGHTINGS, LOSSES
+from .losses import CLASS_WEIGHTINGS, DISTILLATION_LOSSES, LOSSES
 
 DEFAULT_CROP = (288, 384)
 DEFAULT_SCALE_RANGE = (0.75, 1.5)
@@ -90,9 +90,9 @@ class ModelConfig:
 @dataclass(frozen=True)
 class RecipeConfig:
     """What the network learns from and is chosen on: loss and class weighting, augmentation (crop, scale range,
-    camera corruptions), distillation from a teacher (a model card), which sees the student's crop or the same crop
-    before corruption, and the epoch kept: best on clean val, or on the mean of clean and corrupted val at a
-    severity (`val_corrupted`)."""
+    camera corruptions), distillation from a teacher (a model card; per pixel or per class map, `distill_loss`),
+    which sees the student's crop or the same crop before corruption, and the epoch kept: best on clean val, or on
+    the mean of clean and corrupted val at a severity (`val_corrupted`)."""
 
     loss: str = "ce"
     class_weights: str = "median_frequency"
@@ -102,6 +102,7 @@ class RecipeConfig:
     teacher: str | None = None
     distill_weight: float = 1.0
     distill_temperature: float = 2.0
+    distill_loss: str = "pixel"
     teacher_input: str = "augmented"
     val_corrupted: int = 0
 
@@ -112,6 +113,8 @@ class RecipeConfig:
         require(len(self.crop) == 2 and min(self.crop) > 0, f"crop needs a height and a width > 0, got {self.crop}")
         low, high = self.scale_range
         require(0 < low <= high, f"scale_range needs 0 < MIN <= MAX, got {self.scale_range}")
+        require(self.distill_loss in DISTILLATION_LOSSES,
+                f"distill_loss must be one of {sorted(DISTILLATION_LOSSES)}, got {self.distill_loss!r}")
         require(self.teacher_input in TEACHER_INPUTS,
                 f"teacher_input must be one of {TEACHER_INPUTS}, got {self.teacher_input!r}")
         problem = distillation_problem(self.teacher, self.distill_weight, self.distill_temperature)

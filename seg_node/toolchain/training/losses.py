@@ -95,6 +95,22 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return kl.mean() * temperature ** 2
 
 
+def channel_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                              temperature: float) -> torch.Tensor:
+    """Channel-wise distillation (Shu et al., ICCV 2021): each class map softened into a distribution over the
+    pixels, KL(teacher || student) per map, mean over maps, times T^2. It teaches where each class lies rather
+    than every pixel's class mix, so the salient regions of each map dominate and a map's offset does not count."""
+    n, c, h, w = student_logits.shape
+    log_student = F.log_softmax(student_logits.float().reshape(n * c, h * w) / temperature, dim=1)
+    log_teacher = F.log_softmax(teacher_logits.float().reshape(n * c, h * w) / temperature, dim=1)
+    kl = (log_teacher.exp() * (log_teacher - log_student)).sum(1)
+    return kl.mean() * temperature ** 2
+
+
+#: what a teacher's logits teach: each pixel's class distribution, or each class map's spatial distribution
+DISTILLATION_LOSSES = {"pixel": distillation_loss, "channel": channel_distillation_loss}
+
+
 LOSSES = {"ce": WeightedCrossEntropy, "dice_focal": DiceFocal, "ce_lovasz": CrossEntropyLovasz}
 
 

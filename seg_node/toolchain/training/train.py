@@ -47,7 +47,7 @@ from .arguments import (
 )
 from .batches import JoinedSplits, TrainingCrops, ValidationFrames, class_pixel_counts, frames_in_order
 from .config import TrainConfig, TrainingConfigError
-from .losses import build_loss, distillation_loss, median_frequency_weights
+from .losses import DISTILLATION_LOSSES, build_loss, median_frequency_weights
 
 OPTIMIZERS = {
     "adamw": lambda params, lr, wd: torch.optim.AdamW(params, lr=lr, weight_decay=wd),
@@ -363,8 +363,8 @@ class Trainer:
                     teacher_logits = self.teacher(seen)
                     if self.teacher_order is not None:
                         teacher_logits = teacher_logits[:, self.teacher_order]
-                loss = loss + recipe.distill_weight * distillation_loss(logits, teacher_logits,
-                                                                        recipe.distill_temperature)
+                distill = DISTILLATION_LOSSES[recipe.distill_loss]
+                loss = loss + recipe.distill_weight * distill(logits, teacher_logits, recipe.distill_temperature)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
