@@ -8,6 +8,7 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -38,6 +39,7 @@ from seg_node.toolchain.compression.prune import main as structured_main
 from seg_node.toolchain.compression.quantize import calibration_inputs, convert_fp16, quantize_int8
 from seg_node.toolchain.data import ClassTable, open_dataset
 from seg_node.toolchain.export import export_onnx, mask_agreement
+from seg_node.toolchain.model_cost import count_macs, count_params
 from seg_node.toolchain.random_model import make_random_model
 from seg_node.toolchain.training.config import DataConfig, RecipeConfig, RunConfig
 
@@ -197,7 +199,7 @@ def test_int8_and_fp16_models_load_and_agree_with_fp32(tmp_path):
         int8_path = tmp_path / f"int8_{activation_type}.onnx"
         quantize_int8(onnx_path, int8_path, inputs, activation_type)
         session = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])
-        ops = {node.op_type for node in __import__("onnx").load(str(int8_path)).graph.node}
+        ops = {node.op_type for node in onnx.load(str(int8_path)).graph.node}
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops
         got = np.concatenate([session.run(None, {"image": x[None]})[0] for x in inputs])
         assert mask_agreement(expected, got) > 0.8, activation_type
@@ -207,6 +209,11 @@ def test_int8_and_fp16_models_load_and_agree_with_fp32(tmp_path):
     assert session.get_inputs()[0].type == "tensor(float)"
     got = np.concatenate([session.run(None, {"image": x[None]})[0] for x in inputs])
     assert mask_agreement(expected, got) > 0.98
+    graphs = [onnx.load(str(path)) for path in (onnx_path, tmp_path / "int8_u8.onnx", fp16_path)]
+    torch_params = sum(p.numel() for p in build_model(MOBILE_UNET, 11).parameters())
+    assert len({count_params(graph) for graph in graphs}) == 1  # the same weights, stored in three precisions
+    assert 0.95 * torch_params < count_params(graphs[0]) <= torch_params  # BatchNorm folded into the convolutions
+    assert len({count_macs(graph, "image", (1, 3, 64, 96)) for graph in graphs}) == 1
 
 
 def test_dynamic_batch_and_size_export_runs_at_other_shapes(tmp_path):

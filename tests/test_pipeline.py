@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
+import onnx
 import onnxruntime
 import pytest
 import torch
@@ -18,6 +20,7 @@ from seg_node.core.pipeline import SegmentationPipeline
 from seg_node.core.postprocess import argmax_channels, logits_to_mask
 from seg_node.ros_tools.benchmark import run_benchmark
 from seg_node.toolchain.evaluation.timing import CLIP
+from seg_node.toolchain.model_cost import count_macs, count_params
 from seg_node.toolchain.random_model import make_random_model
 
 
@@ -97,13 +100,18 @@ def test_logit_offsets_in_a_card_are_added_to_its_networks_logits_after_flip_ave
 
 
 def test_benchmark_latency_reports_every_stage_of_a_model_and_its_baseline_in_one_run(random_model, tmp_path, capsys):
-    """Two turns of the pipelines (a full block of frames and a part of one), every stage summarized."""
+    """Two turns of the pipelines (a full block of frames and a part of one), every stage summarized; with
+    --update-card each model's cost goes into its card."""
+    baseline = tmp_path / "models" / random_model.name  # a copy: its card gets written
+    baseline.parent.mkdir()
+    for suffix in (".onnx", ".safetensors", ".json"):
+        shutil.copy(random_model.with_suffix(suffix), baseline.with_suffix(suffix))
     figures = tmp_path / "latency.json"
-    argv = ["latency", "--model", str(flip_averaged_card(random_model, tmp_path)), "--baseline-model",
-            str(random_model), "--baseline-backend", "onnxruntime", "--data", str(CLIP), "--frames", "12",
-            "--warmup", "1", "--json", str(figures)]
+    argv = ["latency", "--model", str(flip_averaged_card(baseline, tmp_path)), "--baseline-model",
+            str(baseline), "--baseline-backend", "onnxruntime", "--data", str(CLIP), "--frames", "12",
+            "--warmup", "1", "--json", str(figures), "--update-card"]
     results = run_benchmark(argv)
-    labels = ["flip_averaged (onnxruntime)", f"{ModelCard.load(random_model.with_suffix('.json')).name} (onnxruntime)"]
+    labels = ["flip_averaged (onnxruntime)", f"{ModelCard.load(baseline.with_suffix('.json')).name} (onnxruntime)"]
     assert list(results) == labels
     record = json.loads(figures.read_text())
     assert record["latency"] == results and record["command"].startswith("seg-benchmark latency --model ")
@@ -113,6 +121,17 @@ def test_benchmark_latency_reports_every_stage_of_a_model_and_its_baseline_in_on
         assert stages["total"]["median"] >= stages["inference"]["median"]
     printed = capsys.readouterr().out
     assert "12 frames of 480x360" in printed and "flip_averaged (onnxruntime) pipeline is " in printed
+    graph = onnx.load(str(baseline))
+    spec = ModelCard.load(baseline.with_suffix(".json")).input
+    macs, _ = count_macs(graph, "image", (1, 3, spec.height, spec.width))
+    for card_path, label, passes in ((tmp_path / "flip_averaged.json", labels[0], 2),
+                                     (baseline.with_suffix(".json"), labels[1], 1)):
+        cost = ModelCard.load(card_path).metrics["cost"]
+        median = results[label]["model_only"]["median"]
+        assert cost["gmacs"] == round(passes * macs / 1e9, 3) and cost["input"] == f"{spec.height}x{spec.width}"
+        assert cost["params_m"] == round(count_params(graph) / 1e6, 3) > 0
+        assert cost["latency_ms_median"] == round(median, 2) and cost["fps"] == round(1e3 / median, 1)
+        assert cost["measured_by"] == f"{record['command']} (onnxruntime, cpu)" and cost["threads"] == 2
 
 
 def test_benchmark_upsampling_and_confidence_report_each_mode_and_size(random_model):

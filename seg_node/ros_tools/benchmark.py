@@ -22,6 +22,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import Image
 from tqdm import tqdm
@@ -30,10 +31,12 @@ from ..core.command_line import reports_user_errors
 from ..core.errors import UserError
 from ..core.latency_stats import latency_summary
 from ..core.model_card import command_line
+from ..core.model_files import model_file, resolve_model
 from ..core.pipeline import SegmentationPipeline
 from ..ros.image_messages import image_message
 from ..toolchain.data.arguments import add_dataset_arguments, dataset_from_args
 from ..toolchain.evaluation.timing import benchmark_pipelines, load_frames
+from ..toolchain.model_cost import network_cost
 from .delivery import measure_delivery
 from .node_process import DDS_PROFILE, camera_topic_for, running_seg_node, use_ros_environment
 
@@ -115,6 +118,20 @@ def print_latency(results: dict, cases: list[Case], frames, threads: int) -> Non
               f"(median total {model:.1f} ms vs {baseline:.1f} ms)")
 
 
+def update_cards(cases: list[Case], pipelines: dict, results: dict, threads: int, command: str) -> None:
+    """--update-card: each model's cost into its card (metrics.cost): GMACs and parameters counted from its ONNX
+    graph, and the model-only latency of this run."""
+    for case in cases:
+        card, card_path = resolve_model(case.model)
+        graph = onnx.load(model_file(card, card_path, "onnx"))
+        cost = network_cost(pipelines[case.label], graph, results[case.label]["model_only"], threads,
+                            f"{command} ({case.backend}, cpu)")
+        card.metrics["cost"] = cost
+        card.save(card_path)
+        print(f"{card_path}: {cost['gmacs']:.2f} GMACs, {cost['params_m']:.2f} M parameters, model only "
+              f"{cost['latency_ms_median']:.1f} ms median ({cost['fps']:.0f} FPS)")
+
+
 def run_latency(args) -> dict:
     """The pipeline per stage and the model alone, for the model and an optional baseline taking turns on the
     same frames; with --node, also each one's node end to end."""
@@ -128,6 +145,8 @@ def run_latency(args) -> dict:
         case.label = f"{pipeline.card.name} ({case.backend})"
         pipelines[case.label] = pipeline
     results = benchmark_pipelines(pipelines, frames, args.warmup)
+    if args.update_card:
+        update_cards(cases, pipelines, results, args.threads, args.command_line)
     del pipelines, pipeline  # free the sessions' threads before the node runs
     if args.node:
         for case in cases:
@@ -369,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     latency.add_argument("--baseline-model", help="a second model to compare against, in the same run")
     latency.add_argument("--baseline-backend", default="torch")
     latency.add_argument("--node", action="store_true", help="also measure the running node end to end")
+    latency.add_argument("--update-card", action="store_true", help="write each model's cost into its card "
+                         "(metrics.cost: GMACs and parameters from its ONNX graph, this run's model-only latency)")
     hd = commands.add_parser("hd", parents=[model, frames], help="the node per stage at HD sizes (bgr8), only "
                              "~/mask subscribed and all outputs, beside model-only inference")
     hd.set_defaults(run=run_hd)
@@ -399,9 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
 def run_benchmark(argv: list[str] | None = None):
     """Run one subcommand; its figures are returned and, with --json, written beside the command line."""
     args = build_parser().parse_args(argv)
+    args.command_line = command_line("seg-benchmark", argv)
     results = args.run(args)
     if args.json:
-        record = {"command": command_line("seg-benchmark", argv), args.command: results}
+        record = {"command": args.command_line, args.command: results}
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     return results
 

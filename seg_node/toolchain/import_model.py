@@ -37,7 +37,7 @@ from ..core.model_files import package_path
 from ..core.pipeline import SegmentationPipeline
 from .data import CAMVID_CLASSES, ClassTable, cityscapes_classes
 from .data.base import read_rgb
-from .model_cost import count_macs, median_latency_ms
+from .model_cost import latency_of, network_cost
 
 CLASS_PRESETS = {"camvid": lambda: CAMVID_CLASSES, "cityscapes": cityscapes_classes}
 #: (mean, std) in pixel units (0-255), RGB, and the channel order the network expects
@@ -324,17 +324,16 @@ def smoke_test(card_path: Path) -> SegmentationPipeline:
 
 
 def measure_cost(card_path: Path, graph: onnx.ModelProto, pipeline: SegmentationPipeline) -> dict:
-    """GMACs counted from the graph at the network input of the smoke test, and the model's median latency on
-    it at COST_THREADS threads; recorded in the card's metrics."""
-    interface, network_input = pipeline.interface, pipeline.network_input
-    macs, uncounted = count_macs(graph, interface.input_name, network_input.shape)
-    latency = median_latency_ms(lambda: pipeline.backend.infer(network_input))
-    shape = network_input.shape[2:] if interface.input_layout == "NCHW" else network_input.shape[1:3]
-    cost = {"gmacs": round(macs / 1e9, 3), "latency_ms_median": round(latency, 2), "threads": COST_THREADS,
-            "input": f"{shape[0]}x{shape[1]}", "measured_by": "seg-import (onnxruntime, cpu)"}
+    """GMACs and parameters counted from the graph at the network input of the smoke test, and the model's latency
+    on it at COST_THREADS threads; recorded in the card's metrics."""
+    network_input = pipeline.network_input
+    cost = network_cost(pipeline, graph, latency_of(lambda: pipeline.backend.infer(network_input)), COST_THREADS,
+                        "seg-import (onnxruntime, cpu)")
+    uncounted = cost.get("uncounted_operators")
     print(f"cost at {cost['input']}: {cost['gmacs']:.2f} GMACs (Conv, ConvTranspose, Gemm, MatMul"
           + (f"; {uncounted} operator(s) of unknown shape not counted" if uncounted else "")
-          + f"), median latency {latency:.1f} ms at {COST_THREADS} threads")
+          + f"), {cost['params_m']:.2f} M parameters, median latency {cost['latency_ms_median']:.1f} ms at "
+            f"{COST_THREADS} threads")
     card = ModelCard.load(card_path)
     card.metrics["cost"] = cost
     card.save(card_path)

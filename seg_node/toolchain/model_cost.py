@@ -1,4 +1,4 @@
-"""What an ONNX model costs: multiply-accumulates counted from the graph, and a median latency.
+"""What an ONNX model costs: multiply-accumulates and parameters counted from the graph, and its latency.
 
 Counting from the graph (ONNX shape inference at one input size) works for any model, whatever toolchain made
 it, where torch-based counters need the torch module.
@@ -10,13 +10,20 @@ import math
 import time
 from collections.abc import Callable
 
-import numpy as np
 import onnx
+
+from ..core.latency_stats import latency_summary
+from ..core.pipeline import SegmentationPipeline
 
 #: convolution operator -> index of its weight input
 CONVOLUTIONS = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
 #: matrix products; their left operand is input 0
 MATRIX_PRODUCTS = {"MatMul", "MatMulInteger", "QLinearMatMul", "Gemm"}
+#: operator -> the inputs that hold its learned weights and bias
+WEIGHT_INPUTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,), "ConvInteger": (1,),
+                 "MatMulInteger": (1,), "QLinearConv": (3, 8), "QLinearMatMul": (3,)}
+#: operators between a stored weight and the operator using it in INT8 (QDQ) and FP16 graphs
+WEIGHT_CONVERSIONS = {"DequantizeLinear", "Cast"}
 
 
 def known_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
@@ -66,6 +73,38 @@ def count_macs(model: onnx.ModelProto, input_name: str, input_shape: tuple[int, 
     return sum(c for c in counts if c), sum(c is None for c in counts)
 
 
+def count_params(model: onnx.ModelProto) -> int:
+    """Weights and biases of the convolutions and matrix products, followed through DequantizeLinear and Cast to
+    the tensors stored: the parameters left once BatchNorm is folded into the convolutions, whatever the
+    precision."""
+    sizes = {init.name: math.prod(init.dims) for init in model.graph.initializer}
+    producers = {output: node for node in model.graph.node for output in node.output}
+    stored = set()
+    for node in model.graph.node:
+        for name in (node.input[i] for i in WEIGHT_INPUTS.get(node.op_type, ()) if i < len(node.input)):
+            while name in producers and producers[name].op_type in WEIGHT_CONVERSIONS:
+                name = producers[name].input[0]
+            if name in sizes:
+                stored.add(name)
+    return sum(sizes[name] for name in stored)
+
+
+def network_cost(pipeline: SegmentationPipeline, graph: onnx.ModelProto, model_only_ms: dict, threads: int,
+                 measured_by: str) -> dict:
+    """A card's `metrics.cost`: GMACs (both passes of a flip-averaged model) and parameters counted from its ONNX
+    graph at the pipeline's network input (set by a frame segmented before), and the network's latency alone
+    (`model_only_ms`: a latency_summary) with the frames per second of its median."""
+    interface, network_input = pipeline.interface, pipeline.network_input
+    macs, uncounted = count_macs(graph, interface.input_name, network_input.shape)
+    passes = 2 if pipeline.card.flip_average else 1
+    height, width = network_input.shape[2:] if interface.input_layout == "NCHW" else network_input.shape[1:3]
+    return {"gmacs": round(passes * macs / 1e9, 3), "params_m": round(count_params(graph) / 1e6, 3),
+            "input": f"{height}x{width}", "latency_ms_median": round(model_only_ms["median"], 2),
+            "latency_ms_p95": round(model_only_ms["p95"], 2), "fps": round(1e3 / model_only_ms["median"], 1),
+            "threads": threads, "measured_by": measured_by,
+            **({"uncounted_operators": uncounted} if uncounted else {})}
+
+
 def call_times_ms(run: Callable[[int], object], runs: int, warmup: int) -> list[float]:
     """Wall time in ms of `run(index)` for index 0..runs-1, after `warmup` untimed calls `run(0..warmup-1)`."""
     for index in range(warmup):
@@ -78,6 +117,6 @@ def call_times_ms(run: Callable[[int], object], runs: int, warmup: int) -> list[
     return times
 
 
-def median_latency_ms(run: Callable[[], object], runs: int = 20, warmup: int = 2) -> float:
-    """Median wall time of `run()` in ms, after `warmup` untimed calls."""
-    return float(np.median(call_times_ms(lambda _index: run(), runs, warmup)))
+def latency_of(run: Callable[[], object], runs: int = 20, warmup: int = 2) -> dict[str, float]:
+    """latency_summary of `runs` calls of `run()`, after `warmup` untimed calls."""
+    return latency_summary(call_times_ms(lambda _index: run(), runs, warmup))
