@@ -102,10 +102,14 @@ def test_prune_command_flow_fine_tunes_between_steps(tmp_path):
     data = write_camvid11(tmp_path / "camvid", {"train": 8, "val": 2})
     onnx_path = make_random_model(tmp_path / "base", SMALL_UNET, size=(48, 64))
     card_path = onnx_path.with_suffix(".json")
-    model, summary = prune(ModelCard.load(card_path), card_path, PruningConfig(0.5, "l2", steps=2),
-                           fine_tuning(data, epochs=1, batch_size=4))
+    tuning = fine_tuning(data, epochs=1, batch_size=4)
+    tuning = replace(tuning, recipe=replace(tuning.recipe, val_corrupted=3),
+                     run=replace(tuning.run, out=str(tmp_path / "work")))
+    model, summary = prune(ModelCard.load(card_path), card_path, PruningConfig(0.5, "l2", steps=2), tuning)
     assert [h["step"] for h in summary["history"]] == [1, 2]
-    assert all("val_miou" in h for h in summary["history"])
+    for entry in summary["history"]:  # the kept epoch's clean and corrupted val mIoU, not their mean
+        best = torch.load(tmp_path / "work" / f"step{entry['step']}" / "best.pt", weights_only=True)
+        assert (entry["val_miou"], entry["val_corrupted_miou"]) == (best["val_miou"], best["val_corrupted_miou"])
     assert summary["history"][0]["macs"] > summary["history"][1]["macs"] == summary["macs"]
     assert summary["macs_reduction"] > 0.5 and summary["params"] < summary["base_params"]
     assert summary["distillation"] is None and "previous" not in summary

@@ -133,7 +133,7 @@ def distillation_teacher(card: ModelCard, card_path: Path, recipe: RecipeConfig)
 
 def fine_tune(model: nn.Module, card: ModelCard, fine_tuning: FineTuning, step: int) -> dict:
     """seg-train on the pruned `model` in place, then its best epoch (its last when val is trained on) loaded
-    back; returns that run's record (best val mIoU, data sets)."""
+    back; returns that epoch's clean (and corrupted) val mIoU, when val was held out, and the data sets read."""
     with tempfile.TemporaryDirectory() as temporary:
         run_dir = Path(fine_tuning.run.out) / f"step{step + 1}" if fine_tuning.run.out else Path(temporary)
         config = TrainConfig(
@@ -141,10 +141,11 @@ def fine_tune(model: nn.Module, card: ModelCard, fine_tuning: FineTuning, step: 
             model=ModelConfig(arch=card.architecture, input=card.input, classes=model_classes(card)),
             schedule=replace(fine_tuning.schedule, seed=fine_tuning.schedule.seed + step),
             run=replace(fine_tuning.run, out=str(run_dir), resume=(run_dir / "last.pt").is_file()))
-        result = train(config, model=model)
+        train(config, model=model)
         kept = torch.load(run_dir / ("best.pt" if held_out(fine_tuning) else "last.pt"), weights_only=True)
         model.load_state_dict(kept["model"])
-    return {"val_miou": result["best_val_miou"], "data": json.loads(kept["run"])["data"]}
+    return {**{key: kept[key] for key in ("val_miou", "val_corrupted_miou") if key in kept},
+            "data": json.loads(kept["run"])["data"]}
 
 
 def held_out(fine_tuning: FineTuning) -> bool:
@@ -171,8 +172,7 @@ def prune_steps(model: nn.Module, card: ModelCard, pruning: PruningConfig, fine_
         if fine_tuning.schedule.epochs:
             run = fine_tune(model, card, fine_tuning, step)
             data_read = run["data"]
-            if held_out(fine_tuning):
-                entry["val_miou"] = run["val_miou"]
+            entry.update({key: value for key, value in run.items() if key != "data"})
         history.append(entry)
     return history, data_read
 
