@@ -34,6 +34,7 @@ from seg_node.toolchain.compression.prune import (
     overall_ratio,
     parse_layer_ratio,
     prune,
+    training_batches,
 )
 from seg_node.toolchain.compression.prune import main as structured_main
 from seg_node.toolchain.compression.quantize import calibration_inputs, convert_fp16, quantize_int8
@@ -41,6 +42,7 @@ from seg_node.toolchain.data import ClassTable, open_dataset
 from seg_node.toolchain.export import export_onnx, mask_agreement
 from seg_node.toolchain.model_cost import count_macs, count_params
 from seg_node.toolchain.random_model import make_random_model
+from seg_node.toolchain.training.augment import parse_corruption
 from seg_node.toolchain.training.config import DataConfig, RecipeConfig, RunConfig
 
 SMALL_UNET = {"name": "unet", "base_width": 16, "depth": 3}
@@ -114,6 +116,28 @@ def test_prune_command_flow_fine_tunes_between_steps(tmp_path):
     assert summary["macs_reduction"] > 0.5 and summary["params"] < summary["base_params"]
     assert summary["distillation"] is None and "previous" not in summary
     assert not model.training
+
+
+def test_each_pruning_step_re_estimates_the_batchnorm_statistics_on_clean_training_batches(tmp_path):
+    data = write_camvid11(tmp_path / "camvid", {"train": 8, "val": 2})
+    card_path = make_random_model(tmp_path / "base", MOBILE_UNET, size=(48, 64)).with_suffix(".json")
+    card = ModelCard.load(card_path)
+    tuning = fine_tuning(data, epochs=0, batch_size=4)
+    tuning = replace(tuning, recipe=replace(tuning.recipe, crop=(32, 48), corruption=parse_corruption("default")))
+    model, summary = prune(card, card_path, PruningConfig(0.5, "l2", steps=1, recalibration_batches=2), tuning)
+    assert summary["bn_recalibration_batches"] == 2
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    recalibrated = [m.running_mean.clone() for m in norms]
+    batch_means = {m: [] for m in norms}
+    for m in norms:
+        m.register_forward_pre_hook(lambda module, args: batch_means[module].append(args[0].mean((0, 2, 3))))
+    with torch.no_grad():
+        for x, _ in training_batches(card, tuning, 2, tuning.schedule.seed):
+            model.train()(x)
+    for norm, running_mean in zip(norms, recalibrated):  # the plain average of the batches' means
+        torch.testing.assert_close(running_mean, torch.stack(batch_means[norm]).mean(0), rtol=1e-4, atol=1e-5)
+    _, unpruned = prune(card, card_path, PruningConfig(0.0, "l2", steps=1, recalibration_batches=2), tuning)
+    assert unpruned["bn_recalibration_batches"] == 0  # nothing removed, statistics left as trained
 
 
 def test_a_final_fine_tune_on_train_and_val_keeps_its_last_epoch_and_says_so(tmp_path):

@@ -33,7 +33,8 @@ class PruningConfig:
     """Prune `steps` times up to `ratio` of the channels of every layer (or ranked across layers with
     `global_pruning`), by an importance criterion, keeping widths multiples of `round_to` and at least
     1 - max_layer_ratio of every layer; scope 'decoder' leaves the encoder whole, 'expanded' its residual stream
-    (only the channels inside its inverted-residual blocks are pruned); `layer_ratios` sets the ratio of
+    (only the channels inside its inverted-residual blocks are pruned); after each step the BatchNorm statistics
+    are re-estimated on `recalibration_batches` training batches (0: not); `layer_ratios` sets the ratio of
     named submodules."""
 
     ratio: float
@@ -44,6 +45,7 @@ class PruningConfig:
     max_layer_ratio: float = 0.8
     scope: str = "all"
     layer_ratios: dict[str, float] = field(default_factory=dict)
+    recalibration_batches: int = 16
 
     def __post_init__(self):
         if self.scope not in KEPT_WHOLE_SCOPES:
@@ -55,15 +57,22 @@ class PruningConfig:
         for value in (self.ratio, *self.layer_ratios.values()):
             if not 0.0 <= value < 1.0:
                 raise PruningConfigError(f"pruning ratio must be in [0, 1), got {value}")
+        if self.recalibration_batches < 0:
+            raise PruningConfigError(f"BatchNorm recalibration batches must be >= 0, got {self.recalibration_batches}")
         if any(value > self.max_layer_ratio for value in self.layer_ratios.values()):
             raise PruningConfigError(f"layer ratios {self.layer_ratios} exceed the per-layer cap "
                                      f"{self.max_layer_ratio}")
+
+    @property
+    def removes_channels(self) -> bool:
+        return self.ratio > 0 or any(self.layer_ratios.values())
 
     def record(self) -> dict:
         """The card's keys for these options."""
         return {"ratio": self.ratio, "scope": self.scope, "layer_ratios": dict(self.layer_ratios),
                 "criterion": self.criterion, "global": self.global_pruning, "round_to": self.round_to,
-                "max_layer_ratio": self.max_layer_ratio, "steps": self.steps}
+                "max_layer_ratio": self.max_layer_ratio, "steps": self.steps,
+                "bn_recalibration_batches": self.recalibration_batches if self.removes_channels else 0}
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,9 @@ from .config import (
     PruningConfigError,
 )
 
+#: labelled batches whose loss gradients Taylor importance accumulates
+TAYLOR_BATCHES = 4
+
 
 def count_macs_and_params(model: nn.Module, height: int, width: int) -> tuple[int, int]:
     """Measured on a forward pass at the given input size, not assumed from the pruning ratio."""
@@ -153,21 +156,39 @@ def held_out(fine_tuning: FineTuning) -> bool:
     return "val" not in fine_tuning.data.train_splits
 
 
+def training_batches(card: ModelCard, fine_tuning: FineTuning, count: int, seed: int
+                     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`count` augmented training batches without camera corruptions, at the fine-tuning's crop and batch size:
+    what Taylor importance and BatchNorm recalibration read."""
+    data = fine_tuning.data
+    crops = TrainingCrops(fine_tuning.recipe.crop, fine_tuning.recipe.scale_range, card.input)
+    train_split = data.for_model(data.open(data.train_splits[0]), model_classes(card))
+    return labelled_batches(train_split, crops, count, fine_tuning.schedule.batch_size, seed)
+
+
+def recalibrate_batchnorm(model: nn.Module, batches) -> None:
+    """Adaptive BatchNorm (Li et al., EagleEye, ECCV 2020): removing channels changes what every later layer
+    receives, so the running statistics no longer describe it and the pruned network collapses until training
+    has moved them. Re-estimating them on training batches (forward only, a plain average over the batches)
+    gives fine-tuning a working network to start from; a short fine-tuning budget gains the most."""
+    torch.optim.swa_utils.update_bn([x for x, _ in batches], model)
+
+
 def prune_steps(model: nn.Module, card: ModelCard, pruning: PruningConfig, fine_tuning: FineTuning
                 ) -> tuple[list[dict], list[dict]]:
-    """Each step: Taylor gradients if asked, the pruning step, fine-tuning. Returns the history (MACs and val mIoU
-    after each step) and the data sets the last fine-tuning read."""
-    spec, data = card.input, fine_tuning.data
+    """Each step: Taylor gradients if asked, the pruning step, BatchNorm recalibration, fine-tuning. Returns the
+    history (MACs and val mIoU after each step) and the data sets the last fine-tuning read."""
+    spec = card.input
     pruner = make_pruner(model, pruning, spec.height, spec.width)
     history, data_read = [], []
     for step in range(pruning.steps):
+        seed = fine_tuning.schedule.seed + step
         if pruning.criterion == "taylor":
-            crops = TrainingCrops(fine_tuning.recipe.crop, fine_tuning.recipe.scale_range, spec)
-            train_split = data.for_model(data.open(data.train_splits[0]), model_classes(card))
-            accumulate_taylor_gradients(model, labelled_batches(train_split, crops, 4, fine_tuning.schedule.batch_size,
-                                                                fine_tuning.schedule.seed + step))
+            accumulate_taylor_gradients(model, training_batches(card, fine_tuning, TAYLOR_BATCHES, seed))
         pruner.step()
         model.zero_grad(set_to_none=True)
+        if pruning.recalibration_batches and pruning.removes_channels:
+            recalibrate_batchnorm(model, training_batches(card, fine_tuning, pruning.recalibration_batches, seed))
         entry = {"step": step + 1, "macs": count_macs_and_params(model, spec.height, spec.width)[0]}
         if fine_tuning.schedule.epochs:
             run = fine_tune(model, card, fine_tuning, step)
@@ -248,6 +269,8 @@ def add_pruning_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--round-to", type=int, default=8, help="keep widths multiples of this (0: off)")
     group.add_argument("--max-layer-ratio", type=float, default=0.8, help="per-layer pruning cap")
     group.add_argument("--steps", type=int, default=2, help="iterative pruning steps")
+    group.add_argument("--bn-recalibration-batches", type=int, default=16,
+                       help="training batches that re-estimate the BatchNorm statistics after each step (0: off)")
     group.add_argument("--scope", default="all", choices=KEPT_WHOLE_SCOPES,
                        help="prune everything; the decoder only; or the decoder and the channels inside the "
                             "encoder's inverted-residual blocks (expanded), its residual stream whole")
@@ -276,7 +299,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[PruningConfig, FineTuni
     pruning = PruningConfig(ratio=args.ratio, criterion=args.criterion, steps=args.steps,
                             global_pruning=args.global_pruning, round_to=args.round_to or None,
                             max_layer_ratio=args.max_layer_ratio, scope=args.scope,
-                            layer_ratios=dict(args.layer_ratio))
+                            layer_ratios=dict(args.layer_ratio), recalibration_batches=args.bn_recalibration_batches)
     schedule = replace(FINE_TUNING_SCHEDULE, epochs=args.fine_tune_epochs, lr=args.lr, batch_size=args.batch_size,
                        seed=args.seed)
     run = RunConfig(out=args.work_dir, device=args.device, amp=args.amp, threads=args.threads,
