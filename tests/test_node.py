@@ -21,8 +21,13 @@ from ros_harness import Outputs, connect, diagnostic_values, make_image_msg
 from sensor_msgs.msg import CompressedImage, Image
 
 from seg_node.core.image_codec import decode_raw, encode_compressed
+from seg_node.core.model_card import ModelCard
+from seg_node.core.model_files import models_dir
+from seg_node.core.pipeline import SegmentationPipeline
 from seg_node.ros.image_messages import stamp_ns
 from seg_node.ros.node_parameters import PARAMETERS, RUNTIME_PARAMETERS, ParameterError, RuntimeSettings
+from seg_node.toolchain.data import open_dataset
+from seg_node.toolchain.evaluation.timing import CLIP
 
 HEIGHT, WIDTH = 60, 80
 
@@ -463,3 +468,26 @@ def test_a_camera_whose_frames_keep_being_replaced_is_not_starved_by_one_in_lock
         (job,) = SegNode._take_frames(node)
         served.append(job.camera.name)
     assert served.count("left") == served.count("right") == 6, served
+
+
+REFERENCE_CARDS = sorted(path.name for path in models_dir().glob("*.json")
+                         if ModelCard.load(path).architecture["name"] in ("bisenetv2", "icnet"))
+
+
+@pytest.mark.parametrize("card_name", REFERENCE_CARDS)
+def test_the_shipped_reference_architectures_run_in_the_node_as_offline(ros, seg_node, card_name):
+    """ICNet's and BiSeNetV2's cards over DDS: the mask of a CamVid frame is the offline pipeline's, pixel for
+    pixel, and its confidence map is published."""
+    card_path = models_dir() / card_name
+    node = seg_node(model=str(card_path), input_topics=["/reference_cam/image_raw"], qos_reliability="reliable")
+    outputs, publisher = connect(ros, node, "/reference_cam/image_raw", names=("mask", "confidence"))
+    clip = open_dataset(CLIP, "test")
+    frame = clip.load(clip.samples()[0])[0]
+    ns = 1_700_000_000_000_000_000
+    publisher.publish(make_image_msg(frame, "rgb8", ns))
+    mask = wait_stamp(outputs.mask, ns)
+    confidence = wait_stamp(outputs.confidence, ns)
+    expected = SegmentationPipeline.from_model(card_path, backend="onnxruntime", device="cpu").segment(frame).mask
+    got = np.frombuffer(mask.data, np.uint8).reshape(mask.height, mask.width)
+    np.testing.assert_array_equal(got, expected)
+    assert (confidence.height, confidence.width) == frame.shape[:2] and len(np.unique(expected)) > 3
