@@ -50,6 +50,8 @@ class Tiny:
     input_dtype: str = "float32"
     stride: int = 1
     kind: str = "logits"
+    #: what turns the scores into probabilities (kind "probabilities")
+    activation: str = "Softmax"
     output_layout: str = "NCHW"
     label_type: int = TensorProto.INT64
     size: tuple[int, int] | None = SIZE
@@ -68,6 +70,7 @@ INTERFACES = {
     "nhwc_logits_stride_4": Tiny(stride=4, output_layout="NHWC"),
     "probabilities": Tiny(kind="probabilities"),
     "nhwc_probabilities_stride_4": Tiny(kind="probabilities", output_layout="NHWC", stride=4),
+    "sigmoid_probabilities": Tiny(kind="probabilities", activation="Sigmoid"),
     "labels_int64_no_channel_axis": Tiny(kind="labels", output_layout="NHW"),
     "labels_int32_channel_axis": Tiny(kind="labels", label_type=TensorProto.INT32),
     "nhwc_labels_int64_channel_axis_stride_4": Tiny(kind="labels", output_layout="NHWC", stride=4),
@@ -82,7 +85,8 @@ def graph_output(tiny: Tiny, scores: str, nodes: list) -> tuple[str, int, int]:
     """Nodes from the class scores to the output; (its name, element type, channel count)."""
     channels, element = tiny.classes, TensorProto.FLOAT
     if tiny.kind == "probabilities":
-        nodes.append(helper.make_node("Softmax", [scores], ["probabilities"], axis=1))
+        nodes.append(helper.make_node(tiny.activation, [scores], ["probabilities"],
+                                      **({"axis": 1} if tiny.activation == "Softmax" else {})))
         scores = "probabilities"
     elif tiny.kind == "labels":
         nodes.append(helper.make_node("ArgMax", [scores], ["ids"], axis=1, keepdims=int(tiny.output_layout != "NHW")))
@@ -163,7 +167,9 @@ def expected_mask(tiny: Tiny, image: np.ndarray, network_size: tuple[int, int]) 
     scores = reference_scores(resize(image, *network_size), tiny.stride)
     if tiny.kind == "labels":
         return upsample_labels(scores.argmax(0).astype(np.uint8), *image.shape[:2])
-    if tiny.kind == "probabilities":
+    if tiny.kind == "probabilities" and tiny.activation == "Sigmoid":
+        scores = 1 / (1 + np.exp(-scores))
+    elif tiny.kind == "probabilities":
         scores = np.exp(scores - scores.max(0))
         scores /= scores.sum(0)
     return logits_to_mask(np.ascontiguousarray(scores, np.float32), *image.shape[:2], "boundaries")
@@ -247,6 +253,19 @@ def test_probabilities_give_the_confidence_of_the_logits_they_came_from(imported
     np.testing.assert_allclose(probabilities.logits(image), logits.logits(image) - logits.logits(image).max(0)
                                - np.log(np.exp(logits.logits(image) - logits.logits(image).max(0)).sum(0)),
                                atol=1e-4)
+
+
+def test_a_sigmoid_model_is_as_confident_as_its_own_probability_of_the_chosen_class(imported):
+    """Per-class sigmoids do not sum to 1: the confidence is the chosen class's own probability, not a softmax of
+    the probabilities (near 1 / classes whatever the model says)."""
+    pipeline = SegmentationPipeline.from_model(imported["sigmoid_probabilities"][1], device="cpu")
+    image = scene(5, *SIZE)
+    logits = reference_scores(resize(image, *SIZE), 1)
+    own_probability = 1 / (1 + np.exp(-logits.max(0)))
+    result = pipeline.segment(image, confidence=True)
+    np.testing.assert_array_equal(result.mask, logits.argmax(0))
+    assert np.abs(result.confidence.astype(float) - 255 * own_probability).max() <= 1.5
+    assert result.confidence.mean() > 1.5 * 255 / CLASSES
 
 
 def test_a_labels_model_has_no_logits_for_the_tools_that_need_them(imported):

@@ -3,7 +3,7 @@
     seg-import deeplab.onnx --classes cityscapes --normalization imagenet --input-size 512x1024 --out models/mine
 
 Reads what the graph says (input layout from the axis of 3 colours, output layout from the axis that holds the
-class count, kind from the output's type and last operator: ArgMax -> labels, Softmax -> probabilities), asks
+class count, kind from the output's type and last operator: ArgMax -> labels, Softmax or Sigmoid -> probabilities), asks
 through a named flag for what it cannot tell, writes the card, then runs the model once through the pipeline on a
 shipped CamVid frame and measures its cost (GMACs, median latency at 2 threads) into the card.
 """
@@ -131,7 +131,9 @@ def last_operator(graph: onnx.GraphProto, tensor: str) -> str | None:
 
 
 def output_kind(graph: onnx.GraphProto, output: GraphTensor, asked: str | None) -> str:
-    """labels for integer outputs (an ArgMax inside), probabilities after a Softmax, else logits."""
+    """labels for integer outputs (an ArgMax inside), probabilities after a Softmax or a per-class Sigmoid (whose
+    maximum is that class's own probability; a softmax over them would flatten it towards 1 / classes), else
+    logits."""
     if asked:
         return asked
     if output.element_type in LABEL_ELEMENT_TYPES:
@@ -140,7 +142,7 @@ def output_kind(graph: onnx.GraphProto, output: GraphTensor, asked: str | None) 
         raise ModelImportError(f"output {output.name!r} is {TensorProto.DataType.Name(output.element_type)}: seg_node "
                                "reads float scores or integer labels")
     operator = last_operator(graph, output.name)
-    return {"Softmax": "probabilities", "ArgMax": "labels"}.get(operator, "logits")
+    return {"Softmax": "probabilities", "Sigmoid": "probabilities", "ArgMax": "labels"}.get(operator, "logits")
 
 
 def output_layout(shape: tuple, kind: str, num_classes: int, asked: str | None) -> str:

@@ -135,8 +135,9 @@ def distillation_teacher(card: ModelCard, card_path: Path, recipe: RecipeConfig)
 
 
 def fine_tune(model: nn.Module, card: ModelCard, fine_tuning: FineTuning, step: int) -> dict:
-    """seg-train on the pruned `model` in place, then its best epoch (its last when val is trained on) loaded
-    back; returns that epoch's clean (and corrupted) val mIoU, when val was held out, and the data sets read."""
+    """seg-train on the pruned `model` in place (on --device), then its best epoch (its last when val is trained on)
+    loaded back on the CPU; returns that epoch's clean (and corrupted) val mIoU, when val was held out, and the
+    data sets read."""
     with tempfile.TemporaryDirectory() as temporary:
         run_dir = Path(fine_tuning.run.out) / f"step{step + 1}" if fine_tuning.run.out else Path(temporary)
         config = TrainConfig(
@@ -145,8 +146,10 @@ def fine_tune(model: nn.Module, card: ModelCard, fine_tuning: FineTuning, step: 
             schedule=replace(fine_tuning.schedule, seed=fine_tuning.schedule.seed + step),
             run=replace(fine_tuning.run, out=str(run_dir), resume=(run_dir / "last.pt").is_file()))
         train(config, model=model)
-        kept = torch.load(run_dir / ("best.pt" if held_out(fine_tuning) else "last.pt"), weights_only=True)
+        kept = torch.load(run_dir / ("best.pt" if held_out(fine_tuning) else "last.pt"), weights_only=True,
+                          map_location="cpu")
         model.load_state_dict(kept["model"])
+        model.cpu()  # training moved it to --device; counting, Taylor gradients and pruning run on the CPU
     return {**{key: kept[key] for key in ("val_miou", "val_corrupted_miou") if key in kept},
             "data": json.loads(kept["run"])["data"]}
 
