@@ -16,6 +16,7 @@ from seg_node.core.architectures import build_model
 from seg_node.core.architectures.efficientnet_lite import EfficientNetLiteEncoder
 from seg_node.core.architectures.weights import load_weights
 from seg_node.core.model_card import InputSpec, ModelCard
+from seg_node.core.pipeline import SegmentationPipeline
 from seg_node.core.preprocess import normalize, resize_for_network
 from seg_node.toolchain.data import CAMVID_CLASSES, ClassTable, open_dataset
 from seg_node.toolchain.export import export_onnx, mask_agreement, training_record
@@ -37,7 +38,8 @@ from seg_node.toolchain.training.losses import (
     distillation_loss,
     lovasz_softmax,
 )
-from seg_node.toolchain.training.train import load_teacher, parse_args, train
+from seg_node.toolchain.training.teacher import load_teacher
+from seg_node.toolchain.training.train import parse_args, train
 
 ARCHITECTURES = [
     {"name": "unet", "base_width": 8},
@@ -293,6 +295,24 @@ def test_a_teacher_that_sees_or_predicts_differently_is_refused(field, value, me
     teacher_card.write_text(json.dumps(card))
     with pytest.raises(TrainingConfigError, match=message):
         load_teacher(str(teacher_card), InputSpec(height=48, width=64), CAMVID_CLASSES, torch.device("cpu"))
+
+
+def test_a_teacher_gives_the_logits_the_pipeline_computes_from_its_card(tmp_path):
+    """A flip-averaged card with logit offsets teaches what the node would answer: both passes averaged, offsets
+    added; not the single pass of its network."""
+    teacher_card = make_random_model(tmp_path / "teacher", size=(48, 64)).with_suffix(".json")
+    card = json.loads(teacher_card.read_text())
+    card["flip_average"], card["logit_offsets"] = True, [0.25 * i for i in range(CAMVID_CLASSES.num_classes)]
+    teacher_card.write_text(json.dumps(card))
+    teacher, _ = load_teacher(str(teacher_card), InputSpec(height=48, width=64), CAMVID_CLASSES, torch.device("cpu"))
+    pipeline = SegmentationPipeline.from_model(teacher_card, backend="torch", device="cpu")
+    image = np.random.default_rng(3).integers(0, 256, (48, 64, 3), np.uint8)
+    network_input = pipeline.prepare(image)
+    with torch.no_grad():
+        taught = teacher(torch.from_numpy(network_input.copy())).numpy()
+        one_pass = teacher.network(torch.from_numpy(network_input.copy())).numpy()
+    np.testing.assert_allclose(taught, pipeline.run_network(network_input), atol=1e-4)
+    assert np.abs(taught - one_pass - np.float32(card["logit_offsets"]).reshape(1, -1, 1, 1)).max() > 1e-3
 
 
 def test_a_teacher_with_the_same_classes_in_another_order_has_its_logits_reordered(tmp_path):

@@ -61,7 +61,8 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--teacher", help="model card of a trained model to distil from (knowledge distillation): "
                                          "the loss adds distill-weight x T^2 x KL(teacher || student) per pixel "
                                          "(or per class map: --distill-loss), "
-                                         "both softened by the temperature T")
+                                         "both softened by the temperature T; the teacher runs as its card "
+                                         "says (flip-averaged, logit offsets)")
     group.add_argument("--distill-weight", type=float, default=1.0, help="weight of the distillation term")
     group.add_argument("--distill-temperature", type=float, default=2.0, help="softmax temperature of distillation")
     group.add_argument("--distill-loss", default="pixel", choices=sorted(DISTILLATION_LOSSES),

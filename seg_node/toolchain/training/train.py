@@ -30,10 +30,8 @@ from tqdm import tqdm
 
 from ...core.architectures import build_model
 from ...core.architectures.weights import load_weights
-from ...core.backends.torch_backend import build_for_inference
 from ...core.command_line import reports_user_errors
-from ...core.model_card import InputSpec, ModelCard
-from ...core.model_files import model_file, resolve_model
+from ...core.model_card import ModelCard
 from ..data.base import ClassTable, SegmentationDataset
 from ..data.loader import make_loader
 from ..evaluation.metrics import ConfusionMatrix
@@ -48,6 +46,7 @@ from .arguments import (
 from .batches import JoinedSplits, TrainingCrops, ValidationFrames, class_pixel_counts, frames_in_order
 from .config import TrainConfig, TrainingConfigError
 from .losses import DISTILLATION_LOSSES, build_loss, median_frequency_weights
+from .teacher import load_teacher
 
 OPTIMIZERS = {
     "adamw": lambda params, lr, wd: torch.optim.AdamW(params, lr=lr, weight_decay=wd),
@@ -118,23 +117,6 @@ def load_initial_weights(model: nn.Module, path: str) -> None:
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
     except RuntimeError as exc:
         raise TrainingConfigError(f"--init {path}: its weights do not fit --arch and the classes: {exc}") from None
-
-
-def load_teacher(card_path: str, spec: InputSpec, classes: ClassTable, device: torch.device
-                 ) -> tuple[nn.Module, list[int] | None]:
-    """A frozen model to distil from, and the order that puts its logits in the student's class order (None: the
-    same order). It must predict the same classes (by name) from the same normalized input."""
-    card, path = resolve_model(card_path)
-    if sorted(card.classes) != sorted(classes.names):
-        raise TrainingConfigError(f"--teacher {card_path}: its classes {list(card.classes)} are not the student's "
-                                  f"{list(classes.names)}")
-    if (card.input.channel_order, card.input.mean, card.input.std) != (spec.channel_order, spec.mean, spec.std):
-        raise TrainingConfigError(f"--teacher {card_path}: its input normalization {card.input} differs from "
-                                  f"training's {spec}; distil from a model trained with the same input")
-    teacher = build_for_inference(card, model_file(card, path, "torch")).to(device)
-    order = [list(card.classes).index(name) for name in classes.names]
-    return (teacher.to(memory_format=torch.channels_last).requires_grad_(False),
-            None if order == list(range(len(order))) else order)
 
 
 def auxiliary_loss(criterion: nn.Module, aux_outputs, weights, target: torch.Tensor) -> torch.Tensor | float:
