@@ -153,6 +153,30 @@ def test_a_second_training_cycle_starts_from_the_given_weights(tmp_path):
             parse_args(common + ["--out", str(tmp_path / "refused")] + extra)
 
 
+def test_a_checkpoint_from_0_1_starts_a_run_by_its_weights_but_is_not_resumed_or_exported(tmp_path, capsys):
+    """0.1 recorded its options under 'args': resuming or exporting such a checkpoint is refused by name, --init
+    from it trains, and the new run exports with the old record kept as written."""
+    data = write_camvid11(tmp_path / "camvid", {"train": 4, "val": 1})
+    common = ["--data", str(data), "--arch", '{"name": "unet", "base_width": 4, "depth": 2}', "--batch-size", "4",
+              "--crop", "32", "48", "--input-size", "48", "64", "--epochs", "1", "--threads", "2", "--workers", "0"]
+    old = tmp_path / "old"
+    train(parse_args(common + ["--out", str(old)]))
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(old / name, weights_only=True)
+        run = json.loads(state["run"])
+        run["args"] = run.pop("config")
+        torch.save({**state, "run": json.dumps(run)}, old / name)
+    with pytest.raises(TrainingConfigError, match=r"written by seg_node 0\.1"):
+        train(parse_args(common + ["--epochs", "2", "--resume", "--out", str(old)]))
+    with pytest.raises(SystemExit):
+        export_main([str(old / "best.pt"), "--out", str(tmp_path / "refused")])
+    assert "written by seg_node 0.1" in capsys.readouterr().err
+    train(parse_args(common + ["--init", str(old / "best.pt"), "--out", str(tmp_path / "new")]))
+    export_main([str(tmp_path / "new" / "best.pt"), "--out", str(tmp_path / "exported")])
+    card = ModelCard.load(tmp_path / "exported.json")
+    assert card.training["initialized_from"]["args"]["schedule"]["epochs"] == 1
+
+
 def test_the_final_retraining_on_train_and_val_records_both_splits_and_says_val_is_not_held_out(tmp_path, capsys):
     data = write_camvid11(tmp_path / "camvid", {"train": 4, "val": 2})
     common = ["--data", str(data), "--arch", '{"name": "unet", "base_width": 4, "depth": 2}', "--batch-size", "2",

@@ -24,6 +24,7 @@ from ..core.model_card import InputSpec, InterfaceSpec, ModelCard
 from ..core.preprocess import normalize, resize_for_network
 from .data import DatasetError, SegmentationDataset
 from .data.arguments import add_dataset_arguments, dataset_from_args
+from .training.config import checkpoint_record
 
 ONNX_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parity-frames", type=int, default=8, help="val frames of --data for the parity check")
     args = parser.parse_args(argv)
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-    run = json.loads(state["run"])
+    run = checkpoint_record(state, args.checkpoint)
     architecture = {k: v for k, v in run["arch"].items() if k != "pretrained"}
     model = build_model(architecture, len(run["classes"]))
     model.load_state_dict(state["model"])
@@ -138,7 +139,7 @@ def training_record(checkpoint: str | Path, state: dict | None = None) -> dict:
     record = {"best_epoch": state["epoch"], "val_miou": state.get("val_miou", state.get("best_miou")),
               **({"averaged_epochs": state["averaged_epochs"]} if state.get("averaged_epochs") else {}),
               "wall_seconds": wall_seconds, "hardware": run.pop("hardware", "not recorded"), **run}
-    init = run["config"]["model"]["init"]
+    init = run["config"]["model"]["init"] if "config" in run else None  # a 0.1 record is kept as it was written
     if init and Path(init).suffix == ".pt" and Path(init).exists():
         record["initialized_from"] = {"checkpoint": init, **training_record(init)}
     elif init and Path(init).with_suffix(".json").exists():

@@ -6,6 +6,7 @@ when made and raises TrainingConfigError, a UserError, naming the option.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -204,3 +205,14 @@ class TrainConfig:
         """JSON-ready, as the checkpoint and the model card keep it."""
         return {"data": self.data.record(), "model": self.model.record(), "recipe": self.recipe.record(),
                 "schedule": asdict(self.schedule), "run": asdict(self.run)}
+
+
+def checkpoint_record(state: dict, path: str | Path) -> dict:
+    """The run record a seg-train checkpoint carries. One written before 0.2 (its options under 'args') no longer
+    maps onto TrainConfig, so resuming or exporting it is refused by name; its weights still start a run."""
+    run = json.loads(state["run"])
+    if "config" not in run:
+        raise TrainingConfigError(f"{path} was written by seg_node 0.1 (its record holds 'args', not 'config'): "
+                                  "resume or export it with seg_node 0.1, or start a new run from its weights "
+                                  "with seg-train --init")
+    return run

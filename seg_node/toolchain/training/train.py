@@ -44,7 +44,7 @@ from .arguments import (
     config_from_args,
 )
 from .batches import JoinedSplits, TrainingCrops, ValidationFrames, class_pixel_counts, frames_in_order
-from .config import TrainConfig, TrainingConfigError
+from .config import TrainConfig, TrainingConfigError, checkpoint_record
 from .losses import DISTILLATION_LOSSES, build_loss, median_frequency_weights
 from .teacher import load_teacher
 
@@ -285,7 +285,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.best_miou = state["best_miou"]
-        started_as = json.loads(state["run"])  # a resumed run still started from the weights it was given
+        started_as = checkpoint_record(state, self.out / "last.pt")  # it started from the weights it was given
         self.run_info["config"]["model"]["init"] = started_as["config"]["model"]["init"]
         self.run_info["resumed_at_epochs"] = started_as.get("resumed_at_epochs", []) + [state["epoch"]]
         if self.averaged is not None and "averaged" in state:
