@@ -8,12 +8,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
 from seg_node.core.architectures import build_model
 from seg_node.core.architectures.efficientnet_lite import imagenet_weights_path
 from seg_node.core.architectures.weights import load_weights, save_weights
+from seg_node.core.model_card import ModelCard
 from seg_node.core.pipeline import SegmentationPipeline
 from seg_node.toolchain.compression.prune import count_macs_and_params
 from seg_node.toolchain.export import export_onnx, parity_check
@@ -142,6 +144,42 @@ def test_a_random_model_card_runs_in_the_pipeline_with_both_backends(name, tmp_p
     assert masks[0].shape == (120, 160) and masks[0].max() < 11
     assert len(np.unique(masks[0])) > 1
     assert (masks[0] == masks[1]).mean() >= 0.999
+
+
+NATIVE_STRIDES = {"bisenetv2": 8, "icnet": 4, "mobile_unet": 2}
+
+
+@pytest.mark.parametrize("name", sorted(NATIVE_STRIDES))
+def test_native_logits_come_at_the_classifiers_stride_and_the_pipeline_upsamples_them_to_the_same_mask(name,
+                                                                                                         tmp_path):
+    """`upsample_logits: false`: inference returns the classifier's resolution (training still the input size),
+    the card records it, and both backends' masks are the native logits resized bilinearly to the frame once
+    (upsampling 'logits': the random network's logits are too rough for 'boundaries' to be exact)."""
+    architecture = NEW.get(name, EXISTING[-1])
+    native_architecture = {**architecture, "upsample_logits": False}
+    model = build_model(native_architecture, 11)
+    stride = NATIVE_STRIDES[name]
+    with torch.inference_mode():
+        assert model.eval()(torch.randn(1, 3, *SMALL)).shape == (1, 11, SMALL[0] // stride, SMALL[1] // stride)
+    output = model.train()(torch.randn(2, 3, *SMALL))
+    assert (output[0] if isinstance(output, tuple) else output).shape == (2, 11, *SMALL)
+    native = make_random_model(tmp_path / "native", native_architecture, size=SMALL)
+    card = ModelCard.load(native.with_suffix(".json"))
+    assert card.architecture["upsample_logits"] is False
+    assert "upsample_logits" not in ModelCard.load(make_random_model(tmp_path / "upsampled", architecture,
+                                                                     size=SMALL).with_suffix(".json")).architecture
+    image = cv2.resize(np.random.default_rng(2).integers(0, 256, (6, 8, 3), np.uint8), (160, 120),
+                       interpolation=cv2.INTER_CUBIC)
+    network = build_model(card.architecture, 11).eval()
+    load_weights(network, native.with_suffix(".safetensors"))
+    for backend in ("onnxruntime", "torch"):
+        pipeline = SegmentationPipeline.from_model(native, backend=backend, device="cpu", upsampling="logits")
+        mask = pipeline.segment(image).mask
+        with torch.inference_mode():
+            logits = network(torch.from_numpy(pipeline.prepare(image).copy()))
+        expected = F.interpolate(logits, size=(120, 160), mode="bilinear", align_corners=False).argmax(1)[0]
+        assert mask.shape == (120, 160) and len(np.unique(mask)) > 1
+        assert (mask == expected.numpy()).mean() >= 0.995, backend
 
 
 def test_icnet_cascades_three_resolutions_over_the_imagenet_backbone():

@@ -72,7 +72,8 @@ def export_model(model: nn.Module, out_stem: str | Path, *, name: str, architect
                  training: dict | None = None, compression: dict | None = None,
                  class_bias: dict | None = None, flip_average: bool = False, notes: str = "",
                  dynamic_batch: bool = False, dynamic_size: bool = False) -> ModelCard:
-    """Write <stem>.safetensors, <stem>.onnx and <stem>.json (the card) and check ONNX against torch."""
+    """Write <stem>.safetensors, <stem>.onnx and <stem>.json (the card) and check ONNX against torch. The card's
+    architecture records `upsample_logits: false` when the model returns logits at its classifier's resolution."""
     out_stem = Path(out_stem)
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     weights_path, onnx_path = out_stem.with_suffix(".safetensors"), out_stem.with_suffix(".onnx")
@@ -80,8 +81,11 @@ def export_model(model: nn.Module, out_stem: str | Path, *, name: str, architect
     save_weights(model, weights_path)
     export_onnx(model, onnx_path, spec.height, spec.width, dynamic_batch, dynamic_size)
     parity = parity_check(model, onnx_path, parity_inputs)
+    architecture = {k: v for k, v in architecture.items() if k not in ("pretrained", "upsample_logits")}
+    if not model.upsample_logits:
+        architecture["upsample_logits"] = False
     card = ModelCard(
-        name=name, architecture={k: v for k, v in architecture.items() if k != "pretrained"},
+        name=name, architecture=architecture,
         classes=list(classes), palette=[list(c) for c in palette], input=spec,
         files={"onnx": onnx_path.name, "torch": weights_path.name},
         metrics=dict(metrics or {}), training=dict(training or {}),
@@ -106,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="network input size (default: the run's)")
     parser.add_argument("--dynamic-batch", action="store_true")
     parser.add_argument("--dynamic-size", action="store_true")
+    add_native_logits_argument(parser)
     add_dataset_arguments(parser, class_map=False)
     parser.add_argument("--parity-frames", type=int, default=8, help="val frames of --data for the parity check")
     args = parser.parse_args(argv)
@@ -114,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     architecture = {k: v for k, v in run["arch"].items() if k != "pretrained"}
     model = build_model(architecture, len(run["classes"]))
     model.load_state_dict(state["model"])
+    model.upsample_logits = model.upsample_logits and not args.native_logits
     spec = InputSpec(**run["config"]["model"]["input"])
     if args.input_size:
         spec = replace(spec, height=args.input_size[0], width=args.input_size[1])
@@ -147,6 +153,13 @@ def training_record(checkpoint: str | Path, state: dict | None = None) -> dict:
         record["initialized_from"] = {"weights": init, "model": card.name, **card.training,
                                       **({"class_bias": card.class_bias} if card.class_bias else {})}
     return record
+
+
+def add_native_logits_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--native-logits", action="store_true",
+                        help="logits at the classifier's resolution (stride 2 for a mobile U-Net), upsampled to the "
+                             "frame by the pipeline, which computes the bilinear logits only where classes change: "
+                             "the network no longer resizes every class map to its input")
 
 
 def parity_dataset(args: argparse.Namespace) -> SegmentationDataset | None:

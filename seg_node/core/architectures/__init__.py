@@ -23,12 +23,19 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 
 
 def build_model(config: dict[str, Any], num_classes: int) -> nn.Module:
-    """Build an architecture from {"name": ..., **options}; unknown names and options fail loudly."""
+    """Build an architecture from {"name": ..., **options}; unknown names and options fail loudly. The option
+    every architecture takes, `upsample_logits` (default true), says whether inference returns logits at the
+    input size or at the classifier's resolution (SegmentationNetwork)."""
     options = dict(config)
     name = options.pop("name", None)
+    upsample_logits = options.pop("upsample_logits", True)
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}")
+    if not isinstance(upsample_logits, bool):
+        raise ValueError(f"architecture option upsample_logits must be true or false, got {upsample_logits!r}")
     try:
-        return ARCHITECTURES[name](num_classes=num_classes, **options)
+        model = ARCHITECTURES[name](num_classes=num_classes, **options)
     except TypeError as exc:
         raise ValueError(f"bad options for architecture {name!r}: {exc}") from exc
+    model.upsample_logits = upsample_logits
+    return model

@@ -198,6 +198,6 @@ class BiSeNetV2(SegmentationNetwork):
     def logits_and_aux(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         stage_maps, semantic = self.semantic(x)
         fused = self.aggregation(self.detail(x), semantic)
-        logits = resize_to(self.classifier(self.head(fused)), x)
+        logits = self.classifier(self.head(fused))
         aux = [head(stage) for head, stage in zip(self.aux_heads, stage_maps)] if with_aux else []
         return logits, aux

@@ -61,12 +61,17 @@ KEPT_WHOLE_SCOPES = ("all", "decoder", "expanded")
 class SegmentationNetwork(nn.Module):
     """What every architecture offers the toolchain.
 
-    Eval mode: logits at the input size. Training mode with auxiliary heads: (logits, (aux, ...)), each aux at
-    its own resolution, weighted by `aux_weights` in the loss. Subclasses set `classifier`, `encoder` (what
-    decoder-only pruning keeps) and, when they have any, `aux_heads`; they implement `logits_and_aux`.
+    Eval mode: logits at the input size, or with `upsample_logits` off at the classifier's own resolution (the
+    pipeline then upsamples them to the frame once, computing the bilinear logits only where classes change,
+    instead of the network resizing every class map to its input and the pipeline again to the frame). Training
+    mode: logits at the input size; with auxiliary heads (logits, (aux, ...)), each aux at its own resolution,
+    weighted by `aux_weights` in the loss. Subclasses set `classifier`, `encoder` (what decoder-only pruning
+    keeps) and, when they have any, `aux_heads`; they implement `logits_and_aux`, logits at the classifier's
+    resolution.
     """
 
     aux_weights: tuple[float, ...] = ()
+    upsample_logits: bool = True
 
     def __init__(self):
         super().__init__()
@@ -78,14 +83,16 @@ class SegmentationNetwork(nn.Module):
     def forward(self, x: torch.Tensor):
         with_aux = self.training and len(self.aux_heads) > 0
         logits, aux = self.logits_and_aux(x, with_aux)
+        if self.training or self.upsample_logits:
+            logits = resize_to(logits, x)
         return (logits, tuple(aux)) if with_aux else logits
 
     def all_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Logits and every auxiliary output in any mode. Torch-Pruning traces its dependency graph in eval
-        mode; tracing this instead (`forward_fn=lambda model, x: model.all_outputs(x)`) lets pruning a trunk
-        layer also narrow the auxiliary heads that read it, so the pruned model can still be fine-tuned."""
+        """Logits (at the input size) and every auxiliary output in any mode. Torch-Pruning traces its dependency
+        graph in eval mode; tracing this instead (`forward_fn=lambda model, x: model.all_outputs(x)`) lets pruning
+        a trunk layer also narrow the auxiliary heads that read it, so the pruned model can still be fine-tuned."""
         logits, aux = self.logits_and_aux(x, True)
-        return (logits, *aux)
+        return (resize_to(logits, x), *aux)
 
     def kept_whole(self, scope: str) -> list[nn.Module]:
         """What structured pruning must leave whole: the classifier and auxiliary heads (their outputs are the

@@ -119,6 +119,6 @@ class ICNet(SegmentationNetwork):
         sub24, sub4_up = self.fuse_sub24(sub4, sub2)
         sub124, sub24_up = self.fuse_sub12(sub24, sub1)
         stride4 = F.interpolate(sub124, scale_factor=2.0, mode="bilinear")
-        logits = resize_to(self.classifier(stride4), x)
+        logits = self.classifier(stride4)
         aux = [head(coarse) for head, coarse in zip(self.aux_heads, (sub4_up, sub24_up))] if with_aux else []
         return logits, aux

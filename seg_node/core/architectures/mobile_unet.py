@@ -4,7 +4,6 @@ at strides 2-32."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .blocks import DoubleConv, SegmentationNetwork, resize_to
@@ -12,7 +11,7 @@ from .efficientnet_lite import EfficientNetLiteEncoder
 
 
 class MobileUNet(SegmentationNetwork):
-    """Decoder stages at strides 16, 8, 4, 2 (widths `decoder_channels`), classifier at stride 2, 2x up to input."""
+    """Decoder stages at strides 16, 8, 4, 2 (widths `decoder_channels`), classifier at stride 2."""
 
     def __init__(self, num_classes: int, decoder_channels: list[int] | None = None, pretrained: bool = False,
                  encoder: str = "lite0"):
@@ -34,5 +33,4 @@ class MobileUNet(SegmentationNetwork):
         for stage in self.decoder:
             skip = features.pop()
             y = stage(torch.cat([resize_to(y, skip), skip], dim=1))
-        logits = self.classifier(y)
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False), []
+        return self.classifier(y), []

@@ -29,7 +29,7 @@ from ...core.model_card import ModelCard, command_line
 from ...core.model_files import model_file, resolve_model
 from ..data.base import ClassTable, SegmentationDataset
 from ..data.loader import make_loader
-from ..export import export_model, parity_dataset, parity_frames
+from ..export import add_native_logits_argument, export_model, parity_dataset, parity_frames
 from ..training.arguments import (
     add_data_arguments,
     add_recipe_arguments,
@@ -328,9 +328,11 @@ def main(argv: list[str] | None = None) -> None:
     add_pruning_arguments(parser)
     add_fine_tuning_arguments(parser)
     parser.add_argument("--out", required=True, help="output stem, e.g. models/camvid_mobile_unet_pruned")
+    add_native_logits_argument(parser)
     args = parser.parse_args(argv)
     card, card_path = resolve_model(args.model)
     model, summary = prune(card, card_path, *configs_from_args(args))
+    model.upsample_logits = model.upsample_logits and not args.native_logits
     summary["command"] = command_line("seg-prune", argv)
     parity = parity_dataset(args)
     exported = export_model(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...core.architectures.blocks import resize_to
 from ...core.backends.torch_backend import build_for_inference
 from ...core.model_card import InputSpec, ModelCard
 from ...core.model_files import model_file, resolve_model
@@ -25,9 +26,10 @@ class CardTeacher(nn.Module):
         self.register_buffer("offsets", offsets)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.network(x)
+        """Logits at the input size, as the student's are in training."""
+        logits = resize_to(self.network(x), x)
         if self.flip_average:
-            logits = 0.5 * (logits + self.network(x.flip(-1)).flip(-1))
+            logits = 0.5 * (logits + resize_to(self.network(x.flip(-1)), x).flip(-1))
         return logits if self.offsets is None else logits + self.offsets
 
 

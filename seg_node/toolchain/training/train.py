@@ -29,6 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ...core.architectures import build_model
+from ...core.architectures.blocks import resize_to
 from ...core.architectures.weights import load_weights
 from ...core.command_line import reports_user_errors
 from ...core.model_card import ModelCard
@@ -130,12 +131,13 @@ def auxiliary_loss(criterion: nn.Module, aux_outputs, weights, target: torch.Ten
 
 @torch.no_grad()
 def validate(model: nn.Module, frames, device: torch.device, num_classes: int) -> ConfusionMatrix:
-    """mIoU at the network input size, with the same resize and normalization as the node's pipeline."""
+    """mIoU at the network input size (logits at a lower resolution resized bilinearly to it), with the same resize
+    and normalization as the node's pipeline."""
     model.eval()
     matrix = ConfusionMatrix(num_classes)
     for x, label in frames:
         x = x.to(device).contiguous(memory_format=torch.channels_last)
-        pred = model(x).argmax(1)[0].to(torch.uint8).cpu().numpy()
+        pred = resize_to(model(x), x).argmax(1)[0].to(torch.uint8).cpu().numpy()
         label = label[0].numpy()
         if pred.shape != label.shape:
             pred = cv2.resize(pred, (label.shape[1], label.shape[0]), interpolation=cv2.INTER_NEAREST)
