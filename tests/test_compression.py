@@ -7,6 +7,7 @@ import argparse
 import json
 from dataclasses import replace
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -20,6 +21,7 @@ from seg_node.core.architectures.weights import load_weights, save_weights
 from seg_node.core.backends.torch_backend import build_for_inference
 from seg_node.core.model_card import ModelCard
 from seg_node.core.model_files import model_file, models_dir, resolve_model
+from seg_node.core.pipeline import SegmentationPipeline
 from seg_node.toolchain.compression.config import (
     FINE_TUNING_SCHEDULE,
     IMPORTANCE_CRITERIA,
@@ -196,6 +198,26 @@ def test_fine_tuning_a_pruned_model_further_counts_savings_from_the_original(tmp
                              "--out", str(tmp_path / "refused"), *extra])
         assert message in capsys.readouterr().err, why
     assert not (tmp_path / "refused.json").exists()
+
+
+def test_a_card_is_re_exported_with_native_logits_unpruned_and_untuned_with_the_same_masks(tmp_path):
+    """seg-prune --ratio 0 --fine-tune-epochs 0 --native-logits: the same weights, logits at the classifier's
+    resolution, the card saying so; the pipeline's masks are the original's."""
+    base_card = make_random_model(tmp_path / "base", {"name": "mobile_unet", "decoder_channels": [32, 24, 16, 16]},
+                                  size=(96, 128)).with_suffix(".json")
+    structured_main(["--model", str(base_card), "--ratio", "0", "--fine-tune-epochs", "0", "--native-logits",
+                     "--out", str(tmp_path / "native")])
+    card = ModelCard.load(tmp_path / "native.json")
+    assert card.architecture["upsample_logits"] is False and card.notes.endswith("not fine-tuned")
+    assert card.compression["macs"] == card.compression["base_macs"]
+    original, native = (SegmentationPipeline.from_model(path, device="cpu")
+                        for path in (base_card, tmp_path / "native.json"))
+    image = cv2.resize(np.random.default_rng(4).integers(0, 256, (6, 8, 3), np.uint8), (160, 120),
+                       interpolation=cv2.INTER_CUBIC)
+    assert original.run_network(original.prepare(image)).shape[-2:] == (96, 128)
+    assert native.run_network(native.prepare(image)).shape[-2:] == (48, 64)
+    # the same up to where rough random logits resized twice (network, then pipeline) or once disagree
+    assert (original.segment(image).mask == native.segment(image).mask).mean() >= 0.95
 
 
 def test_pruning_fine_tunes_on_a_folders_data_set_of_other_classes_matched_to_the_models_by_name(tmp_path):

@@ -316,9 +316,10 @@ def pruned_notes(card: ModelCard, summary: dict, data_title: str) -> str:
     if summary["ratio"]:
         pruned = (f"pruned structurally by {summary['ratio']:.0%} ({summary['scope']}, {summary['criterion']}"
                   + "".join(f", {name} by {value:.0%}" for name, value in summary["layer_ratios"].items()) + "), ")
-    return ((f"{card.notes}; then " if "previous" in summary else f"{card.name} ") + pruned
-            + f"fine-tuned on {data_title} {'+'.join(summary.get('fine_tune_splits', ['train']))}"
-            + (f", distilled from {summary['distillation']['teacher']}" if summary["distillation"] else ""))
+    tuned = (f"fine-tuned on {data_title} {'+'.join(summary.get('fine_tune_splits', ['train']))}"
+             + (f", distilled from {summary['distillation']['teacher']}" if summary["distillation"] else "")
+             if summary["fine_tune_epochs_per_step"] else "not fine-tuned")
+    return (f"{card.notes}; then " if "previous" in summary else f"{card.name} ") + pruned + tuned
 
 
 @reports_user_errors
@@ -340,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
         palette=card.palette, spec=card.input, parity_inputs=parity_frames(parity, 8, card.input),
         training=card.training, compression=summary,
         notes=pruned_notes(card, summary, summary["fine_tune_data"][0]["name"] if "fine_tune_data" in summary
-                           else "no data (no fine-tuning)"))
+                           else "no data"))
     print(f"pruned {summary['base_model']}: MACs {summary['base_macs'] / 1e9:.2f} G -> {summary['macs'] / 1e9:.2f} G "
           f"({summary['macs_reduction']:.0%} fewer), params {summary['base_params'] / 1e6:.2f} M -> "
           f"{summary['params'] / 1e6:.2f} M; wrote {args.out}.{{onnx,safetensors,json}} ({exported.name})")
