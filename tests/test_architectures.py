@@ -15,6 +15,7 @@ from torch import nn
 from seg_node.core.architectures import build_model
 from seg_node.core.architectures.efficientnet_lite import imagenet_weights_path
 from seg_node.core.architectures.weights import load_weights, save_weights
+from seg_node.core.confidence import SCORE_STRIDE, score_stride
 from seg_node.core.model_card import ModelCard
 from seg_node.core.pipeline import SegmentationPipeline
 from seg_node.toolchain.compression.prune import count_macs_and_params
@@ -180,6 +181,9 @@ def test_native_logits_come_at_the_classifiers_stride_and_the_pipeline_upsamples
         expected = F.interpolate(logits, size=(120, 160), mode="bilinear", align_corners=False).argmax(1)[0]
         assert mask.shape == (120, 160) and len(np.unique(mask)) > 1
         assert (mask == expected.numpy()).mean() >= 0.995, backend
+        assert pipeline.logits(image).shape == (11, *SMALL)  # tools that read logits get the input's size
+    # the frame score reads the same input pixels whatever resolution the logits come at
+    assert score_stride(SMALL[0] // stride, SMALL[0]) == max(1, round(SCORE_STRIDE / stride))
 
 
 def test_icnet_cascades_three_resolutions_over_the_imagenet_backbone():

@@ -205,10 +205,15 @@ def test_a_card_is_re_exported_with_native_logits_unpruned_and_untuned_with_the_
     resolution, the card saying so; the pipeline's masks are the original's."""
     base_card = make_random_model(tmp_path / "base", {"name": "mobile_unet", "decoder_channels": [32, 24, 16, 16]},
                                   size=(96, 128)).with_suffix(".json")
+    offsets = [0.1 * i for i in range(11)]
+    base_card.write_text(json.dumps({**json.loads(base_card.read_text()), "flip_average": True,
+                                     "logit_offsets": offsets}))
     structured_main(["--model", str(base_card), "--ratio", "0", "--fine-tune-epochs", "0", "--native-logits",
                      "--out", str(tmp_path / "native")])
     card = ModelCard.load(tmp_path / "native.json")
-    assert card.architecture["upsample_logits"] is False and card.notes.endswith("not fine-tuned")
+    assert card.architecture["upsample_logits"] is False
+    assert card.notes.endswith("not fine-tuned, logits at the classifier's resolution")
+    assert card.flip_average and card.logit_offsets == offsets  # the same weights: how they are run carries over
     assert card.compression["macs"] == card.compression["base_macs"]
     original, native = (SegmentationPipeline.from_model(path, device="cpu")
                         for path in (base_card, tmp_path / "native.json"))

@@ -8,8 +8,9 @@ corrupted ones better than the top-class probability) by the square root of the 
 normalised entropy of the mask's class histogram: 0 for one class everywhere, which catches that collapse).
 The candidates compared, and how each told clean from corrupted frames: docs/results.md, "Confidence".
 
-Both terms are read on every SCORE_STRIDE-th row and column of the network-resolution logits: the same value
-in the node, seg-robustness and seg-calibrate-confidence, at a fixed cost whatever the image size.
+Both terms are read on every SCORE_STRIDE-th row and column of the network input's pixels (fewer rows of logits
+that come at a lower resolution): the same value in the node, seg-robustness and seg-calibrate-confidence, at a
+fixed cost whatever the image size.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from .postprocess import argmax_channels
 #: the frame score reads every 8th row and column: 1/64 of the pixels, 0.73 ms at 480x360 (seg-benchmark
 #: confidence), scores within 0.01 of every 4th's on the committed clip
 SCORE_STRIDE = 8
+
+
+def score_stride(scores_height: int, input_height: int) -> int:
+    """The stride over scores at `scores_height` rows that reads every SCORE_STRIDE-th input row."""
+    return max(1, round(SCORE_STRIDE * scores_height / input_height))
 
 
 #: the smallest probability taken as a logarithm: log(0) would turn a certain class's rivals into -inf
@@ -76,10 +82,11 @@ def top_two_margin(scores: np.ndarray, temperature: float = 1.0, kind: str = "lo
     return top_class_probability(scores, temperature) * -np.expm1(gap)
 
 
-def frame_score(scores: np.ndarray, temperature: float = 1.0, kind: str = "logits") -> float:
-    """Mean top-two margin x sqrt(class spread of the argmax), both over the strided subsample of the C x h x w
-    logits (or probabilities, `kind`): in [0, 1], higher is more reliable."""
-    sample = np.ascontiguousarray(scores[:, ::SCORE_STRIDE, ::SCORE_STRIDE])  # a copy first: 2x faster after
+def frame_score(scores: np.ndarray, temperature: float = 1.0, kind: str = "logits", stride: int = SCORE_STRIDE
+                ) -> float:
+    """Mean top-two margin x sqrt(class spread of the argmax), both over every `stride`-th row and column of the
+    C x h x w logits (or probabilities, `kind`): in [0, 1], higher is more reliable."""
+    sample = np.ascontiguousarray(scores[:, ::stride, ::stride])  # a copy first: 2x faster after
     margin = float(top_two_margin(sample, temperature, kind).mean())
     return margin * float(np.sqrt(class_spread(argmax_channels(sample), scores.shape[0])))
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from .backends import Backend, TensorRTOptions, create_backend
-from .confidence import as_logits, confidence_image, frame_score
+from .confidence import as_logits, confidence_image, frame_score, score_stride
 from .model_card import ModelCard, ModelCardError
 from .model_files import resolve_model
-from .postprocess import decode_output, logits_to_mask, palette_lut, upsample_labels
+from .postprocess import decode_output, logits_to_mask, palette_lut, resize_scores, upsample_labels
 from .preprocess import resize, to_network_input
 from .render import DisplayImages, render_display
 
@@ -97,12 +97,16 @@ class SegmentationPipeline:
         return output
 
     def logits(self, image: np.ndarray, channel_order: str = "rgb") -> np.ndarray:
-        """C x h x w logits at network resolution, for tools that need more than the mask; for a model that
-        outputs probabilities their logarithm (whose softmax is the probabilities again)."""
+        """C x h x w logits at the network input's size (resized bilinearly when the network returns fewer), for
+        tools that need more than the mask; for a model that outputs probabilities their logarithm (whose softmax
+        is the probabilities again)."""
         if not self.has_confidence:
             raise ModelCardError(f"model {self.card.name} outputs labels, not per-class scores: this needs a model "
                                  "whose output is logits or probabilities")
         scores = self.run_network(self.prepare(image, channel_order))[0]
+        height, width = self.interface.network_size(self.card.input, *image.shape[:2])
+        if scores.shape[1] < height:
+            scores = resize_scores(scores, height, width)
         return as_logits(scores) if self.interface.output_kind == "probabilities" else scores
 
     def segment(self, image: np.ndarray, channel_order: str = "rgb", confidence: bool = False) -> SegmentationResult:
@@ -155,7 +159,8 @@ class SegmentationPipeline:
             return SegmentationResult(upsample_labels(output, height, width))
         kind, temperature = self.interface.output_kind, self.card.confidence.temperature
         mask = logits_to_mask(output, height, width, self.upsampling)
-        score = frame_score(output, temperature, kind)
+        input_height = self.interface.network_size(self.card.input, height, width)[0]
+        score = frame_score(output, temperature, kind, score_stride(output.shape[1], input_height))
         pixels = confidence_image(output, height, width, temperature, kind) if confidence else None
         return SegmentationResult(mask, score, pixels)
 

@@ -142,11 +142,16 @@ def logits_to_mask(logits: np.ndarray, height: int, width: int, upsampling: str 
         return upsample_labels(argmax_channels(logits), height, width)
     if upsampling == "boundaries" and height >= logits.shape[1] and width >= logits.shape[2]:
         return refine_boundaries(logits, height, width)  # when shrinking, full-size logits are the cheap way
-    channels_last = np.ascontiguousarray(logits.transpose(1, 2, 0))
+    return argmax_channels(resize_scores(logits, height, width))
+
+
+def resize_scores(scores: np.ndarray, height: int, width: int) -> np.ndarray:
+    """C x h x w -> C x height x width, bilinear (half-pixel centres, as torch's align_corners=False)."""
+    channels_last = np.ascontiguousarray(scores.transpose(1, 2, 0))
     resized = cv2.resize(channels_last, (width, height), interpolation=cv2.INTER_LINEAR)
     if resized.ndim == 2:
         resized = resized[..., None]
-    return argmax_channels(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+    return np.ascontiguousarray(resized.transpose(2, 0, 1))
 
 
 def palette_lut(palette: list[list[int]] | tuple) -> np.ndarray:

@@ -38,8 +38,9 @@ def export_onnx(model: nn.Module, path: str | Path, height: int, width: int, dyn
     dummy = torch.zeros(1, 3, height, width)
     dynamic_axes = {}
     if dynamic_batch or dynamic_size:
-        axes = ({0: "batch"} if dynamic_batch else {}) | ({2: "height", 3: "width"} if dynamic_size else {})
-        dynamic_axes = {INPUT_NAME: axes, OUTPUT_NAME: axes}
+        batch = {0: "batch"} if dynamic_batch else {}
+        dynamic_axes = {INPUT_NAME: batch | ({2: "height", 3: "width"} if dynamic_size else {}),
+                        OUTPUT_NAME: batch | ({2: "logits_height", 3: "logits_width"} if dynamic_size else {})}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (dummy,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
@@ -70,8 +71,8 @@ def parity_check(model: nn.Module, onnx_path: Path, inputs: np.ndarray, threshol
 def export_model(model: nn.Module, out_stem: str | Path, *, name: str, architecture: dict, classes, palette,
                  spec: InputSpec, parity_inputs: np.ndarray, metrics: dict | None = None,
                  training: dict | None = None, compression: dict | None = None,
-                 class_bias: dict | None = None, flip_average: bool = False, notes: str = "",
-                 dynamic_batch: bool = False, dynamic_size: bool = False) -> ModelCard:
+                 class_bias: dict | None = None, flip_average: bool = False, logit_offsets: list | None = None,
+                 notes: str = "", dynamic_batch: bool = False, dynamic_size: bool = False) -> ModelCard:
     """Write <stem>.safetensors, <stem>.onnx and <stem>.json (the card) and check ONNX against torch. The card's
     architecture records `upsample_logits: false` when the model returns logits at its classifier's resolution."""
     out_stem = Path(out_stem)
@@ -82,7 +83,7 @@ def export_model(model: nn.Module, out_stem: str | Path, *, name: str, architect
     export_onnx(model, onnx_path, spec.height, spec.width, dynamic_batch, dynamic_size)
     parity = parity_check(model, onnx_path, parity_inputs)
     architecture = {k: v for k, v in architecture.items() if k not in ("pretrained", "upsample_logits")}
-    if not model.upsample_logits:
+    if not getattr(model, "upsample_logits", True):
         architecture["upsample_logits"] = False
     card = ModelCard(
         name=name, architecture=architecture,
@@ -90,7 +91,8 @@ def export_model(model: nn.Module, out_stem: str | Path, *, name: str, architect
         files={"onnx": onnx_path.name, "torch": weights_path.name},
         metrics=dict(metrics or {}), training=dict(training or {}),
         compression={"precision": "fp32", **(compression or {}), "export_parity": parity},
-        class_bias=dict(class_bias or {}), flip_average=flip_average, notes=notes,
+        class_bias=dict(class_bias or {}), flip_average=flip_average, logit_offsets=list(logit_offsets or []),
+        notes=notes,
         interface=InterfaceSpec(input_size="dynamic" if dynamic_size else "fixed",
                                 batch="dynamic" if dynamic_batch else "fixed"))
     card.validate(str(out_stem))

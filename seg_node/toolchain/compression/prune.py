@@ -310,8 +310,9 @@ def configs_from_args(args: argparse.Namespace) -> tuple[PruningConfig, FineTuni
     return pruning, FineTuning(data=data_from_args(args), recipe=recipe_from_args(args), schedule=schedule, run=run)
 
 
-def pruned_notes(card: ModelCard, summary: dict, data_title: str) -> str:
-    """The card's notes: what was pruned, how, and fine-tuned on what."""
+def pruned_notes(card: ModelCard, summary: dict, upsample_logits: bool) -> str:
+    """The card's notes: what was pruned, how, fine-tuned on what, and whether the logits are native."""
+    data_title = summary["fine_tune_data"][0]["name"] if "fine_tune_data" in summary else ""
     pruned = ""
     if summary["ratio"]:
         pruned = (f"pruned structurally by {summary['ratio']:.0%} ({summary['scope']}, {summary['criterion']}"
@@ -319,7 +320,8 @@ def pruned_notes(card: ModelCard, summary: dict, data_title: str) -> str:
     tuned = (f"fine-tuned on {data_title} {'+'.join(summary.get('fine_tune_splits', ['train']))}"
              + (f", distilled from {summary['distillation']['teacher']}" if summary["distillation"] else "")
              if summary["fine_tune_epochs_per_step"] else "not fine-tuned")
-    return (f"{card.notes}; then " if "previous" in summary else f"{card.name} ") + pruned + tuned
+    native = "" if upsample_logits else ", logits at the classifier's resolution"
+    return (f"{card.notes}; then " if "previous" in summary else f"{card.name} ") + pruned + tuned + native
 
 
 @reports_user_errors
@@ -336,12 +338,13 @@ def main(argv: list[str] | None = None) -> None:
     model.upsample_logits = model.upsample_logits and not args.native_logits
     summary["command"] = command_line("seg-prune", argv)
     parity = parity_dataset(args)
+    unchanged = not summary["ratio"] and not summary["fine_tune_epochs_per_step"]  # the same weights: a conversion
     exported = export_model(
         model, args.out, name=Path(args.out).name, architecture=card.architecture, classes=card.classes,
         palette=card.palette, spec=card.input, parity_inputs=parity_frames(parity, 8, card.input),
-        training=card.training, compression=summary,
-        notes=pruned_notes(card, summary, summary["fine_tune_data"][0]["name"] if "fine_tune_data" in summary
-                           else "no data"))
+        training=card.training, compression=summary, flip_average=card.flip_average,
+        class_bias=card.class_bias if unchanged else None, logit_offsets=card.logit_offsets if unchanged else None,
+        notes=pruned_notes(card, summary, model.upsample_logits))
     print(f"pruned {summary['base_model']}: MACs {summary['base_macs'] / 1e9:.2f} G -> {summary['macs'] / 1e9:.2f} G "
           f"({summary['macs_reduction']:.0%} fewer), params {summary['base_params'] / 1e6:.2f} M -> "
           f"{summary['params'] / 1e6:.2f} M; wrote {args.out}.{{onnx,safetensors,json}} ({exported.name})")
