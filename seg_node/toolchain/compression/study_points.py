@@ -34,7 +34,7 @@ from ..model_cost import call_times_ms
 from ..training.config import DataConfig
 from .config import PruningConfig
 from .macs_target import ratio_for_macs
-from .prune import count_macs_and_params, prune
+from .prune import count_macs_and_params, overall_ratio, prune
 from .quantize import calibration_inputs, convert_fp16, quantize_int8, quantized_card
 from .study_plan import Point, StudySettings, making_key, measuring_key
 
@@ -89,9 +89,12 @@ class StudyModel:
 
 
 def open_study_model(text: str, data: DataConfig) -> StudyModel:
-    """A model the study can start from: an unpruned fp32 card with torch weights (pruning rebuilds the network)."""
+    """A model the study can start from: an unpruned fp32 card with torch weights (pruning rebuilds the network);
+    one that seg-prune only re-exported or fine-tuned (ratio 0 throughout, e.g. converted to native logits) is
+    unpruned."""
     card, card_path = resolve_model(text)
-    if "base_model" in card.compression or card.compression.get("precision", "fp32") != "fp32":
+    pruned = "base_model" in card.compression and overall_ratio(card.compression) > 0
+    if pruned or card.compression.get("precision", "fp32") != "fp32":
         origin = card.compression.get("base_model") or card.compression.get("source_model")
         raise StudyModelError(f"{card_path} is a pruned or quantized model: give the study the trained, unpruned fp32 "
                               f"model{f' ({origin})' if origin else ''}")
