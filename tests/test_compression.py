@@ -317,6 +317,26 @@ def test_expanded_scope_thins_the_encoder_blocks_inside_and_keeps_their_residual
         make_pruner(build_model(SMALL_UNET, 11), PruningConfig(0.5, scope="expanded"), HEIGHT, WIDTH)
 
 
+def test_min_channels_keeps_every_convolution_at_its_floor_and_prunes_the_wider_ones_as_asked():
+    """Whole-network pruning at 0.6 cuts a 16-channel stem to 8 and a 32-channel block to 16; a floor of 16 keeps
+    the narrow ones at 16 (or whole when narrower) while the wide ones lose the asked share, named stages too."""
+    torch.manual_seed(0)
+    model = build_model(MOBILE_UNET, 11)
+    before = {name: m.out_channels for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    config = PruningConfig(0.6, "l2", steps=1, round_to=8, min_channels=16, layer_ratios={"decoder.0": 0.8})
+    make_pruner(model, config, HEIGHT, WIDTH).step()
+    after = {name: m.out_channels for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert all(after[name] >= min(16, width) for name, width in before.items())
+    assert any(before[name] > 16 == after[name] for name in before)  # a layer cut down to the floor
+    assert after["encoder._blocks.15._expand_conv"] < 0.5 * before["encoder._blocks.15._expand_conv"]
+    assert after["decoder.0.0"] == 16 and before["decoder.0.0"] == 64  # 0.8 of 64 would leave 12.8
+    unfloored = build_model(MOBILE_UNET, 11)
+    make_pruner(unfloored, PruningConfig(0.6, "l2", steps=1, round_to=8), HEIGHT, WIDTH).step()
+    assert min(m.out_channels for m in unfloored.encoder.modules() if isinstance(m, torch.nn.Conv2d)) < 16
+    with pytest.raises(PruningConfigError, match="not --global"):
+        PruningConfig(0.5, global_pruning=True, min_channels=16)
+
+
 def test_layer_ratios_thin_the_named_stage_more_than_the_rest():
     torch.manual_seed(0)
     model = build_model(MOBILE_UNET, 11)

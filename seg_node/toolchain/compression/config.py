@@ -35,7 +35,7 @@ class PruningConfig:
     1 - max_layer_ratio of every layer; scope 'decoder' leaves the encoder whole, 'expanded' its residual stream
     (only the channels inside its inverted-residual blocks are pruned); after each step the BatchNorm statistics
     are re-estimated on `recalibration_batches` training batches (0: not); `layer_ratios` sets the ratio of
-    named submodules."""
+    named submodules; no convolution is cut below `min_channels` (one narrower stays whole)."""
 
     ratio: float
     criterion: str = "l2"
@@ -46,6 +46,7 @@ class PruningConfig:
     scope: str = "all"
     layer_ratios: dict[str, float] = field(default_factory=dict)
     recalibration_batches: int = 16
+    min_channels: int = 0
 
     def __post_init__(self):
         if self.scope not in KEPT_WHOLE_SCOPES:
@@ -59,6 +60,9 @@ class PruningConfig:
                 raise PruningConfigError(f"pruning ratio must be in [0, 1), got {value}")
         if self.recalibration_batches < 0:
             raise PruningConfigError(f"BatchNorm recalibration batches must be >= 0, got {self.recalibration_batches}")
+        if self.min_channels < 0 or (self.min_channels and self.global_pruning):
+            raise PruningConfigError(f"min_channels must be >= 0, and is a per-layer floor for local pruning (not "
+                                     f"--global), got {self.min_channels}")
         if any(value > self.max_layer_ratio for value in self.layer_ratios.values()):
             raise PruningConfigError(f"layer ratios {self.layer_ratios} exceed the per-layer cap "
                                      f"{self.max_layer_ratio}")
@@ -71,7 +75,7 @@ class PruningConfig:
         """The card's keys for these options."""
         return {"ratio": self.ratio, "scope": self.scope, "layer_ratios": dict(self.layer_ratios),
                 "criterion": self.criterion, "global": self.global_pruning, "round_to": self.round_to,
-                "max_layer_ratio": self.max_layer_ratio, "steps": self.steps,
+                "max_layer_ratio": self.max_layer_ratio, "min_channels": self.min_channels, "steps": self.steps,
                 "bn_recalibration_batches": self.recalibration_batches if self.removes_channels else 0}
 
 

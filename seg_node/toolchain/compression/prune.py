@@ -73,18 +73,34 @@ def make_pruner(model: nn.Module, config: PruningConfig, height: int, width: int
     while the decoder's high-resolution stages hold most of the MACs. Layer ratios: a stage at stride 2 costs 16x
     the MACs per channel of one at stride 8, so thinning it buys the most speed per channel; but a last stage
     narrower than the classes it feeds collapses thin classes (8 channels for 11 classes did)."""
+    kept = kept_whole(model, config.scope)
+    return tp.pruner.MetaPruner(
+        model, torch.zeros(1, 3, height, width), importance=IMPORTANCE_CRITERIA[config.criterion](),
+        pruning_ratio=config.ratio, pruning_ratio_dict=layer_ratio_dict(model, config, kept),
+        global_pruning=config.global_pruning, iterative_steps=config.steps, round_to=config.round_to,
+        max_pruning_ratio=config.max_layer_ratio, ignored_layers=kept,
+        forward_fn=lambda network, x: network.all_outputs(x))
+
+
+def layer_ratio_dict(model: nn.Module, config: PruningConfig, kept: list[nn.Module]) -> dict[nn.Module, float]:
+    """Torch-Pruning's per-layer ratios: the named submodules' (`layer_ratios`), then, for every convolution that
+    the ratio it gets would cut below `min_channels`, the ratio that leaves that many (later entries win)."""
     modules = dict(model.named_modules())
     unknown = sorted(set(config.layer_ratios) - set(modules))
     if unknown:
         raise PruningConfigError(f"no submodule named {unknown} in this model; top-level ones: "
                                  f"{[name for name, _ in model.named_children()]}")
-    return tp.pruner.MetaPruner(
-        model, torch.zeros(1, 3, height, width), importance=IMPORTANCE_CRITERIA[config.criterion](),
-        pruning_ratio=config.ratio,
-        pruning_ratio_dict={modules[name]: value for name, value in config.layer_ratios.items()},
-        global_pruning=config.global_pruning, iterative_steps=config.steps, round_to=config.round_to,
-        max_pruning_ratio=config.max_layer_ratio, ignored_layers=kept_whole(model, config.scope),
-        forward_fn=lambda network, x: network.all_outputs(x))
+    ratios = {modules[name]: value for name, value in config.layer_ratios.items()}
+    if not config.min_channels:
+        return ratios
+    named = {layer: value for name, value in config.layer_ratios.items() for layer in modules[name].modules()}
+    whole = {layer for module in kept for layer in module.modules()}
+    for layer in model.modules():
+        if isinstance(layer, nn.Conv2d) and layer not in whole:
+            ratio = named.get(layer, config.ratio)
+            if layer.out_channels * (1 - ratio) < config.min_channels:
+                ratios[layer] = max(0.0, 1 - config.min_channels / layer.out_channels)
+    return ratios
 
 
 def kept_whole(model: nn.Module, scope: str) -> list[nn.Module]:
@@ -271,6 +287,8 @@ def add_pruning_arguments(parser: argparse.ArgumentParser) -> None:
                        help="rank channels across layers instead of the same ratio everywhere")
     group.add_argument("--round-to", type=int, default=8, help="keep widths multiples of this (0: off)")
     group.add_argument("--max-layer-ratio", type=float, default=0.8, help="per-layer pruning cap")
+    group.add_argument("--min-channels", type=int, default=0,
+                       help="per-layer floor: no convolution is cut below this many channels (0: none)")
     group.add_argument("--steps", type=int, default=2, help="iterative pruning steps")
     group.add_argument("--bn-recalibration-batches", type=int, default=16,
                        help="training batches that re-estimate the BatchNorm statistics after each step (0: off)")
@@ -302,7 +320,8 @@ def configs_from_args(args: argparse.Namespace) -> tuple[PruningConfig, FineTuni
     pruning = PruningConfig(ratio=args.ratio, criterion=args.criterion, steps=args.steps,
                             global_pruning=args.global_pruning, round_to=args.round_to or None,
                             max_layer_ratio=args.max_layer_ratio, scope=args.scope,
-                            layer_ratios=dict(args.layer_ratio), recalibration_batches=args.bn_recalibration_batches)
+                            layer_ratios=dict(args.layer_ratio), recalibration_batches=args.bn_recalibration_batches,
+                            min_channels=args.min_channels)
     schedule = replace(FINE_TUNING_SCHEDULE, epochs=args.fine_tune_epochs, lr=args.lr, batch_size=args.batch_size,
                        seed=args.seed)
     run = RunConfig(out=args.work_dir, device=args.device, amp=args.amp, threads=args.threads,
