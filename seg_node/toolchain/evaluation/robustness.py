@@ -270,7 +270,8 @@ def reliability(miou: dict, scores: dict, corruptions: list[str], severities: li
         pairs = [(score, value) for score, value in zip(scores["clean"] + pooled(scores, names, severities),
                                                         miou["clean"] + pooled(miou, names, severities))
                  if value is not None]
-        rho = spearmanr(*zip(*pairs)).statistic if names and len(pairs) > 2 else None
+        varied = len(pairs) > 2 and all(len(set(column)) > 1 for column in zip(*pairs))  # else no rank order
+        rho = spearmanr(*zip(*pairs)).statistic if names and varied else None
         flagged = None if threshold is None else FrameScores.of(miou, scores, names, severities).at_threshold(threshold)
         return {"auroc_sev3plus": round(auroc(scores["clean"], corrupted), 4) if corrupted else None,
                 "spearman": None if rho is None or np.isnan(rho) else round(float(rho), 4),
