@@ -319,18 +319,21 @@ def test_expanded_scope_thins_the_encoder_blocks_inside_and_keeps_their_residual
 
 def test_min_channels_keeps_every_convolution_at_its_floor_and_prunes_the_wider_ones_as_asked():
     """Whole-network pruning at 0.6 cuts a 16-channel stem to 8 and a 32-channel block to 16; a floor of 16 keeps
-    the narrow ones at 16 (or whole when narrower) while the wide ones lose the asked share, named stages too."""
+    the narrow ones at 16 (or whole when narrower) while the wide ones lose the asked share, named stages too, over
+    iterative steps (1 - 16/48 of 48 channels is 15.99 in floating point: the floor must not round down to 8)."""
     torch.manual_seed(0)
-    model = build_model(MOBILE_UNET, 11)
+    architecture = {"name": "mobile_unet", "decoder_channels": [64, 48, 24, 16]}
+    model = build_model(architecture, 11)
     before = {name: m.out_channels for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
-    config = PruningConfig(0.6, "l2", steps=1, round_to=8, min_channels=16, layer_ratios={"decoder.0": 0.8})
-    make_pruner(model, config, HEIGHT, WIDTH).step()
+    config = PruningConfig(0.6, "l2", steps=2, round_to=8, min_channels=16, layer_ratios={"decoder.1": 0.8})
+    pruner = make_pruner(model, config, HEIGHT, WIDTH)
+    for _ in range(config.steps):
+        pruner.step()
     after = {name: m.out_channels for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
     assert all(after[name] >= min(16, width) for name, width in before.items())
-    assert any(before[name] > 16 == after[name] for name in before)  # a layer cut down to the floor
+    assert after["decoder.1.0"] == 16 and before["decoder.1.0"] == 48
     assert after["encoder._blocks.15._expand_conv"] < 0.5 * before["encoder._blocks.15._expand_conv"]
-    assert after["decoder.0.0"] == 16 and before["decoder.0.0"] == 64  # 0.8 of 64 would leave 12.8
-    unfloored = build_model(MOBILE_UNET, 11)
+    unfloored = build_model(architecture, 11)
     make_pruner(unfloored, PruningConfig(0.6, "l2", steps=1, round_to=8), HEIGHT, WIDTH).step()
     assert min(m.out_channels for m in unfloored.encoder.modules() if isinstance(m, torch.nn.Conv2d)) < 16
     with pytest.raises(PruningConfigError, match="not --global"):

@@ -98,8 +98,8 @@ def layer_ratio_dict(model: nn.Module, config: PruningConfig, kept: list[nn.Modu
     for layer in model.modules():
         if isinstance(layer, nn.Conv2d) and layer not in whole:
             ratio = named.get(layer, config.ratio)
-            if layer.out_channels * (1 - ratio) < config.min_channels:
-                ratios[layer] = max(0.0, 1 - config.min_channels / layer.out_channels)
+            if layer.out_channels * (1 - ratio) < config.min_channels:  # half a channel spare: Torch-Pruning
+                ratios[layer] = max(0.0, 1 - (config.min_channels + 0.5) / layer.out_channels)  # truncates
     return ratios
 
 
