@@ -166,8 +166,10 @@ def test_a_checkpoint_from_0_1_starts_a_run_by_its_weights_but_is_not_resumed_or
         run = json.loads(state["run"])
         run["args"] = run.pop("config")
         torch.save({**state, "run": json.dumps(run)}, old / name)
+    (data / "trainannot").rename(data / "moved")  # refused before the data are read
     with pytest.raises(TrainingConfigError, match=r"written by seg_node 0\.1"):
         train(parse_args(common + ["--epochs", "2", "--resume", "--out", str(old)]))
+    (data / "moved").rename(data / "trainannot")
     with pytest.raises(SystemExit):
         export_main([str(old / "best.pt"), "--out", str(tmp_path / "refused")])
     assert "written by seg_node 0.1" in capsys.readouterr().err
