@@ -15,6 +15,7 @@ from camvid_fixtures import write_camvid11
 from torch import nn
 
 from seg_node.core.architectures import build_model
+from seg_node.core.model_card import ModelCard
 from seg_node.toolchain.compression import study_points
 from seg_node.toolchain.compression.config import IMPORTANCE_CRITERIA, FineTuning, PruningConfig
 from seg_node.toolchain.compression.macs_target import ratio_for_macs
@@ -196,7 +197,8 @@ def test_the_study_runs_end_to_end_resumes_without_redoing_points_and_redraws_it
                                                                                         capsys):
     data = write_camvid11(tmp_path / "camvid", {"train": 4, "val": 2, "test": 2}, *SIZE)
     cards = [make_random_model(tmp_path / name, architecture, size=SIZE).with_suffix(".json")
-             for name, architecture in (("tiny_unet", TINY_UNET), ("tiny_bisenetv2", TINY_BISENETV2))]
+             for name, architecture in (("tiny_unet", TINY_UNET),  # BiSeNetV2 as its card ships: native logits
+                                        ("tiny_bisenetv2", {**TINY_BISENETV2, "upsample_logits": False}))]
     out = tmp_path / "study"
     sweep_main(study_arguments(cards, data, out))
     results = json.loads((out / "results.json").read_text())
@@ -204,6 +206,8 @@ def test_the_study_runs_end_to_end_resumes_without_redoing_points_and_redraws_it
     for model, record in results["models"].items():
         check_points(results["points"], model, record["best_criterion"], out)
     assert "32 points, 32 measured now" in capsys.readouterr().out
+    for point in (p for p in results["points"] if p["model"] == "tiny_bisenetv2" and p["precision"] == "fp32"):
+        assert ModelCard.load(out / point["card"]).architecture["upsample_logits"] is False, point["label"]
     rows = list(csv.DictReader((out / "results.csv").read_text().splitlines()))
     assert [row["label"] for row in rows] == [p["label"] for p in results["points"]]
     assert any(row["pareto"] == "True" for row in rows)
