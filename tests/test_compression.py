@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from dataclasses import replace
 
 import cv2
@@ -102,7 +103,7 @@ def test_global_pruning_respects_the_per_layer_cap():
     assert sum(after.values()) < 0.5 * sum(before.values())
 
 
-def test_prune_command_flow_fine_tunes_between_steps(tmp_path):
+def test_prune_command_flow_fine_tunes_between_steps(tmp_path, capsys):
     data = write_camvid11(tmp_path / "camvid", {"train": 8, "val": 2})
     onnx_path = make_random_model(tmp_path / "base", SMALL_UNET, size=(48, 64))
     card_path = onnx_path.with_suffix(".json")
@@ -115,6 +116,8 @@ def test_prune_command_flow_fine_tunes_between_steps(tmp_path):
         best = torch.load(tmp_path / "work" / f"step{entry['step']}" / "best.pt", weights_only=True)
         assert (entry["val_miou"], entry["val_corrupted_miou"]) == (best["val_miou"], best["val_corrupted_miou"])
     assert summary["history"][0]["macs"] > summary["history"][1]["macs"] == summary["macs"]
+    said = re.findall(r"pruning step (\d)/2: ([\d.e-]+) GMACs", capsys.readouterr().out)
+    assert said == [(str(h["step"]), f"{h['macs'] / 1e9:.3g}") for h in summary["history"]]
     assert summary["macs_reduction"] > 0.5 and summary["params"] < summary["base_params"]
     assert summary["distillation"] is None and "previous" not in summary
     assert not model.training

@@ -208,7 +208,10 @@ def prune_steps(model: nn.Module, card: ModelCard, pruning: PruningConfig, fine_
         model.zero_grad(set_to_none=True)
         if pruning.recalibration_batches and pruning.removes_channels:
             recalibrate_batchnorm(model, training_batches(card, fine_tuning, pruning.recalibration_batches, seed))
-        entry = {"step": step + 1, "macs": count_macs_and_params(model, spec.height, spec.width)[0]}
+        macs, params = count_macs_and_params(model, spec.height, spec.width)
+        print(f"pruning step {step + 1}/{pruning.steps}: {macs / 1e9:.3g} GMACs, {params / 1e6:.3g} M parameters",
+              flush=True)  # where a long fine-tuning starts from
+        entry = {"step": step + 1, "macs": macs}
         if fine_tuning.schedule.epochs:
             run = fine_tune(model, card, fine_tuning, step)
             data_read = run["data"]
