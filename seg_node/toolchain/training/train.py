@@ -214,7 +214,7 @@ class Trainer:
         torch.manual_seed(schedule.seed)
         self.out = Path(config.run.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.resumed = self._read_resumed_state() if config.run.resume else None
+        self.resume_state = self._read_resume_state() if config.run.resume else None
         self.data = open_training_data(config, validating=self.rank == 0, progress=self.rank == 0)
         if "val" in config.data.train_splits and self.rank == 0:
             print("seg-train: val is among the training splits, so its figures below are not held out: "
@@ -280,7 +280,7 @@ class Trainer:
             "world_size": self.world, "hardware": describe_hardware(self.device),
             "class_weights": None if self.class_weights is None else [round(float(w), 4) for w in self.class_weights]}
 
-    def _read_resumed_state(self) -> dict:
+    def _read_resume_state(self) -> dict:
         """OUT/last.pt, read before the data so that a checkpoint that cannot be resumed is refused at once."""
         state = torch.load(self.out / "last.pt", map_location=self.device, weights_only=True)
         checkpoint_record(state, self.out / "last.pt")
@@ -288,7 +288,7 @@ class Trainer:
 
     def resume(self) -> int:
         """Continue OUT/last.pt; the epoch to start from."""
-        state, self.resumed = self.resumed, None  # not kept for the whole run
+        state, self.resume_state = self.resume_state, None  # not kept for the whole run
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
