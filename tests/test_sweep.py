@@ -180,6 +180,23 @@ def check_points(points: list[dict], model: str, best: str, out) -> None:
         assert p["fps"] == pytest.approx(1e3 / p["latency_median_ms"], rel=0.01)
 
 
+def check_headline(headline: str, results: dict) -> None:
+    """A row per model: its best criterion, and under each heading the figures of the point it names."""
+    rows = [line.split(" | ") for line in headline.splitlines() if line.startswith("| tiny_")]
+    heading = next(line for line in headline.splitlines() if line.startswith("| model"))
+    assert heading.split(" | ")[3:] == ["unpruned", "30%", "50%", "70%", "random 50%", "50% decoder only",
+                                        "50% int8_static", "50% int8_dynamic", "50% fp16 |"]
+    assert [row[0] for row in rows] == ["| tiny_unet", "| tiny_bisenetv2"]
+    for row in rows:
+        points = {p["label"]: p for p in results["points"] if p["model"] == row[0][2:]}
+        best = results["models"][row[0][2:]]["best_criterion"]
+        assert row[2] == best
+        for column, label in ((3, "unpruned"), (5, f"{best} 50% all"), (7, "random 50% all"),
+                              (8, f"{best} 50% decoder"), (10, f"{best} 50% all int8_dynamic")):
+            point = points[label]
+            assert row[column].strip(" |") == f"{point['test_miou']:.1f} / {point['latency_median_ms']:.1f}", label
+
+
 def count_calls(monkeypatch, names: tuple[str, ...]) -> dict[str, int]:
     """Count calls of study_points' functions that make and measure models (still doing the work)."""
     calls = dict.fromkeys(names, 0)
@@ -213,6 +230,7 @@ def test_the_study_runs_end_to_end_resumes_without_redoing_points_and_redraws_it
     assert any(row["pareto"] == "True" for row in rows)
     table = (out / "table.md").read_text()
     assert len(table.splitlines()) == 4 + len(rows) and "thread-pool spinning off" in table
+    check_headline((out / "headline.md").read_text(), results)
     assert all((out / png).stat().st_size > 20_000 for png in ("miou_vs_latency.png", "miou_vs_ratio.png"))
     assert not (out / "work").exists(), "fine-tuning runs are removed once their model is exported"
     saved = {path: path.stat().st_mtime_ns for path in [*out.glob("points/*.json"), *out.glob("models/*")]}
@@ -234,6 +252,7 @@ def test_the_study_runs_end_to_end_resumes_without_redoing_points_and_redraws_it
     sweep_main(["plot", str(out / "results.json"), "--out", str(plots)])
     assert (plots / "table.md").read_text() == (out / "table.md").read_text()
     assert (plots / "results.csv").read_text() == (out / "results.csv").read_text()
+    assert (plots / "headline.md").read_text() == (out / "headline.md").read_text()
     assert all((plots / png).stat().st_size > 20_000 for png in ("miou_vs_latency.png", "miou_vs_ratio.png"))
 
     capsys.readouterr()

@@ -1,6 +1,7 @@
-"""The pruning study's outputs from its results.json: a CSV, a markdown table and two PNGs (test mIoU against
-latency, one curve per model and criterion with the Pareto front marked; test mIoU against the share of MACs
-removed). `seg-sweep plot RESULTS.json --out DIR` redraws them from the JSON alone."""
+"""The pruning study's outputs from its results.json: a CSV, a markdown table of every point, a headline table (a
+row per model), and two PNGs (test mIoU against latency, one curve per model and criterion with the Pareto front
+marked; test mIoU against the share of MACs removed). `seg-sweep plot RESULTS.json --out DIR` redraws them from
+the JSON alone."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ CSV_COLUMNS = ("model", "architecture", "label", "groups", "criterion", "scope",
 CRITERION_MARKERS = {"l1": "o", "l2": "s", "taylor": "^", "bn_scale": "v", "random": "x"}
 CRITERION_LINES = {"l1": "-", "l2": "--", "taylor": "-.", "bn_scale": ":", "random": (0, (1, 3))}
 PRECISION_MARKERS = {"int8_static": "P", "int8_dynamic": "D", "fp16": "h"}
-OUTPUTS = ("results.csv", "table.md", "miou_vs_latency.png", "miou_vs_ratio.png")
+OUTPUTS = ("results.csv", "table.md", "headline.md", "miou_vs_latency.png", "miou_vs_ratio.png")
 
 
 class StudyReportError(UserError):
@@ -53,6 +54,7 @@ def write_report(results: dict, out: Path) -> list[Path]:
         writer.writeheader()
         writer.writerows(rows)
     (out / "table.md").write_text(markdown_table(results, rows))
+    (out / "headline.md").write_text(headline_table(results))
     plot_latency(results, out / "miou_vs_latency.png")
     plot_ratio(results, out / "miou_vs_ratio.png")
     return [out / name for name in OUTPUTS]
@@ -81,6 +83,49 @@ def markdown_table(results: dict, rows: list[dict]) -> str:
             f"| {row['macs_target']:.0%} / {row['macs_reduction']:.1%} | {row['gmacs']:.3f} | {row['params_m']:.3f} "
             f"| {row['onnx_mb']:.2f} | {row['val_miou']:.2f} | {row['test_miou']:.2f} "
             f"| {row['latency_median_ms']:.2f} / {row['latency_p95_ms']:.2f} | {row['fps']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def find_point(results: dict, model: str, **settings) -> dict | None:
+    """The model's fine-tuned point with these settings (criterion, scope, macs_target, precision), if measured."""
+    wanted = {"criterion": None, "scope": None, "macs_target": 0.0, "precision": "fp32", **settings}
+    return next((p for p in results["points"] if p["model"] == model and p["fine_tuned"]
+                 and all(p[key] == value for key, value in wanted.items())), None)
+
+
+def cell(point: dict | None) -> str:
+    return f"{point['test_miou']:.1f} / {point['latency_median_ms']:.1f}" if point else "–"
+
+
+def headline_columns(settings: dict, best: str) -> dict[str, dict]:
+    """The headline's columns: heading -> the settings of the model's point under it (pruned by its best
+    criterion, but for the random control)."""
+    compared = {"criterion": best, "scope": settings["scope"], "macs_target": settings["compared_target"]}
+    share = f"{settings['compared_target']:.0%}"
+    columns = {f"{target:.0%}": {**compared, "macs_target": target} for target in settings["ratio_targets"] if target}
+    columns[f"random {share}"] = {**compared, "criterion": "random"}
+    columns[f"{share} {settings['other_scope']} only"] = {**compared, "scope": settings["other_scope"]}
+    columns.update({f"{share} {precision}": {**compared, "precision": precision}
+                    for precision in settings["precisions"]})
+    return columns
+
+
+def headline_table(results: dict) -> str:
+    """A row per model: the unpruned point, then the MACs shares removed by its best criterion, the random
+    control, the other scope and the precisions of the compared share, each as test mIoU / median ms."""
+    settings = results["settings"]
+    headings = list(headline_columns(settings, "random"))
+    lines = [f"Test mIoU / median latency in ms (ONNX Runtime, batch 1, {threads(settings)}) of each model "
+             f"unpruned and with a share of its MACs removed by its criterion best on val ({settings['scope']} "
+             f"scope but where named); every point fine-tuned on the same budget.", "",
+             f"| model | GMACs | criterion | unpruned | {' | '.join(headings)} |",
+             "|---|---|---|---|" + "---|" * len(headings)]
+    for model, record in results["models"].items():
+        best = record["best_criterion"]
+        unpruned = find_point(results, model)
+        gmacs = f"{unpruned['gmacs']:.2f}" if unpruned else "–"
+        cells = [cell(find_point(results, model, **point)) for point in headline_columns(settings, best).values()]
+        lines.append(f"| {model} | {gmacs} | {best} | {cell(unpruned)} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -12,8 +12,8 @@ distilled from the model as given. Per point: val and test mIoU (through the nod
 ONNX size, latency (ONNX Runtime, batch 1, 2 threads, spinning off: median, p95, FPS).
 Each point's result is saved under OUT/points as it completes, named by a hash of its settings: a rerun skips
 done points (and reuses made models), so an interrupted study continues where it stopped.
-Outputs: OUT/results.json, results.csv, table.md, miou_vs_latency.png, miou_vs_ratio.png; `plot` redraws the
-last four from the JSON.
+Outputs: OUT/results.json, results.csv, table.md, headline.md, miou_vs_latency.png, miou_vs_ratio.png; `plot`
+redraws all but the JSON from it.
 """
 
 from __future__ import annotations
