@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,10 +120,30 @@ def test_training_lowers_the_loss_and_resumes(tmp_path):
     assert (out / "curves.png").stat().st_size > 1000
 
 
-def test_a_second_training_cycle_starts_from_the_given_weights(tmp_path):
+def tiny_cycle_arguments(tmp_path) -> list[str]:
+    """seg-train arguments for a one-epoch cycle of a tiny U-Net on a tiny CamVid."""
     data = write_camvid11(tmp_path / "camvid", {"train": 4, "val": 1})
-    common = ["--data", str(data), "--arch", '{"name": "unet", "base_width": 4, "depth": 2}', "--batch-size", "4",
-              "--crop", "32", "48", "--input-size", "48", "64", "--epochs", "1", "--threads", "2", "--workers", "0"]
+    return ["--data", str(data), "--arch", '{"name": "unet", "base_width": 4, "depth": 2}', "--batch-size", "4",
+            "--crop", "32", "48", "--input-size", "48", "64", "--epochs", "1", "--threads", "2", "--workers", "0"]
+
+
+def test_a_cycle_started_elsewhere_with_relative_paths_keeps_its_lineage_in_the_card(tmp_path, monkeypatch):
+    """Trained in runs/ (`--init first/last.pt --out second`), exported from the folder above: the first cycle's
+    record is still found and kept, under the path the run was given."""
+    common = tiny_cycle_arguments(tmp_path)
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path / "runs")
+    train(parse_args(common + ["--lr", "0.01", "--out", "first"]))
+    train(parse_args(common + ["--lr", "0", "--init", "first/last.pt", "--out", "second"]))
+    monkeypatch.chdir(tmp_path)
+    record = training_record(Path("runs/second/last.pt"))
+    assert record["initialized_from"]["checkpoint"] == "first/last.pt"
+    assert record["initialized_from"]["config"]["schedule"]["lr"] == 0.01
+    assert "initialized_from" not in training_record(Path("runs/first/last.pt"))
+
+
+def test_a_second_training_cycle_starts_from_the_given_weights(tmp_path):
+    common = tiny_cycle_arguments(tmp_path)
     train(parse_args(common + ["--lr", "0.01", "--seed", "1", "--out", str(tmp_path / "first")]))
     first = torch.load(tmp_path / "first" / "last.pt", weights_only=True)["model"]
     train(parse_args(common + ["--lr", "0", "--seed", "2", "--init", str(tmp_path / "first" / "last.pt"),

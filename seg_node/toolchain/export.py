@@ -148,13 +148,28 @@ def training_record(checkpoint: str | Path, state: dict | None = None) -> dict:
               **({"averaged_epochs": state["averaged_epochs"]} if state.get("averaged_epochs") else {}),
               "wall_seconds": wall_seconds, "hardware": run.pop("hardware", "not recorded"), **run}
     init = run["config"]["model"]["init"] if "config" in run else None  # a 0.1 record is kept as it was written
-    if init and Path(init).suffix == ".pt" and Path(init).exists():
-        record["initialized_from"] = {"checkpoint": init, **training_record(init)}
-    elif init and Path(init).with_suffix(".json").exists():
-        card = ModelCard.load(Path(init).with_suffix(".json"))
+    found = init and where_the_run_saw(init, Path(checkpoint), run["config"]["run"]["out"])
+    if found and found.suffix == ".pt" and found.exists():
+        record["initialized_from"] = {"checkpoint": init, **training_record(found)}
+    elif found and found.with_suffix(".json").exists():
+        card = ModelCard.load(found.with_suffix(".json"))
         record["initialized_from"] = {"weights": init, "model": card.name, **card.training,
                                       **({"class_bias": card.class_bias} if card.class_bias else {})}
     return record
+
+
+def where_the_run_saw(recorded: str, checkpoint: Path, out: str) -> Path:
+    """A path a run recorded relative to the folder it was started in, as seen from here: that folder is the
+    checkpoint's run folder less the run's relative `--out` (a run started in runs/ with `--init first/best.pt
+    --out second`, exported from the checkout, read runs/first/best.pt)."""
+    path, out_parts = Path(recorded), Path(out).parts
+    if path.is_absolute() or path.exists() or Path(out).is_absolute():
+        return path
+    folder = checkpoint.parent
+    if len(folder.parts) < len(out_parts) or folder.parts[-len(out_parts):] != out_parts:
+        return path
+    started_in = folder.parts[:-len(out_parts)]
+    return (Path(*started_in) if started_in else Path()) / path
 
 
 def add_native_logits_argument(parser: argparse.ArgumentParser) -> None:
