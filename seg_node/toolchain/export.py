@@ -161,15 +161,15 @@ def training_record(checkpoint: str | Path, state: dict | None = None) -> dict:
 def where_the_run_saw(recorded: str, checkpoint: Path, out: str) -> Path:
     """A path a run recorded relative to the folder it was started in, as seen from here: that folder is the
     checkpoint's run folder less the run's relative `--out` (a run started in runs/ with `--init first/best.pt
-    --out second`, exported from the checkout, read runs/first/best.pt)."""
+    --out second`, exported from the checkout, read runs/first/best.pt). As recorded where that cannot be told."""
     path, out_parts = Path(recorded), Path(out).parts
-    if path.is_absolute() or path.exists() or Path(out).is_absolute():
-        return path
-    folder = checkpoint.parent
-    if len(folder.parts) < len(out_parts) or folder.parts[-len(out_parts):] != out_parts:
+    folder = Path(checkpoint).parent
+    if (path.is_absolute() or Path(out).is_absolute() or len(folder.parts) < len(out_parts)
+            or folder.parts[-len(out_parts):] != out_parts):
         return path
     started_in = folder.parts[:-len(out_parts)]
-    return (Path(*started_in) if started_in else Path()) / path
+    seen = (Path(*started_in) if started_in else Path()) / path
+    return seen if seen.exists() or seen.with_suffix(".json").exists() else path
 
 
 def add_native_logits_argument(parser: argparse.ArgumentParser) -> None:
