@@ -30,6 +30,7 @@ from seg_node.toolchain.compression.study_plan import (
 )
 from seg_node.toolchain.compression.sweep import main as sweep_main
 from seg_node.toolchain.compression.taylor import TaylorImportance
+from seg_node.toolchain.model_cost import call_times_in_turns
 from seg_node.toolchain.random_model import make_random_model
 from seg_node.toolchain.training.config import RecipeConfig
 
@@ -75,8 +76,9 @@ def test_the_plan_holds_every_comparison_and_keys_name_what_each_result_depends_
     timed = replace(settings, timing_runs=7)
     key = making_key(compared, "sha", settings, data)
     assert making_key(compared, "sha", longer, data) != key, "another budget makes another model"
-    assert making_key(compared, "sha", timed, data) == key, "other timing reuses the model..."
-    assert measuring_key(key, timed, data) != measuring_key(key, settings, data), "...and measures it again"
+    assert making_key(compared, "sha", timed, data) == key, "other timing reuses the model and its result"
+    assert measuring_key(key, data) != measuring_key(key, {"splits": {**data["splits"], "test": "d"}}), \
+        "other test frames: measured again"
     assert making_key(compared, "other sha", settings, data) != key, "other weights under the same name"
     int8 = replace(compared, precision="int8_static")
     assert making_key(int8, "sha", replace(settings, calibration_frames=8), data) != making_key(
@@ -87,6 +89,16 @@ def test_the_plan_holds_every_comparison_and_keys_name_what_each_result_depends_
                 {"fine_tuning": FineTuning()}):  # seg-prune's default: no distillation
         with pytest.raises(StudyPlanError):
             StudySettings(**{"fine_tuning": DISTILLED, **bad})
+
+
+def test_points_are_timed_in_turns_so_a_change_of_load_falls_on_all_alike():
+    calls = []
+    runs = {name: (lambda index, _name=name: calls.append((_name, index))) for name in ("a", "b")}
+    times = call_times_in_turns(runs, count=5, warmup=1, turn=2)
+    assert {name: len(values) for name, values in times.items()} == {"a": 5, "b": 5}
+    block = [(name, index) for start, count in ((0, 2), (2, 2), (4, 1))
+             for name in ("a", "b") for index in (start, *range(start, start + count))]  # one untimed call first
+    assert calls == [("a", 0), ("b", 0), *block]
 
 
 @pytest.mark.parametrize("target", [0.3, 0.5, 0.7])
@@ -233,8 +245,9 @@ def test_the_study_runs_end_to_end_resumes_without_redoing_points_and_redraws_it
     check_headline((out / "headline.md").read_text(), results)
     assert all((out / png).stat().st_size > 20_000 for png in ("miou_vs_latency.png", "miou_vs_ratio.png"))
     assert not (out / "work").exists(), "fine-tuning runs are removed once their model is exported"
-    saved = {path: path.stat().st_mtime_ns for path in [*out.glob("points/*.json"), *out.glob("models/*")]}
-    assert len(list(out.glob("points/*.json"))) == 32
+    saved = {path: path.stat().st_mtime_ns for path in [*out.glob("points/*.json"), *out.glob("models/*"),
+                                                          *out.glob("timing/*.json")]}
+    assert len(list(out.glob("points/*.json"))) == 32 and len(list(out.glob("timing/*.json"))) == 2
 
     calls = count_calls(monkeypatch, ("make_pruned", "make_converted", "measure"))
     sweep_main(study_arguments(cards, data, out))
@@ -247,6 +260,11 @@ def test_the_study_runs_end_to_end_resumes_without_redoing_points_and_redraws_it
     (out / "points" / f"{lost['key'][:24]}.json").unlink()  # as if the run had stopped before it
     sweep_main(study_arguments(cards, data, out))
     assert calls == {"make_pruned": 0, "make_converted": 0, "measure": 1}, "its model was kept: measured only"
+    assert {path: path.stat().st_mtime_ns for path in saved if "timing" in path.parts} == {
+        path: time for path, time in saved.items() if "timing" in path.parts}, "the same points: timed before"
+    sweep_main([*study_arguments(cards, data, out), "--timing-runs", "2"])
+    assert calls == {"make_pruned": 0, "make_converted": 0, "measure": 1}, "other timing: the results are kept..."
+    assert len(list(out.glob("timing/*.json"))) == 4, "...and each model's points timed again"
 
     plots = tmp_path / "plots"
     sweep_main(["plot", str(out / "results.json"), "--out", str(plots)])

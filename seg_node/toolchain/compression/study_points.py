@@ -2,8 +2,9 @@
 
 A point's model is made once (pruned to its MACs target and fine-tuned, or converted from its fp32 source) and
 kept under OUT/models, named by the key of the settings it was made from; its result (val and test mIoU, cost,
-latency) is kept under OUT/points, named by that key and the timing options. A rerun finds both and redoes
-nothing; an interrupted fine-tuning continues from its last epoch (OUT/work).
+size) is kept under OUT/points, named by that key and the evaluation splits. A rerun finds both and redoes
+nothing; an interrupted fine-tuning continues from its last epoch (OUT/work). Latency is measured for all of a
+model's points together, in turns: study_timing.py.
 """
 
 from __future__ import annotations
@@ -15,22 +16,18 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ...core.backends.torch_backend import build_for_inference
 from ...core.errors import UserError
-from ...core.latency_stats import latency_summary
 from ...core.model_card import ModelCard
 from ...core.model_files import model_file, resolve_model
 from ...core.pipeline import SegmentationPipeline
 from ..data.base import ClassTable, SegmentationDataset
 from ..evaluation.evaluate import evaluate
 from ..export import export_model, parity_frames
-from ..model_cost import call_times_ms
 from ..training.config import DataConfig
 from .config import PruningConfig
 from .macs_target import ratio_for_macs
@@ -38,9 +35,6 @@ from .prune import count_macs_and_params, overall_ratio, prune
 from .quantize import calibration_inputs, convert_fp16, quantize_int8, quantized_card
 from .study_plan import Point, StudySettings, making_key, measuring_key
 
-#: frames of the test split fed in turn to the timed session
-TIMED_FRAMES = 8
-WARMUP_RUNS = 5
 PARITY_FRAMES = 4
 
 
@@ -48,8 +42,8 @@ class StudyModelError(UserError):
     """A model given to the study that it cannot start from."""
 
 
-class PointStore:
-    """One JSON file per finished point, written whole (a file half-written by an interruption is never read)."""
+class ResultStore:
+    """One JSON file per finished result, written whole (a file half-written by an interruption is never read)."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -111,19 +105,20 @@ def open_study_model(text: str, data: DataConfig) -> StudyModel:
 @dataclass(frozen=True)
 class StudyContext:
     """What every point of a study shares: its settings, the data's record (checksums: part of every key), the
-    output folder and the store of results."""
+    output folder and the stores of results (points, and each model's timing)."""
 
     settings: StudySettings
     data: dict
     out: Path
-    store: PointStore
+    points: ResultStore
+    timings: ResultStore
 
 
 def point_result(point: Point, model: StudyModel, context: StudyContext) -> tuple[dict, bool]:
     """The point's result, and whether it was measured now (False: found in the store)."""
     model_key = making_key(point, model.source_sha256, context.settings, context.data)
-    key = measuring_key(model_key, context.settings, context.data)
-    record = context.store.load(key)
+    key = measuring_key(model_key, context.data)
+    record = context.points.load(key)
     if record is not None:
         return record, False
     card_path = point_model(point, model, context)
@@ -132,7 +127,7 @@ def point_result(point: Point, model: StudyModel, context: StudyContext) -> tupl
               **point.settings(), **cost(card, model), **measure(card_path, model, context.settings),
               "card": str(card_path.relative_to(context.out) if card_path.is_relative_to(context.out) else card_path),
               "key": key}
-    context.store.save(key, record)
+    context.points.save(key, record)
     return record, True
 
 
@@ -219,28 +214,8 @@ def cost(card: ModelCard, model: StudyModel) -> dict:
 
 
 def measure(card_path: Path, model: StudyModel, settings: StudySettings) -> dict:
-    """val and test mIoU through the node's pipeline (ONNX Runtime), file size, and the network's latency."""
+    """val and test mIoU through the node's pipeline (ONNX Runtime), and the ONNX file's size."""
     pipeline = SegmentationPipeline.from_model(card_path, "onnxruntime", "cpu", threads=settings.timing_threads)
     scores = {f"{split}_miou": round(100 * evaluate(pipeline, dataset, grid_frames=0, progress=False)[0].miou(), 2)
               for split, dataset in (("val", model.val), ("test", model.test))}
-    card = pipeline.card
-    del pipeline  # its session's threads must not share the cores with the timed one
-    onnx_path = model_file(card, card_path, "onnx")
-    latency = onnx_latency_ms(onnx_path, parity_frames(model.test, TIMED_FRAMES, card.input),
-                              settings.timing_threads, settings.timing_runs)
-    return {**scores, "onnx_mb": round(onnx_path.stat().st_size / 1e6, 3),
-            "latency_median_ms": round(latency["median"], 3), "latency_p95_ms": round(latency["p95"], 3),
-            "fps": round(1e3 / latency["median"], 1)}
-
-
-def onnx_latency_ms(path: Path, inputs: np.ndarray, threads: int, runs: int) -> dict[str, float]:
-    """Median and p95 of one ONNX Runtime session's run on normalized frames in turn (batch 1), after warm-up runs;
-    thread-pool spinning off, so no idle pool of another session competes for the cores."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return latency_summary(call_times_ms(lambda index: session.run(None, {name: inputs[index % len(inputs)][None]}),
-                                         runs, WARMUP_RUNS))
+    return {**scores, "onnx_mb": round(model_file(pipeline.card, card_path, "onnx").stat().st_size / 1e6, 3)}

@@ -9,9 +9,9 @@ For each model (trained, unpruned, fp32): every criterion (l1, l2, taylor, bn_sc
 pruning at 50%; static INT8, dynamic-range INT8 and FP16 of the unpruned and the 50% models. The channel ratio
 that removes a share of the MACs is found by measuring them. Every fp32 point is fine-tuned on the same budget,
 distilled from the model as given. Per point: val and test mIoU (through the node's pipeline), GMACs, parameters,
-ONNX size, latency (ONNX Runtime, batch 1, 2 threads, spinning off: median, p95, FPS).
-Each point's result is saved under OUT/points as it completes, named by a hash of its settings: a rerun skips
-done points (and reuses made models), so an interrupted study continues where it stopped.
+ONNX size, latency (ONNX Runtime, batch 1, 2 threads, spinning off: median, p95, FPS; all of a model's points
+timed in one run, in turns). Each point's result is saved under OUT/points as it completes, named by a hash of its
+settings: a rerun skips done points (and reuses made models), so an interrupted study continues where it stopped.
 Outputs: OUT/results.json, results.csv, table.md, headline.md, miou_vs_latency.png, miou_vs_ratio.png; `plot`
 redraws all but the JSON from it.
 """
@@ -40,8 +40,9 @@ from .study_plan import (
     StudySettings,
     plan,
 )
-from .study_points import PointStore, StudyContext, StudyModel, open_study_model, point_result
+from .study_points import ResultStore, StudyContext, StudyModel, open_study_model, point_result
 from .study_report import load_results, write_report
+from .study_timing import time_points
 
 
 def data_record(data: DataConfig) -> dict:
@@ -58,9 +59,17 @@ def measure_points(points: dict, model: StudyModel, context: StudyContext) -> tu
         measured += now
         results.append({**record, "groups": groups})
         print(f"{model.name} {point.label}: val {record['val_miou']:.2f}, test {record['test_miou']:.2f} mIoU, "
-              f"{record['gmacs']:.3f} GMACs, {record['latency_median_ms']:.2f} ms"
-              + ("" if now else " (saved)"), flush=True)
+              f"{record['gmacs']:.3f} GMACs" + ("" if now else " (saved)"), flush=True)
     return results, measured
+
+
+def timed(points: list[dict], model: StudyModel, context: StudyContext) -> list[dict]:
+    """The points with their latency, all of the model's timed together in turns (or found from an earlier run)."""
+    latency, now = time_points(points, model, context)
+    for point in points:
+        print(f"{model.name} {point['label']}: {latency[point['key']]['latency_median_ms']:.2f} ms"
+              + ("" if now else " (saved)"), flush=True)
+    return [{**point, **latency[point["key"]]} for point in points]
 
 
 def best_criterion(results: list[dict]) -> str:
@@ -71,7 +80,8 @@ def best_criterion(results: list[dict]) -> str:
 def run_study(model_cards: list[str], settings: StudySettings, out: Path) -> tuple[dict, int]:
     """Every point of every model (measured, or found from an earlier run); the results and how many points were
     measured now."""
-    context = StudyContext(settings, data_record(settings.fine_tuning.data), out, PointStore(out / "points"))
+    context = StudyContext(settings, data_record(settings.fine_tuning.data), out, ResultStore(out / "points"),
+                           ResultStore(out / "timing"))
     results = {"settings": settings.record(), "data": context.data, "models": {}, "points": []}
     measured = 0
     for text in model_cards:
@@ -81,6 +91,7 @@ def run_study(model_cards: list[str], settings: StudySettings, out: Path) -> tup
         first, count = measure_points(plan(model.name, settings, None), model, context)
         best = best_criterion(first)
         points, more = measure_points(plan(model.name, settings, best), model, context)
+        points = timed(points, model, context)
         results["models"][model.name] = {"card": str(model.card_path), "architecture": model.card.architecture,
                                          "best_criterion": best}
         results["points"] += points
