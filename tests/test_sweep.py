@@ -228,6 +228,8 @@ def test_the_study_runs_end_to_end_resumes_without_redoing_points_and_redraws_it
     cards = [make_random_model(tmp_path / name, architecture, size=SIZE).with_suffix(".json")
              for name, architecture in (("tiny_unet", TINY_UNET),  # BiSeNetV2 as its card ships: native logits
                                         ("tiny_bisenetv2", {**TINY_BISENETV2, "upsample_logits": False}))]
+    monkeypatch.chdir(tmp_path)  # the models given as relative paths, as from a checkout
+    cards = [card.relative_to(tmp_path) for card in cards]
     out = tmp_path / "study"
     sweep_main(study_arguments(cards, data, out))
     results = json.loads((out / "results.json").read_text())
@@ -235,7 +237,8 @@ def test_the_study_runs_end_to_end_resumes_without_redoing_points_and_redraws_it
     for model, record in results["models"].items():
         check_points(results["points"], model, record["best_criterion"], out)
     assert "32 points, 32 measured now" in capsys.readouterr().out
-    for point in (p for p in results["points"] if p["model"] == "tiny_bisenetv2" and p["precision"] == "fp32"):
+    for point in (p for p in results["points"] if p["model"] == "tiny_bisenetv2" and p["precision"] == "fp32"
+                  and p["fine_tuned"]):
         assert ModelCard.load(out / point["card"]).architecture["upsample_logits"] is False, point["label"]
     rows = list(csv.DictReader((out / "results.csv").read_text().splitlines()))
     assert [row["label"] for row in rows] == [p["label"] for p in results["points"]]

@@ -42,8 +42,9 @@ def session_run(session: ort.InferenceSession, inputs: np.ndarray):
     return lambda index: session.run(None, {name: inputs[index % len(inputs)][None]})
 
 
-def point_onnx(point: dict, out: Path) -> Path:
-    card_path = out / point["card"]  # relative to the study folder, or absolute (the model as given)
+def point_onnx(point: dict, model: StudyModel, out: Path) -> Path:
+    """The point's ONNX file: its card is the study folder's, or the model's as given (recorded as it was given)."""
+    card_path = model.card_path if point["card"] == str(model.card_path) else out / point["card"]
     return model_file(ModelCard.load(card_path), card_path, "onnx")
 
 
@@ -56,8 +57,9 @@ def time_points(points: list[dict], model: StudyModel, context: StudyContext) ->
     if found is not None:
         return found["latency"], False
     inputs = parity_frames(model.test, TIMED_FRAMES, model.card.input)
-    runs = {point["key"]: session_run(timed_session(point_onnx(point, context.out), settings.timing_threads), inputs)
-            for point in points}
+    sessions = {point["key"]: timed_session(point_onnx(point, model, context.out), settings.timing_threads)
+                for point in points}
+    runs = {point_key: session_run(session, inputs) for point_key, session in sessions.items()}
     times = call_times_in_turns(runs, settings.timing_runs, WARMUP_RUNS, TURN_FRAMES)
     latency = {}
     for point_key, values in times.items():
