@@ -19,6 +19,7 @@ from test_package import console_scripts
 from seg_node.core.model_card import ModelCard
 from seg_node.core.model_files import DEFAULT_MODEL_CARD, models_dir
 from seg_node.ros import node_parameters as params
+from seg_node.toolchain.compression.study_report import headline_table, load_results
 
 DOCS = ("README.md", "models/README.md", "docs/results.md")
 CARDS = {path.stem: ModelCard.load(path) for path in sorted(models_dir().glob("*.json"))}
@@ -378,6 +379,16 @@ def test_the_results_quote_the_defaults_confidence_calibration():
 def package_versions() -> tuple[str, str]:
     setup = re.search(r'^\s*version="([^"]+)",', (REPO / "setup.py").read_text(), re.M).group(1)
     return setup, ET.parse(REPO / "package.xml").getroot().findtext("version")
+
+
+def test_the_pruning_studys_headline_in_the_docs_is_drawn_from_its_results_json():
+    results = load_results(REPO / "docs" / "study" / "results.json")
+    headline = headline_table(results)
+    assert (REPO / "docs" / "study" / "headline.md").read_text() == headline, "seg-sweep plot docs/study/results.json"
+    rows = [line for line in headline.splitlines() if line.startswith("|")]
+    assert len(rows) == 2 + len(results["models"])
+    for doc in ("README.md", "docs/pruning_study.md"):
+        assert all(row in doc_text(doc) for row in rows), doc
 
 
 def test_setup_py_and_package_xml_declare_one_version_with_its_changelog_section():
