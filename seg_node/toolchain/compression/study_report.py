@@ -150,7 +150,8 @@ def criterion_curve(points: list[dict], model: str, criterion: str, scope: str) 
 
 
 def finish(plt, fig, ax, path: Path, results: dict, kinds: list) -> None:
-    """Two legends: models by colour, point kinds by line and marker."""
+    """Two legends beside the axes: models by colour, point kinds by line and marker; the saved figure grows to
+    hold them (tight_layout alone cut off the longer names)."""
     from matplotlib.lines import Line2D
     colours = model_colours(results)
     first = ax.legend(handles=[Line2D([], [], color=c, lw=3, label=name) for name, c in colours.items()],
@@ -159,7 +160,7 @@ def finish(plt, fig, ax, path: Path, results: dict, kinds: list) -> None:
     ax.legend(handles=kinds, loc="lower left", bbox_to_anchor=(1.01, 0), fontsize=8, title="point")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
