@@ -7,11 +7,13 @@ import csv
 import json
 from dataclasses import replace
 
+import cv2
 import onnx
 import pytest
 import torch
 import torch_pruning as tp
 from camvid_fixtures import write_camvid11
+from ros_harness import REPO
 from torch import nn
 
 from seg_node.core.architectures import build_model
@@ -283,3 +285,13 @@ def test_the_study_runs_end_to_end_resumes_without_redoing_points_and_redraws_it
         with pytest.raises(SystemExit):
             sweep_main(refused)
         assert message in capsys.readouterr().err
+
+
+def test_the_plots_hold_their_legends_whole(tmp_path):
+    """The study's PNGs, redrawn from the shipped results, have nothing on their outer edges: the legends beside the
+    axes lie inside the image (cut off at the right edge, their frames and the longer model names crossed it)."""
+    sweep_main(["plot", str(REPO / "docs" / "study" / "results.json"), "--out", str(tmp_path)])
+    for png in ("miou_vs_latency.png", "miou_vs_ratio.png"):
+        image = cv2.imread(str(tmp_path / png), cv2.IMREAD_GRAYSCALE)
+        for name, edge in (("top", image[0]), ("bottom", image[-1]), ("left", image[:, 0]), ("right", image[:, -1])):
+            assert edge.min() == 255, f"{png}: something is drawn on its {name} edge"
