@@ -19,7 +19,7 @@ from seg_node.core.model_card import ModelCard, ModelCardError
 from seg_node.core.pipeline import SegmentationPipeline
 from seg_node.core.postprocess import argmax_channels, logits_to_mask
 from seg_node.ros_tools.benchmark import run_benchmark
-from seg_node.toolchain.evaluation.timing import CLIP
+from seg_node.toolchain.evaluation.timing import CLIP, benchmark_pipelines, call_times_in_turns
 from seg_node.toolchain.model_cost import count_macs, count_params
 from seg_node.toolchain.random_model import make_random_model
 
@@ -132,6 +132,40 @@ def test_benchmark_latency_reports_every_stage_of_a_model_and_its_baseline_in_on
         assert cost["params_m"] == round(count_params(graph) / 1e6, 3) > 0
         assert cost["latency_ms_median"] == round(median, 2) and cost["fps"] == round(1e3 / median, 1)
         assert cost["measured_by"] == f"{record['command']} (onnxruntime, cpu)" and cost["threads"] == 2
+
+
+class RecordedPipeline:
+    """A real pipeline whose segment calls are written down as (label, frame number)."""
+
+    def __init__(self, label, pipeline, frames, calls):
+        self.label, self.pipeline, self.frames, self.calls = label, pipeline, frames, calls
+        self.run_network = pipeline.run_network
+
+    @property
+    def network_input(self):
+        return self.pipeline.network_input
+
+    def segment(self, frame):
+        self.calls.append((self.label, next(i for i, known in enumerate(self.frames) if known is frame)))
+        return self.pipeline.segment(frame)
+
+
+def test_the_benchmark_and_the_study_time_their_runs_in_the_same_turns(random_model):
+    """seg-benchmark's pipelines and the study's sessions follow one schedule: a warm-up each, then blocks of
+    frames in turn, each block after one untimed frame; every timed frame also times the network alone."""
+    frames = [scene(seed, 48, 64) for seed in range(13)]
+    calls = []
+    pipelines = {label: RecordedPipeline(label, SegmentationPipeline.from_model(random_model), frames, calls)
+                 for label in ("a", "b")}
+    results = benchmark_pipelines(pipelines, frames, warmup=2)
+    study = []
+    call_times_in_turns({label: (lambda index, _label=label: study.append((_label, index))) for label in "ab"},
+                        len(frames), 2)
+    assert calls == study
+    assert calls[:4] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)] and calls[4:6] == [("a", 0), ("a", 0)]
+    assert len(calls) == 2 * (2 + 2 + len(frames))  # warm-ups, one untimed frame per block, the timed frames
+    for stages in results.values():
+        assert all(0 < summary["median"] <= summary["max"] for summary in stages.values())
 
 
 def test_benchmark_upsampling_and_confidence_report_each_mode_and_size(random_model):

@@ -32,7 +32,7 @@ from seg_node.toolchain.compression.study_plan import (
 )
 from seg_node.toolchain.compression.sweep import main as sweep_main
 from seg_node.toolchain.compression.taylor import TaylorImportance
-from seg_node.toolchain.model_cost import call_times_in_turns
+from seg_node.toolchain.evaluation.timing import call_times_in_turns
 from seg_node.toolchain.random_model import make_random_model
 from seg_node.toolchain.training.config import RecipeConfig
 

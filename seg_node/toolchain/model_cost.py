@@ -117,22 +117,6 @@ def call_times_ms(run: Callable[[int], object], runs: int, warmup: int) -> list[
     return times
 
 
-def call_times_in_turns(runs: dict[str, Callable[[int], object]], count: int, warmup: int,
-                        turn: int) -> dict[str, list[float]]:
-    """Wall times in ms of `count` calls of each `run(index)`, the runs taking turns in blocks of `turn` calls, so a
-    change in the machine's load falls on all of them alike; each block starts with one untimed call."""
-    for run in runs.values():
-        for index in range(warmup):
-            run(index)
-    times = {label: [] for label in runs}
-    for start in range(0, count, turn):
-        for label, run in runs.items():
-            run(start)
-            times[label] += call_times_ms(lambda index, _run=run, _start=start: _run(_start + index),
-                                          min(turn, count - start), 0)
-    return times
-
-
 def latency_of(run: Callable[[], object], runs: int = 20, warmup: int = 2) -> dict[str, float]:
     """latency_summary of `runs` calls of `run()`, after `warmup` untimed calls."""
     return latency_summary(call_times_ms(lambda _index: run(), runs, warmup))

@@ -17,9 +17,8 @@ import onnxruntime as ort
 from ...core.latency_stats import latency_summary
 from ...core.model_card import ModelCard
 from ...core.model_files import model_file
-from ..evaluation.timing import TURN_FRAMES
+from ..evaluation.timing import call_times_in_turns
 from ..export import parity_frames
-from ..model_cost import call_times_in_turns
 from .study_plan import digest
 from .study_points import StudyContext, StudyModel
 
@@ -60,7 +59,7 @@ def time_points(points: list[dict], model: StudyModel, context: StudyContext) ->
     sessions = {point["key"]: timed_session(point_onnx(point, model, context.out), settings.timing_threads)
                 for point in points}
     runs = {point_key: session_run(session, inputs) for point_key, session in sessions.items()}
-    times = call_times_in_turns(runs, settings.timing_runs, WARMUP_RUNS, TURN_FRAMES)
+    times = call_times_in_turns(runs, settings.timing_runs, WARMUP_RUNS)
     latency = {}
     for point_key, values in times.items():
         summary = latency_summary(values)

@@ -6,6 +6,7 @@ The benchmarks and the GPU check time pipelines through these, so their figures 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -38,30 +39,51 @@ def frames_of(dataset: SegmentationDataset, count: int) -> list[np.ndarray]:
     return [dataset.load(samples[i % len(samples)])[0] for i in range(count)]
 
 
+def turn_schedule(labels, count: int, warmup: int, turn: int = TURN_FRAMES) -> Iterator[tuple[str, int, bool]]:
+    """(label, index, timed) for calls of each label's run on indexes 0..count-1: `warmup` untimed calls each,
+    then the labels take turns in blocks of `turn` timed calls, so a change in the machine's load during the run
+    falls on all of them alike and their ratio holds (run one after the other, the same pair's ratio moved by half).
+    Each block starts with one untimed call: the previous run's thread pool still spins for a while after its last
+    call (alternating every frame, inference timed 40 ms slower than the same network alone)."""
+    for label in labels:
+        for index in range(warmup):
+            yield label, index, False
+    for start in range(0, count, turn):
+        for label in labels:
+            yield label, start, False
+            for index in range(start, min(start + turn, count)):
+                yield label, index, True
+
+
+def call_times_in_turns(runs: dict[str, Callable[[int], object]], count: int, warmup: int,
+                        turn: int = TURN_FRAMES) -> dict[str, list[float]]:
+    """Wall times in ms of `count` calls of each `run(index)`, taken in turns (turn_schedule)."""
+    times = {label: [] for label in runs}
+    for label, index, timed in turn_schedule(list(runs), count, warmup, turn):
+        started = time.perf_counter()
+        runs[label](index)
+        if timed:
+            times[label].append(1e3 * (time.perf_counter() - started))
+    return times
+
+
 def benchmark_pipelines(pipelines: dict[str, SegmentationPipeline], frames, warmup: int,
                         desc: str = "") -> dict[str, dict]:
     """Per-stage timings of each pipeline's segment, and of its network alone (run_network) on the same prepared
-    input. The pipelines take turns in blocks of frames, so a change in the machine's load during the run falls
-    on all of them alike and their ratio holds (run one after the other, the same pair's ratio moved by half).
-    Each turn starts with one untimed frame: the previous pipeline's thread pool still spins for a while after
-    its last frame (alternating every frame, inference timed 40 ms slower than the same network alone)."""
-    for frame in frames[:warmup]:
-        for pipeline in pipelines.values():
-            pipeline.segment(frame)
+    input, the pipelines taking turns on the same frames (turn_schedule)."""
     timings = {label: {stage: [] for stage in STAGES + ("model_only",)} for label in pipelines}
     progress = tqdm(total=len(frames) * len(pipelines), desc=desc or ", ".join(pipelines), leave=False)
-    for start in range(0, len(frames), TURN_FRAMES):
-        block = frames[start:start + TURN_FRAMES]
-        for label, pipeline in pipelines.items():
-            pipeline.segment(block[0])
-            for frame in block:
-                result = pipeline.segment(frame)
-                for stage in STAGES:
-                    timings[label][stage].append(result.timings_ms[stage])
-                started = time.perf_counter()
-                pipeline.run_network(pipeline.network_input)
-                timings[label]["model_only"].append(1e3 * (time.perf_counter() - started))
-            progress.update(len(block))
+    for label, index, timed in turn_schedule(list(pipelines), len(frames), warmup):
+        pipeline = pipelines[label]
+        result = pipeline.segment(frames[index % len(frames)])
+        if not timed:
+            continue
+        for stage in STAGES:
+            timings[label][stage].append(result.timings_ms[stage])
+        started = time.perf_counter()
+        pipeline.run_network(pipeline.network_input)
+        timings[label]["model_only"].append(1e3 * (time.perf_counter() - started))
+        progress.update()
     progress.close()
     return {label: {stage: latency_summary(values) for stage, values in stages.items()}
             for label, stages in timings.items()}
