@@ -1,6 +1,7 @@
 """Pipeline timing without ROS: per-stage latency of several pipelines in turns, on the same frames.
 
-The benchmarks and the GPU check time pipelines through these, so their figures are taken the same way.
+The benchmarks, the pruning study and the GPU check time their runs through these, so their figures are taken
+the same way.
 """
 
 from __future__ import annotations
