@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import signal
 import time
 from pathlib import Path
 
@@ -68,6 +69,16 @@ def test_a_chain_runs_in_turn_and_stops_at_the_first_command_that_fails(tmp_path
 
 
 def test_a_command_still_running_at_the_budget_is_interrupted_and_ends_the_chain(tmp_path):
+    """Interrupted by Ctrl-C (it says so), not killed, also when this test runs with SIGINT ignored, as a job
+    started in the background does."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        interrupted_at_the_budget(tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def interrupted_at_the_budget(tmp_path: Path) -> None:
     venv = fake_venv(tmp_path / "venv", {
         "seg-slow": 'trap "echo interrupted; exit 130" INT; while true; do sleep 0.1; done',
         "seg-next": 'mkdir -p "$2" && echo next > "$2/next.txt"'})
