@@ -28,6 +28,9 @@ from ..ros.image_messages import image_message
 from .node_process import DDS_PROFILE, camera_topic_for, ros_environment, running_seg_node
 
 DIAGNOSTICS_PERIOD = 0.2  # s: the node's /diagnostics period during a measurement
+#: equal frames_received reports in a row (1 s) that mean no frame is in flight: a node held up for a moment
+#: (a loaded machine) sends two equal ones while frames still wait in its reader
+QUIET_REPORTS = 5
 
 
 class SenderError(RuntimeError):
@@ -77,12 +80,15 @@ class DeliverySender:
             self.executor.spin_once(timeout_sec=1.0 / publishing_rate if publishing_rate else 0.05)
 
     def quiet(self) -> bool:
-        """Two equal reports in a row after the last frame sent: nothing is in flight any more."""
-        return len(self.reports) >= 2 and self.reports[-1] == self.reports[-2]
+        """QUIET_REPORTS equal reports in a row: nothing is in flight any more."""
+        last = self.reports[-QUIET_REPORTS:]
+        return len(last) == QUIET_REPORTS and len(set(last)) == 1
 
-    def count_after_quiet(self) -> int:
+    def count_after_quiet(self, expected: int | None = None) -> int:
+        """The node's count once nothing is in flight, or once it reaches `expected` (no more can come)."""
         self.reports.clear()
-        self.spin_until(self.quiet)
+        self.spin_until(lambda: self.quiet() or (expected is not None and bool(self.reports)
+                                                 and self.reports[-1] >= expected))
         return self.reports[-1]
 
     def publish_at(self, rate: float, count: int) -> float:
@@ -104,8 +110,9 @@ def send(node_name: str, topic: str, width: int, height: int, rate: float, secon
          timeout: float = 60.0) -> dict:
     """Publish `rate` x `seconds` frames, return how many the node counted as received.
 
-    The count is taken between two quiet moments (no frame in flight, two equal /diagnostics reports), after
-    warm-up frames have reached the node, so discovery and start-up losses are not counted."""
+    The count is taken between two quiet moments (no frame in flight: a second of equal /diagnostics reports, or
+    every frame counted), after warm-up frames have reached the node, so discovery and start-up losses are not
+    counted."""
     rclpy.init()
     sender = DeliverySender(node_name, topic, width, height, timeout)
     try:
@@ -114,7 +121,8 @@ def send(node_name: str, topic: str, width: int, height: int, rate: float, secon
         before = sender.count_after_quiet()
         count = round(rate * seconds)
         sent_seconds = sender.publish_at(rate, count)
-        return {"size": sender.size, "sent": count, "received": sender.count_after_quiet() - before,
+        received = sender.count_after_quiet(expected=before + count) - before
+        return {"size": sender.size, "sent": count, "received": received,
                 "send_seconds": round(sent_seconds, 2), "frame_bytes": len(sender.msg.data)}
     finally:
         sender.close()
