@@ -28,9 +28,9 @@ from ..ros.image_messages import image_message
 from .node_process import DDS_PROFILE, camera_topic_for, ros_environment, running_seg_node
 
 DIAGNOSTICS_PERIOD = 0.2  # s: the node's /diagnostics period during a measurement
-#: equal frames_received reports in a row (1 s) that mean no frame is in flight: a node held up for a moment
-#: (a loaded machine) sends two equal ones while frames still wait in its reader
-QUIET_REPORTS = 5
+#: equal frames_received reports in a row, a second's worth, that mean no frame is in flight: a node held up for a
+#: moment (a loaded machine) can send two equal ones while frames still wait in its reader
+QUIET_REPORTS = round(1.0 / DIAGNOSTICS_PERIOD)
 
 
 class SenderError(RuntimeError):
