@@ -184,8 +184,7 @@ def test_fast_camera_drops_old_frames_and_serves_the_newest(ros, seg_node, diagn
     outputs, publisher = connect(ros, node, "/fast_cam/image_raw", Image)
     big = scene(3, 240, 320)
     count = 150
-    for index in range(count):
-        publisher.publish(make_image_msg(big, "rgb8", index + 1))
+    ros.publish_burst(publisher, (make_image_msg(big, "rgb8", index + 1) for index in range(count)))
     last = wait_stamp(outputs.mask, count, timeout=60)
     assert last.width == 320
     served = len(outputs.mask)

@@ -8,6 +8,7 @@ import threading
 import time
 
 import rclpy
+from rclpy.duration import Duration
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
@@ -71,6 +72,26 @@ class RosPeer:
         if key not in self._publishers:
             self._publishers[key] = self.node.create_publisher(msg_type, topic, qos)
         return self._publishers[key]
+
+    def publish_burst(self, publisher, messages, timeout: float = 20.0) -> None:
+        """Publish `messages` back to back, waiting for the readers' acknowledgements whenever half the writer's
+        history is unacknowledged. A reliable writer whose history is full must drop a sample before it writes
+        the next, and Fast DDS refuses the write (`cannot publish data`, ros2/rmw#209) when it cannot; a burst
+        longer than the history stays within it this way, while the readers still receive it faster than any
+        model serves it (they acknowledge on receipt)."""
+        window = max(1, publisher.qos_profile.depth // 2)
+        for index, message in enumerate(messages):
+            if index and index % window == 0:
+                self.wait_for_acknowledgements(publisher, timeout)
+            publisher.publish(message)
+
+    def wait_for_acknowledgements(self, publisher, timeout: float = 20.0) -> None:
+        """Polled without blocking: rclpy's wait_for_all_acked holds the interpreter while it waits."""
+        deadline = time.time() + timeout
+        while not publisher.wait_for_all_acked(Duration()):
+            if time.time() > deadline:
+                raise TimeoutError(f"the readers of {publisher.topic_name} did not acknowledge in {timeout} s")
+            time.sleep(0.002)
 
     def wait_for_subscribers(self, publisher, count: int = 1, timeout: float = 20.0) -> None:
         deadline = time.time() + timeout
