@@ -145,6 +145,48 @@ def test_each_pruning_step_re_estimates_the_batchnorm_statistics_on_clean_traini
     assert unpruned["bn_recalibration_batches"] == 0  # nothing removed, statistics left as trained
 
 
+def pruning_damage(before: torch.nn.Module, after: torch.nn.Module) -> float:
+    """How far a pruning step moved the network's logits, relative to their size."""
+    x = torch.randn(4, 3, 48, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = before.eval()(x)
+        return float((after.eval()(x) - reference).abs().mean() / reference.abs().mean())
+
+
+def test_sparse_training_before_a_step_drives_the_channels_it_removes_to_zero(tmp_path):
+    """DepGraph's sparse training: the group-norm penalty pushes the weakest channels of each group to zero before
+    the step removes them, so the cut barely moves the network, where the same cut of the untrained network moves
+    its logits by about their own size. The regularized run is kept as sparse<N> (its last epoch) and resumed."""
+    data = write_camvid11(tmp_path / "camvid", {"train": 8, "val": 2})
+    card_path = make_random_model(tmp_path / "base", MOBILE_UNET, size=(48, 64)).with_suffix(".json")
+    card = ModelCard.load(card_path)
+    tuning = fine_tuning(data, epochs=0, batch_size=4)
+    tuning = replace(tuning, recipe=replace(tuning.recipe, crop=(48, 64)),
+                     schedule=replace(tuning.schedule, optimizer="sgd", lr=0.1),
+                     run=replace(tuning.run, out=str(tmp_path / "work")))
+    sparse = PruningConfig(0.5, "l2", steps=1, sparse_epochs=3, sparse_reg=1.0, recalibration_batches=0)
+    pruned, summary = prune(card, card_path, sparse, tuning)
+    regularized = build_for_inference(card, model_file(card, card_path, "torch"))
+    kept = torch.load(tmp_path / "work" / "sparse1" / "last.pt", weights_only=True)
+    assert kept["epoch"] == 3
+    regularized.load_state_dict(kept["model"])
+    plain, _ = prune(card, card_path, replace(sparse, sparse_epochs=0), tuning)
+    unregularized = build_for_inference(card, model_file(card, card_path, "torch"))
+    assert pruning_damage(regularized, pruned) < 0.05 < 0.5 < pruning_damage(unregularized, plain)
+    assert summary["sparse_training"] == {"epochs_per_step": 3, "reg": 1.0}
+    assert "sparse_training" not in PruningConfig(0.5).record()
+    again, _ = prune(card, card_path, sparse, tuning)  # the finished run is read back, not trained again
+    assert all(torch.equal(a, b) for a, b in zip(pruned.state_dict().values(), again.state_dict().values()))
+    _, two_steps = prune(card, card_path, replace(sparse, steps=2, sparse_epochs=1),
+                         replace(tuning, run=replace(tuning.run, out=str(tmp_path / "two"))))
+    assert [(tmp_path / "two" / f"sparse{n}" / "last.pt").is_file() for n in (1, 2)] == [True, True]
+    assert two_steps["history"][1]["macs"] < two_steps["history"][0]["macs"]
+    for bad, message in (({"criterion": "taylor"}, "l1 or l2"), ({"sparse_reg": 0.0}, "coefficient > 0"),
+                         ({"sparse_epochs": -1}, "epochs >= 0")):
+        with pytest.raises(PruningConfigError, match=message):
+            replace(sparse, **bad)
+
+
 def test_a_final_fine_tune_on_train_and_val_keeps_its_last_epoch_and_says_so(tmp_path):
     data = write_camvid11(tmp_path / "camvid", {"train": 4, "val": 2})
     card_path = make_random_model(tmp_path / "base", SMALL_UNET, size=(48, 64)).with_suffix(".json")

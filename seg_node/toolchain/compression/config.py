@@ -35,7 +35,10 @@ class PruningConfig:
     1 - max_layer_ratio of every layer; scope 'decoder' leaves the encoder whole, 'expanded' its residual stream
     (only the channels inside its inverted-residual blocks are pruned); after each step the BatchNorm statistics
     are re-estimated on `recalibration_batches` training batches (0: not); `layer_ratios` sets the ratio of
-    named submodules; no convolution is cut below `min_channels` (one narrower stays whole)."""
+    named submodules; no convolution is cut below `min_channels` (one narrower stays whole). With `sparse_epochs`,
+    each step is preceded by that many epochs of Torch-Pruning's group-norm regularization (DepGraph, Fang et al.
+    CVPR 2023; coefficient `sparse_reg`): the weakest channel groups are driven towards zero before they are
+    removed, so a deep cut loses less than removing channels that still carry signal."""
 
     ratio: float
     criterion: str = "l2"
@@ -47,6 +50,8 @@ class PruningConfig:
     layer_ratios: dict[str, float] = field(default_factory=dict)
     recalibration_batches: int = 16
     min_channels: int = 0
+    sparse_epochs: int = 0
+    sparse_reg: float = 1e-3
 
     def __post_init__(self):
         if self.scope not in KEPT_WHOLE_SCOPES:
@@ -63,6 +68,12 @@ class PruningConfig:
         if self.min_channels < 0 or (self.min_channels and self.global_pruning):
             raise PruningConfigError(f"min_channels must be >= 0, and is a per-layer floor for local pruning (not "
                                      f"--global), got {self.min_channels}")
+        if self.sparse_epochs < 0 or self.sparse_reg <= 0:
+            raise PruningConfigError(f"sparse training needs epochs >= 0 and a coefficient > 0, got "
+                                     f"{self.sparse_epochs} and {self.sparse_reg}")
+        if self.sparse_epochs and self.criterion not in ("l1", "l2"):
+            raise PruningConfigError(f"sparse training shrinks channel groups' magnitudes, so the channels to remove "
+                                     f"are ranked by them: use --criterion l1 or l2, not {self.criterion!r}")
         if any(value > self.max_layer_ratio for value in self.layer_ratios.values()):
             raise PruningConfigError(f"layer ratios {self.layer_ratios} exceed the per-layer cap "
                                      f"{self.max_layer_ratio}")
@@ -76,7 +87,9 @@ class PruningConfig:
         return {"ratio": self.ratio, "scope": self.scope, "layer_ratios": dict(self.layer_ratios),
                 "criterion": self.criterion, "global": self.global_pruning, "round_to": self.round_to,
                 "max_layer_ratio": self.max_layer_ratio, "min_channels": self.min_channels, "steps": self.steps,
-                "bn_recalibration_batches": self.recalibration_batches if self.removes_channels else 0}
+                "bn_recalibration_batches": self.recalibration_batches if self.removes_channels else 0,
+                **({"sparse_training": {"epochs_per_step": self.sparse_epochs, "reg": self.sparse_reg}}
+                   if self.sparse_epochs else {})}
 
 
 @dataclass(frozen=True)

@@ -72,10 +72,13 @@ def make_pruner(model: nn.Module, config: PruningConfig, height: int, width: int
     Scope 'decoder': an ImageNet-pretrained encoder loses what fine-tuning on a small data set cannot give back,
     while the decoder's high-resolution stages hold most of the MACs. Layer ratios: a stage at stride 2 costs 16x
     the MACs per channel of one at stride 8, so thinning it buys the most speed per channel; but a last stage
-    narrower than the classes it feeds collapses thin classes (8 channels for 11 classes did)."""
+    narrower than the classes it feeds collapses thin classes (8 channels for 11 classes did). With sparse training
+    it is Torch-Pruning's GroupNormPruner, whose `regularize` the training steps call."""
     kept = kept_whole(model, config.scope)
-    return tp.pruner.MetaPruner(
-        model, torch.zeros(1, 3, height, width), importance=IMPORTANCE_CRITERIA[config.criterion](),
+    pruner_class, regularization = ((tp.pruner.GroupNormPruner, {"reg": config.sparse_reg}) if config.sparse_epochs
+                                    else (tp.pruner.MetaPruner, {}))
+    return pruner_class(
+        model, torch.zeros(1, 3, height, width), importance=IMPORTANCE_CRITERIA[config.criterion](), **regularization,
         pruning_ratio=config.ratio, pruning_ratio_dict=layer_ratio_dict(model, config, kept),
         global_pruning=config.global_pruning, iterative_steps=config.steps, round_to=config.round_to,
         max_pruning_ratio=config.max_layer_ratio, ignored_layers=kept,
@@ -150,24 +153,42 @@ def distillation_teacher(card: ModelCard, card_path: Path, recipe: RecipeConfig)
     return str(recipe.teacher or card_path)
 
 
-def fine_tune(model: nn.Module, card: ModelCard, fine_tuning: FineTuning, step: int) -> dict:
-    """seg-train on the pruned `model` in place (on --device), then its best epoch (its last when val is trained on)
-    loaded back on the CPU; returns that epoch's clean (and corrupted) val mIoU, when val was held out, and the
-    data sets read."""
+def train_in_place(model: nn.Module, card: ModelCard, fine_tuning: FineTuning, run_name: str, step: int,
+                   regularize=None) -> dict:
+    """seg-train on the pruned `model` in place (on --device), in the work folder's `run_name` (resumed if found
+    there), then the checkpoint kept loaded back on the CPU and returned: the best epoch when val is held out and
+    nothing is regularized, else the last."""
     with tempfile.TemporaryDirectory() as temporary:
-        run_dir = Path(fine_tuning.run.out) / f"step{step + 1}" if fine_tuning.run.out else Path(temporary)
+        run_dir = Path(fine_tuning.run.out) / run_name if fine_tuning.run.out else Path(temporary)
         config = TrainConfig(
             data=fine_tuning.data, recipe=fine_tuning.recipe,
             model=ModelConfig(arch=card.architecture, input=card.input, classes=model_classes(card)),
             schedule=replace(fine_tuning.schedule, seed=fine_tuning.schedule.seed + step),
             run=replace(fine_tuning.run, out=str(run_dir), resume=(run_dir / "last.pt").is_file()))
-        train(config, model=model)
-        kept = torch.load(run_dir / ("best.pt" if held_out(fine_tuning) else "last.pt"), weights_only=True,
-                          map_location="cpu")
+        train(config, model=model, regularize=regularize)
+        best = held_out(fine_tuning) and regularize is None
+        kept = torch.load(run_dir / ("best.pt" if best else "last.pt"), weights_only=True, map_location="cpu")
         model.load_state_dict(kept["model"])
         model.cpu()  # training moved it to --device; counting, Taylor gradients and pruning run on the CPU
+    return kept
+
+
+def fine_tune(model: nn.Module, card: ModelCard, fine_tuning: FineTuning, step: int) -> dict:
+    """The fine-tuning after a step: its kept epoch's clean (and corrupted) val mIoU, when val was held out, and
+    the data sets read."""
+    kept = train_in_place(model, card, fine_tuning, f"step{step + 1}", step)
     return {**{key: kept[key] for key in ("val_miou", "val_corrupted_miou") if key in kept},
             "data": json.loads(kept["run"])["data"]}
+
+
+def sparsify(model: nn.Module, card: ModelCard, pruning: PruningConfig, fine_tuning: FineTuning, step: int,
+             pruner: tp.pruner.GroupNormPruner) -> None:
+    """Sparse training before a step: the fine-tuning's recipe for `sparse_epochs` epochs with the pruner's
+    group-norm penalty, which pushes each group's weakest channels hardest; its last epoch is kept (the most
+    regularized, not the best on val)."""
+    schedule = replace(fine_tuning.schedule, epochs=pruning.sparse_epochs)
+    train_in_place(model, card, replace(fine_tuning, schedule=schedule), f"sparse{step + 1}", step,
+                   regularize=pruner.regularize)
 
 
 def held_out(fine_tuning: FineTuning) -> bool:
@@ -195,16 +216,21 @@ def recalibrate_batchnorm(model: nn.Module, batches) -> None:
 
 def prune_steps(model: nn.Module, card: ModelCard, pruning: PruningConfig, fine_tuning: FineTuning
                 ) -> tuple[list[dict], list[dict]]:
-    """Each step: Taylor gradients if asked, the pruning step, BatchNorm recalibration, fine-tuning. Returns the
-    history (MACs and val mIoU after each step) and the data sets the last fine-tuning read."""
+    """Each step: sparse training and Taylor gradients if asked, the pruning step, BatchNorm recalibration,
+    fine-tuning. Returns the history (MACs and val mIoU after each step) and the data sets the last fine-tuning
+    read."""
     spec = card.input
     pruner = make_pruner(model, pruning, spec.height, spec.width)
     history, data_read = [], []
     for step in range(pruning.steps):
         seed = fine_tuning.schedule.seed + step
+        if pruning.sparse_epochs:
+            sparsify(model, card, pruning, fine_tuning, step, pruner)
         if pruning.criterion == "taylor":
             accumulate_taylor_gradients(model, training_batches(card, fine_tuning, TAYLOR_BATCHES, seed))
         pruner.step()
+        if pruning.sparse_epochs:
+            pruner.update_regularizer()  # the groups of the narrower network
         model.zero_grad(set_to_none=True)
         if pruning.recalibration_batches and pruning.removes_channels:
             recalibrate_batchnorm(model, training_batches(card, fine_tuning, pruning.recalibration_batches, seed))
@@ -300,6 +326,11 @@ def add_pruning_arguments(parser: argparse.ArgumentParser) -> None:
                             "encoder's inverted-residual blocks (expanded), its residual stream whole")
     group.add_argument("--layer-ratio", action="append", default=[], type=parse_layer_ratio, metavar="NAME=RATIO",
                        help="ratio for one submodule, e.g. decoder.3=0.75 (repeatable)")
+    group.add_argument("--sparse-epochs", type=int, default=0,
+                       help="epochs of group-norm regularized training before each step, so the channels removed "
+                            "carry little (Torch-Pruning's GroupNormPruner; 0: none)")
+    group.add_argument("--sparse-reg", type=float, default=PruningConfig.sparse_reg,
+                       help="the coefficient of that penalty")
 
 
 def add_fine_tuning_arguments(parser: argparse.ArgumentParser) -> None:
@@ -324,7 +355,8 @@ def configs_from_args(args: argparse.Namespace) -> tuple[PruningConfig, FineTuni
                             global_pruning=args.global_pruning, round_to=args.round_to or None,
                             max_layer_ratio=args.max_layer_ratio, scope=args.scope,
                             layer_ratios=dict(args.layer_ratio), recalibration_batches=args.bn_recalibration_batches,
-                            min_channels=args.min_channels)
+                            min_channels=args.min_channels, sparse_epochs=args.sparse_epochs,
+                            sparse_reg=args.sparse_reg)
     schedule = replace(FINE_TUNING_SCHEDULE, epochs=args.fine_tune_epochs, lr=args.lr, batch_size=args.batch_size,
                        seed=args.seed)
     run = RunConfig(out=args.work_dir, device=args.device, amp=args.amp, threads=args.threads,
@@ -338,7 +370,8 @@ def pruned_notes(card: ModelCard, summary: dict, upsample_logits: bool) -> str:
     pruned = ""
     if summary["ratio"]:
         pruned = (f"pruned structurally by {summary['ratio']:.0%} ({summary['scope']}, {summary['criterion']}"
-                  + "".join(f", {name} by {value:.0%}" for name, value in summary["layer_ratios"].items()) + "), ")
+                  + "".join(f", {name} by {value:.0%}" for name, value in summary["layer_ratios"].items())
+                  + (", after sparse training" if "sparse_training" in summary else "") + "), ")
     tuned = (f"fine-tuned on {data_title} {'+'.join(summary.get('fine_tune_splits', ['train']))}"
              + (f", distilled from {summary['distillation']['teacher']}" if summary["distillation"] else "")
              if summary["fine_tune_epochs_per_step"] else "not fine-tuned")

@@ -17,6 +17,7 @@ import os
 import platform
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,10 +204,13 @@ def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
 
 
 class Trainer:
-    """One training run: its data, model, optimization state and epoch loop, as a TrainConfig says."""
+    """One training run: its data, model, optimization state and epoch loop, as a TrainConfig says. `regularize`,
+    if given, adds a penalty's gradient to the model's after each backward pass (sparse training before pruning)."""
 
-    def __init__(self, config: TrainConfig, model: nn.Module | None = None):
+    def __init__(self, config: TrainConfig, model: nn.Module | None = None,
+                 regularize: Callable[[nn.Module], None] | None = None):
         self.config, schedule = config, config.schedule
+        self.regularize = regularize
         self.rank, self.world, self.device = setup_distributed(config.run.device)
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
@@ -358,6 +362,9 @@ class Trainer:
                 loss = loss + recipe.distill_weight * distill(logits, teacher_logits, recipe.distill_temperature)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if self.regularize is not None:  # on the true gradients: mixed precision's loss scale removed first
+            self.scaler.unscale_(self.optimizer)
+            self.regularize(self.model)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -403,10 +410,12 @@ class Trainer:
         plot_curves(self.out / "log.csv", self.out / "curves.png")
 
 
-def train(config: TrainConfig, model: nn.Module | None = None) -> dict:
-    """Train as `config` says, from scratch, or fine-tune `model` in place (a pruned network keeps its shapes);
-    returns the best validation score and the run folder."""
-    return Trainer(config, model).run()
+def train(config: TrainConfig, model: nn.Module | None = None,
+          regularize: Callable[[nn.Module], None] | None = None) -> dict:
+    """Train as `config` says, from scratch, or fine-tune `model` in place (a pruned network keeps its shapes),
+    with `regularize`'s gradient added at each step if given; returns the best validation score and the run
+    folder."""
+    return Trainer(config, model, regularize).run()
 
 
 @reports_user_errors
