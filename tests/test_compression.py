@@ -181,7 +181,14 @@ def test_sparse_training_before_a_step_drives_the_channels_it_removes_to_zero(tm
                          replace(tuning, run=replace(tuning.run, out=str(tmp_path / "two"))))
     assert [(tmp_path / "two" / f"sparse{n}" / "last.pt").is_file() for n in (1, 2)] == [True, True]
     assert two_steps["history"][1]["macs"] < two_steps["history"][0]["macs"]
-    for bad, message in (({"criterion": "taylor"}, "l1 or l2"), ({"sparse_reg": 0.0}, "coefficient > 0"),
+    slimmed = build_model(MOBILE_UNET, 11)  # network slimming: an L1 penalty on the BatchNorm scales
+    slimming = make_pruner(slimmed, replace(sparse, criterion="bn_scale"), HEIGHT, WIDTH)
+    norms = [m for m in slimmed.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for norm in norms:
+        norm.weight.grad = torch.zeros_like(norm.weight)
+    slimming.regularize(slimmed)
+    assert all(torch.equal(norm.weight.grad, torch.sign(norm.weight.detach())) for norm in norms)
+    for bad, message in (({"criterion": "taylor"}, "bn_scale, l1, l2"), ({"sparse_reg": 0.0}, "coefficient > 0"),
                          ({"sparse_epochs": -1}, "epochs >= 0")):
         with pytest.raises(PruningConfigError, match=message):
             replace(sparse, **bad)

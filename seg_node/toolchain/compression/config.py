@@ -20,6 +20,10 @@ IMPORTANCE_CRITERIA = {
     "bn_scale": lambda: tp.importance.BNScaleImportance(),
     "random": lambda: tp.importance.RandomImportance(),  # the control: draws from torch's seeded generator
 }
+#: the pruner whose penalty sparse training adds, by the criterion that ranks what it shrinks: group norms for the
+#: magnitudes (DepGraph), an L1 penalty on the BatchNorm scales for those (network slimming, Liu et al. ICCV 2017)
+SPARSE_TRAINING_PRUNERS = {"l1": tp.pruner.GroupNormPruner, "l2": tp.pruner.GroupNormPruner,
+                           "bn_scale": tp.pruner.BNScalePruner}
 #: seg-prune's fine-tuning defaults: a lower learning rate than training's, no warm-up, validation every epoch
 FINE_TUNING_SCHEDULE = ScheduleConfig(epochs=8, lr=3e-4, warmup_epochs=0.0, val_every=1)
 
@@ -36,8 +40,8 @@ class PruningConfig:
     (only the channels inside its inverted-residual blocks are pruned); after each step the BatchNorm statistics
     are re-estimated on `recalibration_batches` training batches (0: not); `layer_ratios` sets the ratio of
     named submodules; no convolution is cut below `min_channels` (one narrower stays whole). With `sparse_epochs`,
-    each step is preceded by that many epochs of Torch-Pruning's group-norm regularization (DepGraph, Fang et al.
-    CVPR 2023; coefficient `sparse_reg`): the weakest channel groups are driven towards zero before they are
+    each step is preceded by that many epochs of Torch-Pruning's regularization (coefficient `sparse_reg`) of what
+    the criterion ranks (SPARSE_TRAINING_PRUNERS): the weakest channels are driven towards zero before they are
     removed, so a deep cut loses less than removing channels that still carry signal."""
 
     ratio: float
@@ -71,9 +75,9 @@ class PruningConfig:
         if self.sparse_epochs < 0 or self.sparse_reg <= 0:
             raise PruningConfigError(f"sparse training needs epochs >= 0 and a coefficient > 0, got "
                                      f"{self.sparse_epochs} and {self.sparse_reg}")
-        if self.sparse_epochs and self.criterion not in ("l1", "l2"):
-            raise PruningConfigError(f"sparse training shrinks channel groups' magnitudes, so the channels to remove "
-                                     f"are ranked by them: use --criterion l1 or l2, not {self.criterion!r}")
+        if self.sparse_epochs and self.criterion not in SPARSE_TRAINING_PRUNERS:
+            raise PruningConfigError(f"sparse training shrinks what a criterion ranks channels by: use --criterion "
+                                     f"{', '.join(sorted(SPARSE_TRAINING_PRUNERS))}, not {self.criterion!r}")
         if any(value > self.max_layer_ratio for value in self.layer_ratios.values()):
             raise PruningConfigError(f"layer ratios {self.layer_ratios} exceed the per-layer cap "
                                      f"{self.max_layer_ratio}")

@@ -44,6 +44,7 @@ from ..training.train import auxiliary_loss, train
 from .config import (
     FINE_TUNING_SCHEDULE,
     IMPORTANCE_CRITERIA,
+    SPARSE_TRAINING_PRUNERS,
     FineTuning,
     PruningConfig,
     PruningConfigError,
@@ -73,10 +74,11 @@ def make_pruner(model: nn.Module, config: PruningConfig, height: int, width: int
     while the decoder's high-resolution stages hold most of the MACs. Layer ratios: a stage at stride 2 costs 16x
     the MACs per channel of one at stride 8, so thinning it buys the most speed per channel; but a last stage
     narrower than the classes it feeds collapses thin classes (8 channels for 11 classes did). With sparse training
-    it is Torch-Pruning's GroupNormPruner, whose `regularize` the training steps call."""
+    it is the criterion's regularizing pruner (SPARSE_TRAINING_PRUNERS), whose `regularize` the training steps
+    call."""
     kept = kept_whole(model, config.scope)
-    pruner_class, regularization = ((tp.pruner.GroupNormPruner, {"reg": config.sparse_reg}) if config.sparse_epochs
-                                    else (tp.pruner.MetaPruner, {}))
+    pruner_class, regularization = ((SPARSE_TRAINING_PRUNERS[config.criterion], {"reg": config.sparse_reg})
+                                    if config.sparse_epochs else (tp.pruner.MetaPruner, {}))
     return pruner_class(
         model, torch.zeros(1, 3, height, width), importance=IMPORTANCE_CRITERIA[config.criterion](), **regularization,
         pruning_ratio=config.ratio, pruning_ratio_dict=layer_ratio_dict(model, config, kept),
@@ -182,10 +184,9 @@ def fine_tune(model: nn.Module, card: ModelCard, fine_tuning: FineTuning, step: 
 
 
 def sparsify(model: nn.Module, card: ModelCard, pruning: PruningConfig, fine_tuning: FineTuning, step: int,
-             pruner: tp.pruner.GroupNormPruner) -> None:
+             pruner: tp.pruner.BasePruner) -> None:
     """Sparse training before a step: the fine-tuning's recipe for `sparse_epochs` epochs with the pruner's
-    group-norm penalty, which pushes each group's weakest channels hardest; its last epoch is kept (the most
-    regularized, not the best on val)."""
+    penalty; its last epoch is kept (the most regularized, not the best on val)."""
     schedule = replace(fine_tuning.schedule, epochs=pruning.sparse_epochs)
     train_in_place(model, card, replace(fine_tuning, schedule=schedule), f"sparse{step + 1}", step,
                    regularize=pruner.regularize)
