@@ -328,8 +328,9 @@ def add_pruning_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--layer-ratio", action="append", default=[], type=parse_layer_ratio, metavar="NAME=RATIO",
                        help="ratio for one submodule, e.g. decoder.3=0.75 (repeatable)")
     group.add_argument("--sparse-epochs", type=int, default=0,
-                       help="epochs of group-norm regularized training before each step, so the channels removed "
-                            "carry little (Torch-Pruning's GroupNormPruner; 0: none)")
+                       help="epochs of regularized training before each step, so the channels removed carry "
+                            "little: group norms for --criterion l1/l2 (Torch-Pruning's GroupNormPruner), L1 on the "
+                            "BatchNorm scales for bn_scale (BNScalePruner); 0: none")
     group.add_argument("--sparse-reg", type=float, default=PruningConfig.sparse_reg,
                        help="the coefficient of that penalty")
 
