@@ -15,6 +15,16 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 
 
+def poll_until(ready, timeout: float, failure: str, interval: float = 0.02) -> None:
+    """Return once `ready()` is true; TimeoutError(`failure`) after `timeout` seconds. Graph counts and
+    acknowledgements have no callback in rclpy, so they are polled."""
+    deadline = time.time() + timeout
+    while not ready():
+        if time.time() > deadline:
+            raise TimeoutError(failure)
+        time.sleep(interval)
+
+
 class Inbox:
     """Messages received on one subscription, with their arrival times."""
 
@@ -87,38 +97,25 @@ class RosPeer:
 
     def wait_for_acknowledgements(self, publisher, timeout: float = 20.0) -> None:
         """Polled without blocking: rclpy's wait_for_all_acked holds the interpreter while it waits."""
-        deadline = time.time() + timeout
-        while not publisher.wait_for_all_acked(Duration()):
-            if time.time() > deadline:
-                raise TimeoutError(f"the readers of {publisher.topic_name} did not acknowledge in {timeout} s")
-            time.sleep(0.002)
+        poll_until(lambda: publisher.wait_for_all_acked(Duration()), timeout,
+                   f"the readers of {publisher.topic_name} did not acknowledge in {timeout} s", interval=0.002)
 
     def wait_for_subscribers(self, publisher, count: int = 1, timeout: float = 20.0) -> None:
-        deadline = time.time() + timeout
-        while publisher.get_subscription_count() < count:
-            if time.time() > deadline:
-                raise TimeoutError(f"no subscriber on {publisher.topic_name} after {timeout} s")
-            time.sleep(0.02)
+        poll_until(lambda: publisher.get_subscription_count() >= count, timeout,
+                   f"no subscriber on {publisher.topic_name} after {timeout} s")
 
     def wait_for_publishers(self, topic: str, count: int = 1, timeout: float = 20.0) -> None:
-        deadline = time.time() + timeout
-        while self.node.count_publishers(topic) < count:
-            if time.time() > deadline:
-                raise TimeoutError(f"no publisher on {topic} after {timeout} s")
-            time.sleep(0.02)
+        poll_until(lambda: self.node.count_publishers(topic) >= count, timeout,
+                   f"no publisher on {topic} after {timeout} s")
 
     def wait_until_matched(self, topics=(), publishers=(), timeout: float = 20.0) -> None:
         """Each of this peer's subscriptions on `topics` has matched a publisher and each of `publishers` a
         subscription: a node publishes an output only to subscribers it has discovered, and DDS matches the two
         ends of a pair in one discovery exchange, so messages sent after this arrive."""
         subscriptions = [s for s in self.node.subscriptions if s.topic_name in topics]
-        deadline = time.time() + timeout
-        while (any(s.get_publisher_count() < 1 for s in subscriptions)
-               or any(p.get_subscription_count() < 1 for p in publishers)):
-            if time.time() > deadline:
-                raise TimeoutError(f"{list(topics)} and {[p.topic_name for p in publishers]} not matched after "
-                                   f"{timeout} s")
-            time.sleep(0.02)
+        poll_until(lambda: (all(s.get_publisher_count() >= 1 for s in subscriptions)
+                            and all(p.get_subscription_count() >= 1 for p in publishers)), timeout,
+                   f"{list(topics)} and {[p.topic_name for p in publishers]} not matched after {timeout} s")
 
     def __enter__(self) -> RosPeer:
         return self
